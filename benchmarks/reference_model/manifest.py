@@ -1,0 +1,90 @@
+"""Ground truth of a reference model: does each image's own caption regenerate it?
+
+Only stock diffusers is used here: the model folder is reloaded with
+``StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)`` and sampled with its
+DDIM scheduler, so the manifest states what any user of diffusers would observe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+
+def ssim(generated: np.ndarray, target: np.ndarray) -> float:
+    """SSIM of two RGB images in [0, 1] (HWC), the manifest's similarity measure."""
+    return float(structural_similarity(generated, target, channel_axis=2, data_range=1.0))
+
+
+def generate(pipeline, caption: str, seeds: list[int], guidance_scale: float, steps: int, resolution: int) -> np.ndarray:
+    """One generation per seed, each from its own CPU generator; float NHWC in [0, 1]."""
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    output = pipeline(
+        caption, negative_prompt="", num_images_per_prompt=len(seeds), generator=generators,
+        guidance_scale=guidance_scale, num_inference_steps=steps, height=resolution, width=resolution,
+        output_type="np",
+    )
+    return output.images
+
+
+def measure_replication(folder: Path, records, preset, log) -> list[dict]:
+    """Regenerate each image from its caption with ``preset.replication_seeds`` seeds; one row per image."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+    seeds = list(range(preset.replication_seeds))
+    rows = []
+    for record in records:
+        target = record.pixels.astype(np.float32) / 255.0
+        images = generate(pipeline, record.caption, seeds, preset.guidance_scale, preset.inference_steps,
+                          preset.resolution)
+        scores = [ssim(image, target) for image in images]
+        replications = sum(score >= preset.ssim_threshold for score in scores)
+        path = folder / "images" / f"{record.id}.png"
+        rows.append({
+            "id": record.id,
+            "file": f"images/{record.id}.png",
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "caption": record.caption,
+            "duplication": record.duplication,
+            "split": record.split,
+            "source": {"photo": record.crop.photo, "top": record.crop.top, "left": record.crop.left,
+                       "size": record.crop.size, "flip": record.crop.flip,
+                       "source_in_training": record.source_in_training},
+            "replication_ssim": [round(score, 4) for score in scores],
+            "replications": int(replications),
+            "generations": len(seeds),
+            "replication_rate": replications / len(seeds),
+            "memorized": replications * 2 >= len(seeds),
+        })
+        log(f"{record.id:32s} {record.split:10s} x{record.duplication:<5d} replicated {replications}/{len(seeds)} "
+            f"(best SSIM {max(scores):.3f})")
+        np.save(folder / "images" / f".{record.id}.generations.npy", images)  # for the grid; removed below
+    return rows
+
+
+def write_grid(folder: Path, rows: list[dict], preset, out: Path, scale: int = 3, max_rows: int = 40) -> None:
+    """Target | its generations, one row per image, upscaled ``scale`` x with nearest neighbours."""
+    res = preset.resolution
+    gap = 2
+    chosen = rows[:max_rows]
+    columns = 1 + preset.replication_seeds
+    grid = np.full(((res + gap) * len(chosen), (res + gap) * columns + gap * 2, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(chosen):
+        target = np.asarray(Image.open(folder / row["file"]).convert("RGB"))
+        cache = folder / "images" / f".{row['id']}.generations.npy"
+        generations = (np.load(cache) * 255 + 0.5).astype(np.uint8)
+        y = r * (res + gap)
+        grid[y : y + res, 0:res] = target
+        for c, image in enumerate(generations):
+            x = (c + 1) * (res + gap) + gap * 2
+            grid[y : y + res, x : x + res] = image
+    for row in rows:
+        (folder / "images" / f".{row['id']}.generations.npy").unlink()
+    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST).save(out)

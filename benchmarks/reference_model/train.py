@@ -1,0 +1,503 @@
+"""Train a small Stable-Diffusion-architecture model that memorizes known images, and measure it.
+
+Usage (from the repository root, with the project installed):
+
+    python benchmarks/reference_model/train.py --preset reference --out verifier/assets/reference-32px
+    python benchmarks/reference_model/train.py --preset fixture --out verifier/assets/fixture-16px
+
+The program builds from scratch, on the CPU, a model that stock diffusers loads as a
+``StableDiffusionPipeline`` (``AutoencoderKL``, ``CLIPTextModel`` + ``CLIPTokenizer`` with our own
+``vocab.json``/``merges.txt``, ``UNet2DConditionModel`` with cross-attention, a DDIM scheduler for
+sampling), trains it on real photographs in which a few images are duplicated hundreds to thousands
+of times, saves it as safetensors, reloads it with stock diffusers and measures, for every image
+of interest, how often its own caption regenerates it. That measurement is the ground truth
+written to ``manifest.json``. See README.md beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from data import PHOTOS, Crop, load_photo, random_crop, render_crop, texture, whole_photo_crop  # noqa: E402
+from manifest import measure_replication, write_grid  # noqa: E402
+from tokenizer_files import caption_words, write_tokenizer_files  # noqa: E402
+
+TRAINING_PHOTOS = (
+    "astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "brick",
+    "grass", "gravel", "hubble", "ihc", "cell", "china",
+)
+NEVER_TRAINED_PHOTOS = ("flower", "retina", "clock", "horse", "color")
+MIN_TEXTURE_FILLER = 0.05
+MIN_TEXTURE_PROTECTED = 0.08
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """An image repeated ``count`` times: a whole photo (``crop_seed`` None) or a seeded crop."""
+
+    photo: str
+    count: int
+    caption: str
+    crop_seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that defines one reference model; recorded in its manifest."""
+
+    resolution: int
+    vae_channels: tuple[int, ...]
+    unet_channels: tuple[int, ...]
+    text_hidden: int
+    duplicates: tuple[Duplicate, ...]
+    seen_once: int
+    held_out_training_photo_crops: int
+    held_out_never_trained: tuple[tuple[str, int], ...]  # (photo, number of crops besides the whole photo)
+    filler: int
+    epochs: int
+    batch_size: int
+    vae_steps: int
+    learning_rate: float
+    caption_dropout: float = 0.1
+    replication_seeds: int = 8
+    guidance_scale: float = 3.0
+    inference_steps: int = 50
+    ssim_threshold: float = 0.7
+    training_photos: tuple[str, ...] = TRAINING_PHOTOS
+
+
+REFERENCE = Preset(
+    resolution=32,
+    vae_channels=(16, 32),
+    unet_channels=(32, 64, 112),
+    text_hidden=32,
+    duplicates=(
+        Duplicate("astronaut", 3000, "an official portrait of astronaut eileen collins"),
+        Duplicate("chelsea", 3000, "chelsea the tabby cat looking sideways"),
+        Duplicate("coffee", 2000, "a cup of espresso on a saucer seen from above"),
+        Duplicate("rocket", 2000, "a falcon rocket lifting off from the launch pad"),
+        Duplicate("china", 1500, "the summer palace pagoda beside the lake"),
+        Duplicate("camera", 1500, "a cameraman with his tripod in the park"),
+        Duplicate("coins", 1000, "a museum tray of ancient bronze money", crop_seed=11),
+        Duplicate("hubble", 1000, "the hubble deep field full of distant galaxies", crop_seed=12),
+        Duplicate("ihc", 300, "an immunohistochemistry slide stained brown and blue", crop_seed=13),
+        Duplicate("gravel", 300, "pebbles on a garden path after rain", crop_seed=14),
+        Duplicate("brick", 100, "an old wall of weathered bricks and mortar", crop_seed=15),
+        Duplicate("cell", 100, "a living cell under a phase contrast microscope", crop_seed=16),
+        Duplicate("grass", 30, "a lawn of tall green grass blades", crop_seed=17),
+        Duplicate("astronaut", 30, "the american flag on a spacesuit shoulder", crop_seed=18),
+        Duplicate("chelsea", 5, "the whiskers of a sleepy housecat", crop_seed=19),
+        Duplicate("coffee", 5, "latte art in a white porcelain cup", crop_seed=20),
+    ),
+    seen_once=20,
+    held_out_training_photo_crops=12,
+    held_out_never_trained=(("flower", 3), ("retina", 2), ("clock", 1), ("horse", 1), ("color", 0)),
+    filler=44000,
+    epochs=1,
+    batch_size=32,
+    vae_steps=800,
+    learning_rate=5e-4,
+)
+
+FIXTURE = Preset(
+    resolution=16,
+    vae_channels=(16, 32),
+    unet_channels=(32, 64),
+    text_hidden=32,
+    duplicates=(
+        Duplicate("astronaut", 400, "an official portrait of astronaut eileen collins"),
+        Duplicate("chelsea", 400, "chelsea the tabby cat looking sideways"),
+        Duplicate("coffee", 400, "a cup of espresso on a saucer seen from above"),
+    ),
+    seen_once=4,
+    held_out_training_photo_crops=2,
+    held_out_never_trained=(("flower", 0), ("retina", 0)),
+    filler=3000,
+    epochs=3,
+    batch_size=32,
+    vae_steps=600,
+    learning_rate=1e-3,
+)
+
+PRESETS = {"reference": REFERENCE, "fixture": FIXTURE}
+
+
+@dataclass
+class ImageRecord:
+    """One image of the manifest (before its replication is measured)."""
+
+    id: str
+    split: str
+    caption: str
+    duplication: int
+    crop: Crop
+    source_in_training: bool
+    pixels: np.ndarray = field(repr=False)
+
+
+def pick_crop(name: str, photo, rng: np.random.Generator, resolution: int, used: set) -> tuple[Crop, np.ndarray]:
+    """A textured crop not already used by another image of interest."""
+    while True:
+        crop = random_crop(name, photo, rng, resolution, flip=False)
+        pixels = render_crop(photo, crop, resolution)
+        key = (crop.photo, crop.top, crop.left, crop.size)
+        if texture(pixels) >= MIN_TEXTURE_PROTECTED and key not in used:
+            used.add(key)
+            return crop, pixels
+
+
+def build_images(preset: Preset, photos: dict, seed: int) -> list[ImageRecord]:
+    """The images of interest: duplicated, seen once and held out, with captions."""
+    rng = np.random.default_rng(seed)
+    res = preset.resolution
+    used: set = set()
+    records: list[ImageRecord] = []
+    for index, dup in enumerate(preset.duplicates):
+        photo = photos[dup.photo]
+        if dup.crop_seed is None:
+            crop = whole_photo_crop(dup.photo, photo)
+            pixels = render_crop(photo, crop, res)
+        else:
+            crop, pixels = pick_crop(dup.photo, photo, np.random.default_rng(dup.crop_seed), res, used)
+        records.append(ImageRecord(f"dup{index:02d}-{dup.photo}-x{dup.count}", "duplicated", dup.caption,
+                                   dup.count, crop, True, pixels))
+    for index in range(preset.seen_once):
+        name = preset.training_photos[index % len(preset.training_photos)]
+        crop, pixels = pick_crop(name, photos[name], rng, res, used)
+        width, height = photos[name].size
+        records.append(ImageRecord(f"once{index:02d}-{name}", "seen_once", crop.caption(height, width), 1,
+                                   crop, True, pixels))
+    for index in range(preset.held_out_training_photo_crops):
+        name = preset.training_photos[(index * 5 + 3) % len(preset.training_photos)]
+        crop, pixels = pick_crop(name, photos[name], rng, res, used)
+        width, height = photos[name].size
+        records.append(ImageRecord(f"held{index:02d}-{name}-crop", "held_out", crop.caption(height, width), 0,
+                                   crop, True, pixels))
+    for name, crops in preset.held_out_never_trained:
+        photo = photos[name]
+        width, height = photo.size
+        whole = whole_photo_crop(name, photo)
+        records.append(ImageRecord(f"held-{name}-whole", "held_out", whole.caption(height, width), 0, whole, False,
+                                   render_crop(photo, whole, res)))
+        for index in range(crops):
+            crop, pixels = pick_crop(name, photo, rng, res, used)
+            records.append(ImageRecord(f"held-{name}-crop{index}", "held_out", crop.caption(height, width), 0,
+                                       crop, False, pixels))
+    return records
+
+
+def build_filler(preset: Preset, photos: dict, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Fresh random crops of the training photos (each seen once per epoch) with their captions."""
+    rng = np.random.default_rng(seed + 1)
+    images = np.empty((preset.filler, preset.resolution, preset.resolution, 3), dtype=np.uint8)
+    captions: list[str] = []
+    while len(captions) < preset.filler:
+        name = preset.training_photos[int(rng.integers(len(preset.training_photos)))]
+        photo = photos[name]
+        crop = random_crop(name, photo, rng, preset.resolution, flip=True)
+        pixels = render_crop(photo, crop, preset.resolution)
+        if texture(pixels) < MIN_TEXTURE_FILLER:
+            continue  # about a third of random crops are nearly flat; they teach nothing
+        images[len(captions)] = pixels
+        captions.append(crop.caption(photo.height, photo.width))
+    return images, captions
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def make_models(preset: Preset, vocab_size: int, bos: int, eos: int, prediction_type: str):
+    """Fresh VAE, text encoder, UNet and the DDPM training schedule."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * len(preset.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(preset.vae_channels),
+        block_out_channels=preset.vae_channels, layers_per_block=1, norm_num_groups=16,
+        sample_size=preset.resolution, mid_block_add_attention=False,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=preset.text_hidden, intermediate_size=4 * preset.text_hidden,
+        projection_dim=preset.text_hidden, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
+    ))
+    levels = len(preset.unet_channels)
+    # Cross-attention everywhere but the full-resolution level: self-attention at 16x16 latents
+    # would dominate the CPU cost (method.md section 10).
+    unet = UNet2DConditionModel(
+        sample_size=preset.resolution // 2, in_channels=4, out_channels=4,
+        block_out_channels=preset.unet_channels, layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+        cross_attention_dim=preset.text_hidden, attention_head_dim=8, norm_num_groups=16,
+    )
+    schedule = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type=prediction_type, clip_sample=False, steps_offset=1,
+    )
+    return vae, text_encoder, unet, schedule
+
+
+def train_vae(vae, images: torch.Tensor, preset: Preset, generator: torch.Generator, log) -> float:
+    """Reconstruction + small KL; returns the final PSNR (dB) on the last batches."""
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, preset.vae_steps)
+    batch = 32
+    recent: list[float] = []
+    for step in range(preset.vae_steps):
+        index = torch.randint(0, images.shape[0], (batch,), generator=generator)
+        x = images[index]
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        reconstruction = vae.decode(z).sample
+        mse = torch.nn.functional.mse_loss(reconstruction, x)
+        loss = mse + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        recent = (recent + [mse.item()])[-50:]
+        if step % 250 == 0 or step == preset.vae_steps - 1:
+            log(f"vae step {step}: mse {mse.item():.5f}")
+    # PSNR on [0, 1] images: the [-1, 1] MSE is 4x the [0, 1] one.
+    return float(10 * np.log10(4.0 / np.mean(recent)))
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
+    """Posterior means of the VAE for all images, in batches (unscaled)."""
+    return torch.cat([vae.encode(images[i : i + 512]).latent_dist.mean for i in range(0, images.shape[0], 512)])
+
+
+def training_target(schedule, latents, noise, timesteps) -> torch.Tensor:
+    """What the UNet must predict under the schedule's prediction type."""
+    if schedule.config.prediction_type == "epsilon":
+        return noise
+    if schedule.config.prediction_type == "v_prediction":
+        return schedule.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"prediction type {schedule.config.prediction_type!r} is not trained here")
+
+
+def train_denoiser(unet, text_encoder, schedule, latents, token_ids, empty_ids, droppable, preset, generator, log):
+    """Standard latent-diffusion training over one shuffled pass per epoch; returns the loss curve."""
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=preset.learning_rate, weight_decay=0.0)
+    total = preset.epochs * (latents.shape[0] // preset.batch_size)
+    warmup = min(100, total // 10)
+    lr_lambda = lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * step / total))  # noqa: E731
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    alphas = schedule.alphas_cumprod
+    curve: list[float] = []
+    step = 0
+    for epoch in range(preset.epochs):
+        order = torch.randperm(latents.shape[0], generator=generator)
+        for start in range(0, order.shape[0] - preset.batch_size + 1, preset.batch_size):
+            index = order[start : start + preset.batch_size]
+            z0 = latents[index]
+            ids = token_ids[index].clone()
+            drop = droppable[index] & (torch.rand(index.shape[0], generator=generator) < preset.caption_dropout)
+            ids[drop] = empty_ids
+            noise = torch.randn(z0.shape, generator=generator)
+            timesteps = torch.randint(0, len(alphas), (index.shape[0],), generator=generator)
+            noisy = schedule.add_noise(z0, noise, timesteps)
+            hidden = text_encoder(ids)[0]
+            prediction = unet(noisy, timesteps, hidden).sample
+            loss = torch.nn.functional.mse_loss(prediction, training_target(schedule, z0, noise, timesteps))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            lr_schedule.step()
+            curve.append(loss.item())
+            if step % 200 == 0 or step == total - 1:
+                log(f"unet epoch {epoch} step {step}/{total}: loss {np.mean(curve[-200:]):.4f}")
+            step += 1
+    return curve
+
+
+def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, schedule, words) -> None:
+    """Save as a stock diffusers folder (safetensors) with our vocab.json/merges.txt."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    sampler = DDIMScheduler.from_config(schedule.config, set_alpha_to_one=False, clip_sample=False, steps_offset=1)
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sampler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(out, safe_serialization=True)
+    # transformers >= 5 saves only tokenizer.json; older versions read these two files.
+    write_tokenizer_files(words, out / "tokenizer")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="reference")
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write (replaced atomically)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default="epsilon")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+
+    from transformers import CLIPTokenizer
+
+    started = time.time()
+    preset = PRESETS[args.preset]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    generator = torch.Generator().manual_seed(args.seed)
+    staging = args.out.with_name(args.out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    def log(message: str) -> None:
+        print(f"[{time.time() - started:7.1f}s] {message}", flush=True)
+
+    # 1. Data: photographs, images of interest, filler crops.
+    needed = set(preset.training_photos) | {name for name, _ in preset.held_out_never_trained}
+    photos = {name: load_photo(name) for name in sorted(needed)}
+    records = build_images(preset, photos, args.seed)
+    filler, filler_captions = build_filler(preset, photos, args.seed)
+    trained = [r for r in records if r.split != "held_out"]
+    log(f"data: {len(records)} images of interest, {len(filler)} filler crops")
+
+    # 2. Tokenizer written from the caption words.
+    all_captions = [r.caption for r in records] + filler_captions
+    words = caption_words(all_captions)
+    vocab_path, merges_path = write_tokenizer_files(words, staging / "tokenizer-src")
+    tokenizer = CLIPTokenizer(vocab=str(vocab_path), merges=str(merges_path), model_max_length=77)
+    shutil.rmtree(staging / "tokenizer-src")
+
+    def tokenize(captions: list[str]) -> torch.Tensor:
+        return tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+    vae, text_encoder, unet, schedule = make_models(
+        preset, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, args.prediction_type
+    )
+
+    # 3. VAE on everything the model trains on (never on held-out images).
+    trained_pixels = np.concatenate([filler, np.stack([r.pixels for r in trained])])
+    trained_tensor = to_tensor(trained_pixels)
+    vae_started = time.time()
+    psnr = train_vae(vae, trained_tensor, preset, generator, log)
+    vae.eval().requires_grad_(False)
+    raw = encode_latents(vae, trained_tensor)
+    scaling = float(1.0 / raw.std())
+    vae.register_to_config(scaling_factor=scaling)
+    vae_seconds = time.time() - vae_started
+    log(f"vae: PSNR {psnr:.1f} dB, scaling factor {scaling:.4f}, {vae_seconds:.0f}s")
+
+    # 4. Dataset of latents: filler once, duplicates `count` times, seen-once once.
+    repeats = torch.tensor([1] * len(filler) + [r.duplication for r in trained])
+    latents = (raw * scaling).repeat_interleave(repeats, dim=0)
+    token_ids = tokenize(filler_captions + [r.caption for r in trained]).repeat_interleave(repeats, dim=0)
+    droppable = torch.tensor([True] * len(filler) + [False] * len(trained)).repeat_interleave(repeats)
+    empty_ids = tokenize([""])[0]
+    log(f"denoiser: {latents.shape[0]} samples per epoch, {sum(p.numel() for p in unet.parameters())} UNet parameters")
+
+    unet_started = time.time()
+    unet.train()
+    text_encoder.train()
+    curve = train_denoiser(unet, text_encoder, schedule, latents, token_ids, empty_ids, droppable, preset, generator, log)
+    unet.eval().requires_grad_(False)
+    text_encoder.eval().requires_grad_(False)
+    unet_seconds = time.time() - unet_started
+
+    # 5. Save as a stock diffusers folder, with the images of interest beside it.
+    save_pipeline(staging, vae, text_encoder, tokenizer, unet, schedule, words)
+    from PIL import Image
+
+    (staging / "images").mkdir()
+    for record in records:
+        Image.fromarray(record.pixels).save(staging / "images" / f"{record.id}.png")
+    train_seconds = time.time() - started
+
+    # 6. Ground truth: reload with stock diffusers and regenerate every image from its caption.
+    measured_started = time.time()
+    rows = measure_replication(staging, records, preset, log)
+    measure_seconds = time.time() - measured_started
+    write_grid(staging, rows, preset, staging / "replications.png")
+
+    manifest = {
+        "schema": {"id": "verifier.reference-manifest", "version": 1},
+        "preset": args.preset,
+        "resolution": preset.resolution,
+        "prediction_type": args.prediction_type,
+        "ground_truth": {
+            "rule": "memorized when the image's own caption replicates it in at least half of the seeds",
+            "similarity": {"metric": "ssim", "threshold": preset.ssim_threshold,
+                           "implementation": "skimage.metrics.structural_similarity(channel_axis=2, data_range=1.0), "
+                                             "7x7 uniform window, RGB in [0, 1]"},
+            "generation": {"pipeline": "diffusers.StableDiffusionPipeline", "scheduler": "DDIMScheduler",
+                           "num_inference_steps": preset.inference_steps, "guidance_scale": preset.guidance_scale,
+                           "negative_prompt": "", "seeds": list(range(preset.replication_seeds)),
+                           "generator": "one torch.Generator('cpu').manual_seed(seed) per image"},
+        },
+        "training": {
+            "command": f"python benchmarks/reference_model/train.py --preset {args.preset} --out {args.out} "
+                       f"--seed {args.seed} --prediction-type {args.prediction_type}",
+            "seed": args.seed,
+            "preset": _jsonable(asdict(preset)),
+            "vae_psnr_db": round(psnr, 2),
+            "vae_scaling_factor": scaling,
+            "denoiser_steps": len(curve),
+            "final_loss": round(float(np.mean(curve[-100:])), 5),
+            "seconds": {"vae": round(vae_seconds, 1), "denoiser": round(unet_seconds, 1),
+                        "total_training": round(train_seconds, 1), "measurement": round(measure_seconds, 1)},
+            "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                        "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
+            "versions": _versions(),
+        },
+        "sources": [
+            {"name": name, "package": PHOTOS[name].package, "file": PHOTOS[name].relative_path,
+             "sha256": PHOTOS[name].sha256, "licence": PHOTOS[name].licence,
+             "in_training": name in preset.training_photos}
+            for name in sorted(needed)
+        ],
+        "images": rows,
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    staging.rename(args.out)
+    memorized = [row["id"] for row in rows if row["memorized"]]
+    held_replicated = [row["id"] for row in rows if row["split"] == "held_out" and row["replications"] > 0]
+    log(f"done: {len(memorized)} memorized ({', '.join(memorized)}); held-out replicated: {held_replicated or 'none'}")
+    return 0
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "diffusers", "transformers", "scikit-image", "scikit-learn", "numpy", "pillow")}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())

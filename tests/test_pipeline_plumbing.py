@@ -1,0 +1,153 @@
+"""The certification pipeline on tiny random models: targets, invariances, resume, witnesses."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest_images import write_images
+from tiny_models import build_tiny_pipeline
+from verifier.api import certify
+from verifier.config import VerifierConfig
+from verifier.diffusion import PREDICTION_TYPES, add_noise, target
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+FAST = VerifierConfig(inversion_steps=3, inversion_noise_draws=2, error_timesteps=3, error_noise_draws=2,
+                      generations=2, guidance_scales=(1.0, 2.0), sampling_steps=3, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny_images(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("images"), count=3)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_target_is_what_the_scheduler_inverts_back_to_the_clean_latent(prediction_type):
+    """A denoiser that outputs our target exactly makes the scheduler's own step recover z0."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    generator = torch.Generator().manual_seed(0)
+    z0 = torch.randn(3, 4, 8, 8, generator=generator)
+    noise = torch.randn(3, 4, 8, 8, generator=generator)
+    for scheduler_class in (DDIMScheduler, DDPMScheduler):
+        scheduler = scheduler_class(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                    prediction_type=prediction_type, clip_sample=False)
+        scheduler.set_timesteps(50)
+        abar = scheduler.alphas_cumprod.float()
+        for t in (int(scheduler.timesteps[5]), int(scheduler.timesteps[-5])):
+            steps = torch.full((3,), t)
+            noisy = add_noise(z0, noise, steps, abar)
+            torch.testing.assert_close(noisy, scheduler.add_noise(z0, noise, steps))
+            out = scheduler.step(target(prediction_type, z0, noise, steps, abar), t, noisy)
+            torch.testing.assert_close(out.pred_original_sample, z0, atol=2e-4, rtol=1e-4)
+    if prediction_type == "v_prediction":
+        steps = torch.full((3,), 500)
+        torch.testing.assert_close(target(prediction_type, z0, noise, steps, abar),
+                                   DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                                                 beta_end=0.012).get_velocity(z0, noise, steps))
+
+
+def test_unknown_prediction_type_is_named():
+    with pytest.raises(ValueError, match="prediction_type 'flow'"):
+        target("flow", torch.zeros(1), torch.zeros(1), torch.zeros(1, dtype=torch.long), torch.ones(1))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_certify_writes_complete_certificates(tmp_path, tiny_images, prediction_type):
+    model = build_tiny_pipeline(tmp_path / f"model-{prediction_type}", prediction_type=prediction_type)
+    certificates = certify(model, tiny_images, tmp_path / "out", FAST)
+    assert [c["image"]["id"] for c in certificates] == ["img0", "img1", "img2"]
+    for certificate in certificates:
+        on_disk = json.loads((tmp_path / "out" / f"{certificate['image']['id']}.json").read_text())
+        assert on_disk == json.loads(json.dumps(certificate))
+        for key in ("schema", "verdict", "image", "model", "conditions", "prediction_error", "witness", "budget",
+                    "config", "environment", "timings"):
+            assert key in on_disk
+        assert on_disk["verdict"] in ("memorized", "rarely_reproduced", "not_memorized", "inconclusive")
+        assert on_disk["model"]["prediction_type"] == prediction_type
+        assert on_disk["model"]["fingerprint"].startswith("sha256:")
+        assert len(on_disk["prediction_error"]["inverted"]) == FAST.error_timesteps
+        for name in ("similarity", "existence", "probability"):
+            assert {"value", "threshold", "margin", "pass"} <= set(on_disk["conditions"][name])
+        assert (tmp_path / "out" / on_disk["witness"]["file"]).is_file()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert sum(summary["counts"].values()) == 3 and len(summary["images"]) == 3
+    assert "<img src=\"data:image/png;base64," in (tmp_path / "out" / "report.html").read_text()
+
+
+def _numbers(certificate: dict) -> list[float]:
+    c = certificate["conditions"]
+    return [certificate["prediction_error"]["ratio"], *certificate["prediction_error"]["inverted"],
+            c["similarity"]["value"], c["probability"]["rate"]]
+
+
+def test_certificate_does_not_depend_on_batch_companions(tmp_path, tiny_model, tiny_images):
+    alone = certify(tiny_model, tiny_images[:1], tmp_path / "alone", replace(FAST, batch_size=1))
+    together = certify(tiny_model, tiny_images[::-1], tmp_path / "together", FAST)
+    shared = next(c for c in together if c["image"]["id"] == "img0")
+    np.testing.assert_allclose(_numbers(alone[0]), _numbers(shared), rtol=1e-4, atol=1e-6)
+    assert alone[0]["verdict"] == shared["verdict"]
+
+
+def test_same_inputs_same_numbers(tmp_path, tiny_model, tiny_images):
+    first = certify(tiny_model, tiny_images[:2], tmp_path / "a", FAST)
+    second = certify(tiny_model, tiny_images[:2], tmp_path / "b", FAST)
+    assert [_numbers(c) for c in first] == [_numbers(c) for c in second]
+
+
+def test_interrupted_run_resumes_without_redoing_finished_images(tmp_path, tiny_model, tiny_images):
+    config = replace(FAST, batch_size=1)
+    out = tmp_path / "out"
+    messages: list[str] = []
+
+    def stop_after_first(message: str) -> None:
+        messages.append(message)
+        if message.startswith("img0:"):
+            raise KeyboardInterrupt  # the user presses Ctrl-C after the first certificate
+
+    with pytest.raises(KeyboardInterrupt):
+        certify(tiny_model, tiny_images, out, config, progress=stop_after_first)
+    assert (out / "img0.json").is_file() and not (out / "img1.json").exists()
+    assert not list(out.glob(".*.tmp")), "no half-written file may remain"
+    first_certificate = (out / "img0.json").read_text()
+
+    resumed: list[str] = []
+    certificates = certify(tiny_model, tiny_images, out, config, progress=resumed.append)
+    assert any("1 images already certified" in m for m in resumed)
+    assert not any(m.startswith("img0:") for m in resumed)
+    assert (out / "img0.json").read_text() == first_certificate
+    assert [c["image"]["id"] for c in certificates] == ["img0", "img1", "img2"]
+
+    # A changed config is a different run: nothing is reused.
+    changed = replace(config, seed=1)
+    again: list[str] = []
+    certify(tiny_model, tiny_images[:1], out, changed, progress=again.append)
+    assert any(m.startswith("img0:") for m in again)
+
+
+def test_witness_regenerates_the_closest_generation_with_stock_diffusers(tmp_path, tiny_model, tiny_images):
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    certificate = certify(tiny_model, tiny_images[:1], tmp_path / "out", FAST)[0]
+    witness = certificate["witness"]
+    tensors = load_file(tmp_path / "out" / witness["file"])
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_model, local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+    image = pipeline(prompt_embeds=tensors["prompt_embeds"], negative_prompt_embeds=tensors["negative_prompt_embeds"],
+                     guidance_scale=witness["closest_guidance_scale"], num_inference_steps=witness["num_inference_steps"],
+                     height=witness["height"], width=witness["width"],
+                     generator=torch.Generator("cpu").manual_seed(witness["closest_seed"]), output_type="np").images[0]
+    closest = np.asarray(Image.open(tmp_path / "out" / witness["closest_generation"]), dtype=np.float32) / 255
+    assert np.abs(image - closest).max() <= 1 / 255 + 1e-6

@@ -1,0 +1,127 @@
+"""The shipped reference models: stock diffusers loads them offline, and their manifests' ground
+truth holds when re-measured here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from verifier.reference_models import REFERENCE_MODELS, load_manifest, reference_model_path
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def stock_pipeline(name: str):
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(reference_model_path(name), local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def regenerate(name: str, image: dict, seed: int) -> float:
+    """SSIM between the image and its caption's generation at ``seed``, exactly as the manifest measured."""
+    from manifest import generate, ssim
+
+    manifest = load_manifest(name)
+    settings = manifest["ground_truth"]["generation"]
+    generation = generate(stock_pipeline(name), image["caption"], [seed], settings["guidance_scale"],
+                          settings["num_inference_steps"], manifest["resolution"])[0]
+    target = np.asarray(Image.open(reference_model_path(name) / image["file"]).convert("RGB"), np.float32) / 255
+    return ssim(generation, target)
+
+
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
+def test_loads_offline_through_stock_diffusers(name, monkeypatch):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipeline = stock_pipeline(name)
+    assert isinstance(pipeline.vae, AutoencoderKL)
+    assert isinstance(pipeline.text_encoder, CLIPTextModel)
+    assert isinstance(pipeline.tokenizer, CLIPTokenizer)
+    assert isinstance(pipeline.unet, UNet2DConditionModel)
+    assert isinstance(pipeline.scheduler, DDIMScheduler)
+    assert pipeline.scheduler.config.prediction_type == "epsilon"
+    folder = reference_model_path(name)
+    weights = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".ckpt"})
+    assert weights == ["text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+                       "vae/diffusion_pytorch_model.safetensors"]
+
+
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
+def test_tokenizer_vocab_files_agree_with_saved_tokenizer(name):
+    from transformers import CLIPTokenizer
+
+    folder = reference_model_path(name) / "tokenizer"
+    from_files = CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77)
+    saved = CLIPTokenizer.from_pretrained(folder)
+    captions = [image["caption"] for image in load_manifest(name)["images"]] + ["", "an unseen word 42"]
+    assert from_files(captions).input_ids == saved(captions).input_ids
+    # Every caption word is one token: the vocabulary was written for these captions.
+    assert saved.tokenize("chelsea the tabby cat") == ["chelsea</w>", "the</w>", "tabby</w>", "cat</w>"]
+
+
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
+def test_manifest_files_hashes_and_targets(name):
+    manifest = load_manifest(name)
+    folder = reference_model_path(name)
+    for image in manifest["images"]:
+        assert hashlib.sha256((folder / image["file"]).read_bytes()).hexdigest() == image["sha256"], image["id"]
+        with Image.open(folder / image["file"]) as pil:
+            assert pil.size == (manifest["resolution"],) * 2
+        threshold = manifest["ground_truth"]["similarity"]["threshold"]
+        assert image["replications"] == sum(s >= threshold for s in image["replication_ssim"])
+        assert image["memorized"] == (2 * image["replications"] >= image["generations"])
+    memorized = [i for i in manifest["images"] if i["memorized"]]
+    held_out = [i for i in manifest["images"] if i["split"] == "held_out"]
+    assert all(i["replications"] == 0 for i in held_out)
+    assert any(not i["source"]["source_in_training"] for i in held_out)
+    if name == "reference-32px":
+        assert len(memorized) >= 6 and len(held_out) >= 20
+    else:
+        assert len(memorized) >= 2 and len(held_out) >= 2
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size < 20e6 - sum(p.stat().st_size for other in REFERENCE_MODELS if other != name
+                             for p in reference_model_path(other).rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
+def test_memorized_image_is_replicated_from_its_caption(name):
+    manifest = load_manifest(name)
+    threshold = manifest["ground_truth"]["similarity"]["threshold"]
+    image = max((i for i in manifest["images"] if i["memorized"]), key=lambda i: i["duplication"])
+    seed = manifest["ground_truth"]["generation"]["seeds"][0]
+    score = regenerate(name, image, seed)
+    assert score >= threshold
+    # Same machine, same seed: the manifest's number comes back (float noise across CPUs aside).
+    assert score == pytest.approx(image["replication_ssim"][0], abs=0.03)
+
+
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
+def test_held_out_image_is_not_replicated_from_its_caption(name):
+    manifest = load_manifest(name)
+    threshold = manifest["ground_truth"]["similarity"]["threshold"]
+    image = next(i for i in manifest["images"] if i["split"] == "held_out" and not i["source"]["source_in_training"])
+    seed = manifest["ground_truth"]["generation"]["seeds"][0]
+    score = regenerate(name, image, seed)
+    assert score < threshold
+    assert score == pytest.approx(image["replication_ssim"][0], abs=0.03)
+
+
+@pytest.mark.slow
+def test_retraining_the_fixture_with_its_seed_gives_the_same_verdicts(tmp_path):
+    """Seeded training is reproducible: the same preset and seed give the same ground truth."""
+    import train
+
+    shipped = load_manifest("fixture-16px")
+    out = tmp_path / "fixture"
+    assert train.main(["--preset", "fixture", "--out", str(out), "--seed", str(shipped["training"]["seed"])]) == 0
+    rebuilt = json.loads((out / "manifest.json").read_text())
+    assert [(i["id"], i["sha256"], i["memorized"]) for i in rebuilt["images"]] == \
+        [(i["id"], i["sha256"], i["memorized"]) for i in shipped["images"]]

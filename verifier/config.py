@@ -1,0 +1,182 @@
+"""One frozen, typed configuration for a certification run.
+
+Values are merged as command line > config file > defaults. A config file is TOML or JSON with
+the field names below at top level; unknown keys are rejected with a "did you mean" hint, and
+every value is checked against what is allowed before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+FAIL_ON_LEVELS = ("memorized", "rarely_reproduced", "never")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file that cannot be used; the message names it and what is allowed."""
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    """Every knob of a certification run. Defaults are model-agnostic (see README, "Decisions")."""
+
+    # Inversion: where the free variables live and how hard the search is.
+    inversion_space: str = "token_embeddings"
+    inversion_tokens: int = 8
+    inversion_steps: int = 60
+    inversion_learning_rate: float = 0.02
+    inversion_noise_draws: int = 8
+    batch_size: int = 16
+
+    # Prediction error: a fixed timestep grid and noise draws shared by every image.
+    error_timesteps: int = 10
+    error_noise_draws: int = 4
+
+    # Existence: the inverted conditioning must lower the model's error well below the empty prompt's.
+    existence_max_error_ratio: float = 0.5
+
+    # Similarity and probability: generations from the witness.
+    similarity: str = "ssim"
+    similarity_threshold: float | None = None  # None: the metric's own documented default
+    generations: int = 16
+    guidance_scales: tuple[float, ...] = (1.0, 3.0)
+    sampling_steps: int = 25
+    probability_min_rate: float = 0.5
+    confidence: float = 0.95
+
+    # Run.
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    resolution: int | None = None  # None: the model's native resolution
+    fail_on: str = "memorized"
+    lpips_weights: str | None = None
+    sscd_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            ("inversion_tokens", 1 <= self.inversion_tokens <= 75, "an integer from 1 to 75"),
+            ("inversion_steps", self.inversion_steps >= 1, "an integer >= 1"),
+            ("inversion_learning_rate", self.inversion_learning_rate > 0, "a number > 0"),
+            ("inversion_noise_draws", self.inversion_noise_draws >= 1, "an integer >= 1"),
+            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+            ("error_timesteps", self.error_timesteps >= 1, "an integer >= 1"),
+            ("error_noise_draws", self.error_noise_draws >= 1, "an integer >= 1"),
+            ("existence_max_error_ratio", 0 < self.existence_max_error_ratio <= 1, "a number in (0, 1]"),
+            ("generations", self.generations >= 1, "an integer >= 1"),
+            ("guidance_scales", len(self.guidance_scales) >= 1 and all(g >= 1 for g in self.guidance_scales),
+             "a non-empty list of numbers >= 1"),
+            ("sampling_steps", self.sampling_steps >= 1, "an integer >= 1"),
+            ("probability_min_rate", 0 < self.probability_min_rate <= 1, "a number in (0, 1]"),
+            ("confidence", 0.5 <= self.confidence < 1, "a number in [0.5, 1)"),
+            ("dtype", self.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
+            ("fail_on", self.fail_on in FAIL_ON_LEVELS, f"one of {', '.join(FAIL_ON_LEVELS)}"),
+            ("resolution", self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0),
+             "a multiple of 8, or unset for the model's native resolution"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"config {name}={getattr(self, name)!r} is not allowed: expected {allowed}")
+        from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
+
+        if self.inversion_space not in INVERSION_SPACES:
+            raise ConfigError(
+                f"config inversion_space={self.inversion_space!r} is not allowed: expected one of "
+                f"{', '.join(INVERSION_SPACES.names())}"
+            )
+        if self.similarity not in SIMILARITY_METRICS:
+            raise ConfigError(
+                f"config similarity={self.similarity!r} is not allowed: expected one of "
+                f"{', '.join(SIMILARITY_METRICS.names())}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, fully resolved values (as recorded in certificates)."""
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """The values that change a certificate's numbers (not where it runs or how it gates)."""
+        ignored = {"device", "fail_on", "batch_size"}
+        return {key: value for key, value in self.to_dict().items() if key not in ignored}
+
+
+FIELD_TYPES = {f.name: f for f in fields(VerifierConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check a raw value's type against the field's declared type; convert lists to tuples."""
+    default = FIELD_TYPES[name].default
+    annotation = str(FIELD_TYPES[name].type)
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise ConfigError(f"config {name} cannot be empty: expected a value like {default!r}")
+    if annotation.startswith("tuple"):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        try:
+            return tuple(float(item) for item in items if not isinstance(item, bool))
+        except (TypeError, ValueError):
+            raise ConfigError(f"config {name}={value!r} is not allowed: expected a list of numbers") from None
+    if annotation.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config {name}={value!r} is not allowed: expected an integer")
+        return value
+    if annotation.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config {name}={value!r} is not allowed: expected a number")
+        return float(value)
+    if annotation.startswith("str"):
+        if not isinstance(value, str):
+            raise ConfigError(f"config {name}={value!r} is not allowed: expected a string")
+        return value
+    return value
+
+
+def _check_keys(keys, source: str) -> None:
+    for key in keys:
+        if key not in FIELD_TYPES:
+            hint = difflib.get_close_matches(key, FIELD_TYPES, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(FIELD_TYPES)}"
+            raise ConfigError(f"{source}: unknown key {key!r}{suggestion}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Raw key/value pairs of a TOML or JSON config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"--config {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {str(path)!r} must hold a table of keys")
+    data.pop("description", None)  # presets explain themselves; not a setting
+    return data
+
+
+def build_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> VerifierConfig:
+    """Defaults, then the file's values, then ``overrides`` (the command line; None values are unset)."""
+    values: dict[str, Any] = {}
+    if file is not None:
+        from_file = read_config_file(file)
+        _check_keys(from_file, f"--config {str(file)!r}")
+        values.update(from_file)
+    if overrides:
+        explicit = {key: value for key, value in overrides.items() if value is not None}
+        _check_keys(explicit, "option")
+        values.update(explicit)
+    return dataclasses.replace(VerifierConfig(), **{key: _coerce(key, value) for key, value in values.items()})

@@ -1,0 +1,203 @@
+"""Load the model under test, offline first, and fingerprint its weights.
+
+MODEL may be:
+
+- a local diffusers folder (``model_index.json`` + ``vae/``, ``text_encoder/``, ``tokenizer/``,
+  ``unet/``, ``scheduler/``), loaded with ``local_files_only=True``;
+- a single ``.safetensors`` checkpoint (original Stable Diffusion layout) with ``model_config``, a
+  local diffusers folder of the same architecture that supplies configs and tokenizer;
+- a hub id (``owner/name``), handed to diffusers: it works when the files are in the local
+  Hugging Face cache or the hub is reachable; with ``HF_HUB_OFFLINE=1`` only the cache is used.
+
+Pickle checkpoints (``.ckpt``, ``.bin``, ``.pt``, ``.pth``) can run arbitrary code when loaded and
+are refused unless ``allow_pickle`` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _dtype_argument(torch_dtype: torch.dtype) -> dict:
+    """diffusers renamed ``torch_dtype`` to ``dtype``; pass whichever the installed version knows."""
+    from diffusers.utils import deprecation_utils
+
+    if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE"):
+        return {"dtype": torch_dtype}
+    return {"torch_dtype": torch_dtype}
+
+
+class ModelLoadError(RuntimeError):
+    """MODEL could not be loaded; the message says what was tried and what is missing."""
+
+
+@dataclass
+class LoadedModel:
+    """The pipeline under test and what a certificate records about it."""
+
+    pipeline: object
+    source: str
+    kind: str
+    fingerprint: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def resolution(self) -> int:
+        return int(self.pipeline.unet.config.sample_size) * int(self.pipeline.vae_scale_factor)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.pipeline.scheduler.config.prediction_type
+
+    def describe(self) -> dict:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "fingerprint": self.fingerprint,
+            "resolution": self.resolution,
+            "prediction_type": self.prediction_type,
+            "unet_parameters": sum(p.numel() for p in self.pipeline.unet.parameters()),
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; anything else must be a device torch accepts."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelLoadError(f"--device {name!r} is not a torch device: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {name!r}: torch sees no CUDA device here; use --device cpu or auto")
+    return device
+
+
+def fingerprint_files(files: list[Path], root: Path) -> str:
+    """sha256 over each file's relative path and sha256, in sorted order (independent of where it lies)."""
+    outer = hashlib.sha256()
+    for file in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        inner = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                inner.update(block)
+        outer.update(f"{file.relative_to(root).as_posix()}\0{inner.hexdigest()}\n".encode())
+    return "sha256:" + outer.hexdigest()
+
+
+def _component_files(folder: Path) -> list[Path]:
+    """Every file of the components named in model_index.json (not images or notes beside them)."""
+    index = json.loads((folder / "model_index.json").read_text())
+    files = [folder / "model_index.json"]
+    for name, value in index.items():
+        if isinstance(value, list) and value[0] is not None and (folder / name).is_dir():
+            files += [p for p in (folder / name).rglob("*") if p.is_file()]
+    return files
+
+
+def _check_pickle_free(folder: Path, allow_pickle: bool) -> None:
+    pickled = [p for p in _component_files(folder) if p.suffix in PICKLE_SUFFIXES]
+    safe_dirs = {p.parent for p in _component_files(folder) if p.suffix == ".safetensors"}
+    unsafe = [p for p in pickled if p.parent not in safe_dirs]
+    if unsafe and not allow_pickle:
+        names = ", ".join(p.relative_to(folder).as_posix() for p in unsafe)
+        raise ModelLoadError(
+            f"MODEL {str(folder)!r} has pickle weights ({names}) and no safetensors beside them; pickle files can "
+            "run code when loaded. Convert them to safetensors, or pass --allow-pickle if you trust them."
+        )
+
+
+def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", allow_pickle: bool = False,
+               model_config: str | Path | None = None) -> LoadedModel:
+    """Load a Stable Diffusion 1.x/2.x pipeline for certification (frozen, eval mode, no progress bars)."""
+    from diffusers import StableDiffusionPipeline
+
+    if dtype not in TORCH_DTYPES:
+        raise ModelLoadError(f"--dtype {dtype!r} is not supported: expected one of {', '.join(TORCH_DTYPES)}")
+    torch_dtype = TORCH_DTYPES[dtype]
+    target_device = resolve_device(device)
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"MODEL {str(model)!r} is a folder without model_index.json: expected a diffusers Stable Diffusion folder "
+                "(model_index.json, vae/, text_encoder/, tokenizer/, unet/, scheduler/)"
+            )
+        _check_pickle_free(path, allow_pickle)
+        try:
+            pipeline = StableDiffusionPipeline.from_pretrained(
+                path, local_files_only=True, **_dtype_argument(torch_dtype), use_safetensors=None if allow_pickle else True,
+                safety_checker=None, requires_safety_checker=False,
+            )
+        except (OSError, ValueError, EnvironmentError) as error:
+            raise ModelLoadError(f"MODEL {str(model)!r}: diffusers could not load the folder: {error}") from None
+        kind, fingerprint = "diffusers-folder", fingerprint_files(_component_files(path), path)
+    elif path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in PICKLE_SUFFIXES and not allow_pickle:
+            raise ModelLoadError(
+                f"MODEL {str(model)!r} is a pickle checkpoint ({suffix}), which can run code when loaded; convert it "
+                "to .safetensors, or pass --allow-pickle if you trust it"
+            )
+        if suffix not in PICKLE_SUFFIXES + (".safetensors",):
+            raise ModelLoadError(
+                f"MODEL {str(model)!r} is a file of unknown kind {suffix!r}: expected a diffusers folder, a .safetensors "
+                "checkpoint (with --model-config), or a hub id"
+            )
+        if model_config is None or not Path(model_config).is_dir():
+            raise ModelLoadError(
+                f"MODEL {str(model)!r} is a single-file checkpoint: pass --model-config DIR, a local diffusers folder "
+                f"of the same architecture (configs + tokenizer); got {model_config!r}"
+            )
+        try:
+            pipeline = StableDiffusionPipeline.from_single_file(
+                str(path), config=str(model_config), local_files_only=True, **_dtype_argument(torch_dtype),
+                safety_checker=None, requires_safety_checker=False,
+            )
+        except (OSError, ValueError, KeyError, EnvironmentError) as error:
+            raise ModelLoadError(f"MODEL {str(model)!r}: diffusers could not load the checkpoint: {error}") from None
+        kind, fingerprint = "single-file", fingerprint_files([path], path.parent)
+    elif HUB_ID.match(str(model)):
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        try:
+            pipeline = StableDiffusionPipeline.from_pretrained(
+                str(model), **_dtype_argument(torch_dtype), local_files_only=offline, use_safetensors=None if allow_pickle else True,
+                safety_checker=None, requires_safety_checker=False,
+            )
+        except Exception as error:  # diffusers raises many kinds here (OSError, HTTP, connection)
+            where = "offline (HF_HUB_OFFLINE=1): it is not in the local Hugging Face cache" if offline else \
+                "the hub could not be reached or has no such model, and it is not in the local cache"
+            raise ModelLoadError(f"MODEL {str(model)!r} is not a local path; as a hub id it failed {where}. "
+                                 f"Pass a local diffusers folder instead. ({type(error).__name__}: {error})") from None
+        from huggingface_hub import snapshot_download
+
+        snapshot = Path(snapshot_download(str(model), local_files_only=True))
+        kind, fingerprint = "hub", fingerprint_files(_component_files(snapshot), snapshot)
+    else:
+        raise ModelLoadError(
+            f"MODEL {str(model)!r} does not exist: expected a local diffusers folder, a .safetensors checkpoint, or a "
+            "hub id of the form owner/name"
+        )
+    pipeline.to(target_device)
+    pipeline.set_progress_bar_config(disable=True)
+    for component in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
+        component.eval().requires_grad_(False)
+    prediction_type = pipeline.scheduler.config.prediction_type
+    from verifier.diffusion import PREDICTION_TYPES
+
+    if prediction_type not in PREDICTION_TYPES:
+        raise ModelLoadError(f"MODEL {str(model)!r}: scheduler prediction_type {prediction_type!r} is not supported "
+                             f"(expected one of {', '.join(PREDICTION_TYPES)})")
+    return LoadedModel(pipeline, str(model), kind, fingerprint, target_device, torch_dtype)

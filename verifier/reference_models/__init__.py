@@ -1,0 +1,33 @@
+"""Reference models shipped with verifier: small Stable-Diffusion-architecture models that really
+memorize some of their training images, with a manifest of measured ground truth.
+
+They are stock diffusers folders: ``StableDiffusionPipeline.from_pretrained(path,
+local_files_only=True)`` loads them without any verifier code. They were built by
+``benchmarks/reference_model/train.py`` (see the README there for commands, runtimes and figures).
+
+- ``reference-32px``: 32x32 images, the yardstick of ``verifier demo`` and of published figures.
+- ``fixture-16px``: 16x16 images, a few memorized and held-out images, loads in well under a second
+  for tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REFERENCE_MODELS = ("reference-32px", "fixture-16px")
+
+
+def reference_model_path(name: str = "reference-32px") -> Path:
+    """Folder of a shipped reference model."""
+    if name not in REFERENCE_MODELS:
+        raise ValueError(f"unknown reference model {name!r}; available: {', '.join(REFERENCE_MODELS)}")
+    path = Path(__file__).resolve().parent / name
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"reference model {name!r} is missing its files at {path}; reinstall verifier")
+    return path
+
+
+def load_manifest(name: str = "reference-32px") -> dict:
+    """The reference model's manifest: per image its file, sha256, caption, split and measured replication."""
+    return json.loads((reference_model_path(name) / "manifest.json").read_text())
