@@ -122,7 +122,13 @@ def _check_pickle_free(folder: Path, allow_pickle: bool) -> None:
 def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", allow_pickle: bool = False,
                model_config: str | Path | None = None) -> LoadedModel:
     """Load a Stable Diffusion 1.x/2.x pipeline for certification (frozen, eval mode, no progress bars)."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
     from diffusers import StableDiffusionPipeline
+
+    # Loading bars would drown verifier's own progress lines on stderr.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
     if dtype not in TORCH_DTYPES:
         raise ModelLoadError(f"--dtype {dtype!r} is not supported: expected one of {', '.join(TORCH_DTYPES)}")

@@ -69,11 +69,20 @@ def measure_replication(folder: Path, records, preset, log) -> list[dict]:
     return rows
 
 
-def write_grid(folder: Path, rows: list[dict], preset, out: Path, scale: int = 3, max_rows: int = 40) -> None:
-    """Target | its generations, one row per image, upscaled ``scale`` x with nearest neighbours."""
+def grid_rows(rows: list[dict]) -> list[dict]:
+    """Which images the grid shows: every duplicated one, then a few seen once and held out of each kind."""
+    duplicated = [row for row in rows if row["split"] == "duplicated"]
+    seen_once = [row for row in rows if row["split"] == "seen_once"][:4]
+    held_crops = [row for row in rows if row["split"] == "held_out" and row["source"]["source_in_training"]][:4]
+    never = [row for row in rows if row["split"] == "held_out" and not row["source"]["source_in_training"]]
+    return duplicated + seen_once + held_crops + [row for row in never if row["id"].endswith("whole")]
+
+
+def write_grid(folder: Path, rows: list[dict], preset, out: Path, scale: int = 2) -> None:
+    """Target | its generations, one row per shown image, upscaled ``scale`` x with nearest neighbours."""
     res = preset.resolution
     gap = 2
-    chosen = rows[:max_rows]
+    chosen = grid_rows(rows)
     columns = 1 + preset.replication_seeds
     grid = np.full(((res + gap) * len(chosen), (res + gap) * columns + gap * 2, 3), 255, dtype=np.uint8)
     for r, row in enumerate(chosen):
@@ -88,3 +97,36 @@ def write_grid(folder: Path, rows: list[dict], preset, out: Path, scale: int = 3
     for row in rows:
         (folder / "images" / f".{row['id']}.generations.npy").unlink()
     Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST).save(out)
+
+
+def verify(folder: Path, log=print) -> int:
+    """Re-measure a shipped model's ground truth with stock diffusers; rewrite its grid; 1 if a verdict differs."""
+    import json
+    from types import SimpleNamespace
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    settings = manifest["ground_truth"]["generation"]
+    preset = SimpleNamespace(replication_seeds=len(settings["seeds"]), guidance_scale=settings["guidance_scale"],
+                             inference_steps=settings["num_inference_steps"], resolution=manifest["resolution"],
+                             ssim_threshold=manifest["ground_truth"]["similarity"]["threshold"])
+    records = [
+        SimpleNamespace(id=row["id"], caption=row["caption"], duplication=row["duplication"], split=row["split"],
+                        crop=SimpleNamespace(**{k: v for k, v in row["source"].items() if k != "source_in_training"}),
+                        source_in_training=row["source"]["source_in_training"],
+                        pixels=np.asarray(Image.open(folder / row["file"]).convert("RGB")))
+        for row in manifest["images"]
+    ]
+    rows = measure_replication(folder, records, preset, log)
+    write_grid(folder, rows, preset, folder / "replications.png")
+    changed = [new["id"] for new, old in zip(rows, manifest["images"]) if new["memorized"] != old["memorized"]]
+    log(f"{len(rows)} images re-measured; verdicts that differ from the manifest: {changed or 'none'}")
+    return 1 if changed else 0
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Re-measure a reference model's ground truth and redraw its grid.")
+    parser.add_argument("folder", type=Path)
+    sys.exit(verify(parser.parse_args().folder))

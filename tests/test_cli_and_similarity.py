@@ -1,0 +1,154 @@
+"""The command line (through click.testing) and the similarity registry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest_images import write_images
+from tiny_models import build_tiny_pipeline
+from verifier.cli import main
+from verifier.conditions import clopper_pearson, decide
+from verifier.config import VerifierConfig
+from verifier.registry import SIMILARITY_METRICS
+from verifier.similarity import SSCD, SSIM, LPIPSSimilarity, SimilarityError
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+FAST_OPTIONS = ["--inversion-steps", "2", "--generations", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def test_help_is_instant_and_imports_no_torch():
+    code = "import sys; from verifier.cli import main; assert 'torch' not in sys.modules; assert 'diffusers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    result = CliRunner().invoke(main, ["certify", "--help"])
+    assert result.exit_code == 0 and "Examples:" in result.output
+
+
+def test_certify_exit_codes(tmp_path, tiny_model):
+    images = write_images(tmp_path / "images", count=2)
+    runner = CliRunner()
+    ok = runner.invoke(main, ["certify", str(tiny_model), str(tmp_path / "images"), "--out", str(tmp_path / "o"),
+                              *FAST_OPTIONS])
+    assert ok.exit_code == 0, ok.output
+    assert "2 certificates" in ok.output and (tmp_path / "o" / "summary.json").is_file()
+    verdicts = {c["verdict"] for c in json.loads((tmp_path / "o" / "summary.json").read_text())["images"]}
+    assert "memorized" not in verdicts  # a random model memorizes nothing
+
+    usage = runner.invoke(main, ["certify", str(tiny_model), str(images[0]), "--out", str(tmp_path / "u"),
+                                 "--generations", "0"])
+    assert usage.exit_code == 2 and "generations=0 is not allowed" in usage.output
+    missing = runner.invoke(main, ["certify", str(tiny_model), str(tmp_path / "nope.png"), "--out", str(tmp_path / "u")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    (tmp_path / "model.ckpt").write_bytes(b"x")
+    runtime = runner.invoke(main, ["certify", str(tmp_path / "model.ckpt"), str(images[0]), "--out", str(tmp_path / "r")])
+    assert runtime.exit_code == 3 and "pickle checkpoint" in runtime.output
+    no_weights = runner.invoke(main, ["certify", str(tiny_model), str(images[0]), "--out", str(tmp_path / "l"),
+                                      "--similarity", "lpips", "--lpips-weights", str(tmp_path / "alexnet.pth")])
+    assert no_weights.exit_code == 3 and "alexnet-owt-7be5be79.pth" in no_weights.output
+
+
+def test_fail_on_levels_gate_the_exit_code(tmp_path, tiny_model):
+    """With a threshold every generation passes, images come out non-clean and --fail-on decides the exit."""
+    images = write_images(tmp_path / "images", count=1)
+    runner = CliRunner()
+    arguments = ["certify", str(tiny_model), str(images[0]), "--out", str(tmp_path / "o"), *FAST_OPTIONS,
+                 "--similarity-threshold", "-1"]
+    config = tmp_path / "lenient.toml"
+    config.write_text("existence_max_error_ratio = 1.0\nprobability_min_rate = 0.01\n")
+    gated = runner.invoke(main, [*arguments, "--config", str(config)])
+    assert "memorized" in gated.output
+    assert gated.exit_code == 1
+    assert runner.invoke(main, [*arguments, "--config", str(config), "--fail-on", "never"]).exit_code == 0
+
+
+# --- similarity ---------------------------------------------------------------------------------
+
+def test_registry_lists_the_metrics():
+    assert SIMILARITY_METRICS.names() == ["lpips", "sscd", "ssim"]
+    with pytest.raises(KeyError, match="unknown similarity metric 'psnr'"):
+        SIMILARITY_METRICS.get("psnr")
+
+
+def test_ssim_is_one_for_identical_images_and_lower_for_others():
+    rng = np.random.default_rng(0)
+    image = rng.random((16, 16, 3)).astype(np.float32)
+    scores = SSIM()(np.stack([image, rng.random((16, 16, 3)).astype(np.float32)]), image)
+    assert scores[0] == pytest.approx(1.0) and scores[1] < 0.2
+
+
+def test_lpips_names_the_missing_trunk_file(tmp_path):
+    config = VerifierConfig(similarity="lpips", lpips_weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(SimilarityError, match="alexnet-owt-7be5be79.pth.*missing.pth"):
+        LPIPSSimilarity(config)
+
+
+def test_lpips_runs_with_a_trunk_file(tmp_path):
+    """The real loading path, with a random trunk saved as torchvision would (a smoke test, not a metric)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    weights = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save(torchvision.models.alexnet().state_dict(), weights)
+    metric = LPIPSSimilarity(VerifierConfig(similarity="lpips", lpips_weights=str(weights)))
+    rng = np.random.default_rng(0)
+    image = rng.random((32, 32, 3)).astype(np.float32)
+    distances = metric(np.stack([image, rng.random((32, 32, 3)).astype(np.float32)]), image)
+    assert distances[0] == pytest.approx(0.0, abs=1e-6) and distances[1] > 0
+    assert metric.weights["sha256"] and not metric.higher_is_similar
+
+
+def test_sscd_uses_a_torchscript_file(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    path = tmp_path / "sscd.torchscript.pt"
+    torch.jit.script(net).save(str(path))
+    metric = SSCD(VerifierConfig(similarity="sscd", sscd_weights=str(path)))
+    rng = np.random.default_rng(0)
+    image = rng.random((16, 16, 3)).astype(np.float32)
+    scores = metric(np.stack([image, 1 - image]), image)
+    assert scores[0] == pytest.approx(1.0, abs=1e-5) and scores[1] < scores[0]
+    with pytest.raises(SimilarityError, match="needs sscd_weights"):
+        SSCD(VerifierConfig(similarity="sscd"))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(SimilarityError, match="is not a TorchScript file"):
+        SSCD(VerifierConfig(similarity="sscd", sscd_weights=str(tmp_path / "junk.pt")))
+
+
+# --- conditions ---------------------------------------------------------------------------------
+
+def test_clopper_pearson_bounds():
+    lower, upper = clopper_pearson(0, 16, 0.95)
+    assert lower == 0 and upper == pytest.approx(1 - 0.05 ** (1 / 16))
+    lower, upper = clopper_pearson(16, 16, 0.95)
+    assert upper == 1 and lower == pytest.approx(0.05 ** (1 / 16))
+    lower, upper = clopper_pearson(8, 16, 0.95)
+    assert lower < 0.5 < upper
+
+
+@pytest.mark.parametrize(("ratio", "scores", "verdict"), [
+    (0.2, [0.9] * 16, "memorized"),
+    (0.2, [0.9] * 3 + [0.1] * 13, "rarely_reproduced"),
+    (0.95, [0.1] * 16, "not_memorized"),
+    (0.2, [0.1] * 16, "inconclusive"),
+    # A simple image drawn generically: similar generations, but the error never falls.
+    (0.95, [0.9] * 16, "inconclusive"),
+])
+def test_verdict_table(ratio, scores, verdict):
+    decision = decide(error_ratio=ratio, scores_by_scale={3.0: np.array(scores)}, metric=SSIM(), threshold=0.7,
+                      max_error_ratio=0.5, min_rate=0.5, confidence=0.95)
+    assert decision.verdict == verdict
+    assert decision.conditions["existence"]["pass"] == (ratio <= 0.5)
+    if verdict == "not_memorized":
+        assert "replication probability <=" in decision.reason
