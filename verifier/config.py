@@ -36,8 +36,8 @@ class VerifierConfig:
     inversion_space: str = "token_embeddings"
     inversion_tokens: int = 8
     inversion_steps: int = 60
-    inversion_learning_rate: float = 0.02
-    inversion_noise_draws: int = 8
+    inversion_learning_rate: float = 0.1  # relative to the space's scale (see verifier.invert)
+    inversion_noise_draws: int = 4
     batch_size: int = 16
 
     # Prediction error: a fixed timestep grid and noise draws shared by every image.
@@ -53,7 +53,7 @@ class VerifierConfig:
     generations: int = 16
     guidance_scales: tuple[float, ...] = (1.0, 3.0)
     sampling_steps: int = 25
-    probability_min_rate: float = 0.5
+    probability_min_rate: float = 0.25
     confidence: float = 0.95
 
     # Run.

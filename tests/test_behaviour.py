@@ -1,0 +1,100 @@
+"""Behaviour on the reference model, whose memorized images are known: default settings must be right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from verifier.api import certify
+from verifier.config import VerifierConfig
+from verifier.model import load_model
+from verifier.reference_models import load_manifest, reference_model_path
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+MEMORIZED = "dup00-astronaut-x3000"
+NEVER_TRAINED = "held-flower-whole"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_model(reference_model_path("reference-32px"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def certified(reference, tmp_path_factory):
+    folder = reference_model_path("reference-32px")
+    files = [folder / "images" / f"{image_id}.png" for image_id in (MEMORIZED, NEVER_TRAINED)]
+    out = tmp_path_factory.mktemp("certs")
+    return out, {c["image"]["id"]: c for c in certify(reference, files, out, VerifierConfig(device="cpu"))}
+
+
+def test_memorized_image_is_certified_memorized(certified):
+    _, certificates = certified
+    certificate = certificates[MEMORIZED]
+    assert load_manifest()["images"][0]["id"] == MEMORIZED and load_manifest()["images"][0]["memorized"]
+    assert certificate["verdict"] == "memorized", certificate["verdict_reason"]
+    assert certificate["conditions"]["existence"]["value"] < 0.3
+
+
+def test_never_trained_image_is_certified_not_memorized(certified):
+    _, certificates = certified
+    certificate = certificates[NEVER_TRAINED]
+    assert certificate["verdict"] == "not_memorized", certificate["verdict_reason"]
+    assert certificate["conditions"]["existence"]["value"] > 0.7
+    probability = certificate["conditions"]["probability"]
+    assert probability["upper_bound"] < 0.3  # 0 of 16 replications: p <= 1 - (alpha/2)^(1/16)
+
+
+def test_witness_regenerates_the_replication_with_stock_diffusers(certified):
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+    from skimage.metrics import structural_similarity
+
+    out, certificates = certified
+    witness = certificates[MEMORIZED]["witness"]
+    tensors = load_file(out / witness["file"])
+    pipeline = StableDiffusionPipeline.from_pretrained(reference_model_path("reference-32px"), local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+    image = pipeline(prompt_embeds=tensors["prompt_embeds"], negative_prompt_embeds=tensors["negative_prompt_embeds"],
+                     guidance_scale=witness["closest_guidance_scale"], num_inference_steps=witness["num_inference_steps"],
+                     height=witness["height"], width=witness["width"], output_type="np",
+                     generator=torch.Generator("cpu").manual_seed(witness["closest_seed"])).images[0]
+    target = np.asarray(Image.open(reference_model_path("reference-32px") / "images" / f"{MEMORIZED}.png"),
+                        np.float32) / 255
+    assert structural_similarity(image, target, channel_axis=2, data_range=1.0) >= 0.7
+
+
+def test_simple_images_are_not_called_memorized_on_similarity_alone(reference, tmp_path):
+    """Flat colour, a smooth gradient and a silhouette: easy to draw, never trained."""
+    ramp = np.linspace(0, 255, 32, dtype=np.float32)
+    gradient = np.stack([np.tile(ramp, (32, 1)), np.tile(ramp[:, None], (1, 32)), np.full((32, 32), 128.0)], axis=2)
+    Image.fromarray(gradient.astype(np.uint8)).save(tmp_path / "gradient.png")
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "flat.png")
+    silhouette = np.full((32, 32, 3), 255, np.uint8)
+    silhouette[8:26, 6:26] = 0
+    Image.fromarray(silhouette).save(tmp_path / "silhouette.png")
+    certificates = certify(reference, [tmp_path / "gradient.png", tmp_path / "flat.png", tmp_path / "silhouette.png"],
+                           tmp_path / "out", VerifierConfig(device="cpu"))
+    for certificate in certificates:
+        conditions = certificate["conditions"]
+        assert certificate["verdict"] != "memorized", certificate["image"]["id"]
+        assert not conditions["existence"]["pass"], certificate["image"]["id"]
+        if conditions["similarity"]["pass"]:  # similar generations, no error drop: the guard decides
+            assert certificate["verdict"] == "inconclusive"
+            assert "similarity alone is no proof" in certificate["verdict_reason"]
+
+
+@pytest.mark.gpu
+def test_fixture_verdicts_on_cuda_in_half_precision(tmp_path):
+    """The same defaults on a GPU in float16: memorized fixture images stay memorized, held-out ones not."""
+    folder = reference_model_path("fixture-16px")
+    manifest = load_manifest("fixture-16px")
+    chosen = [i for i in manifest["images"] if i["memorized"] or i["split"] == "held_out"]
+    certificates = certify(folder, [folder / i["file"] for i in chosen], tmp_path,
+                           VerifierConfig(device="cuda", dtype="float16"))
+    for image, certificate in zip(chosen, certificates):
+        expected = "memorized" if image["memorized"] else "not_memorized"
+        assert certificate["verdict"] == expected, (image["id"], certificate["verdict_reason"])
