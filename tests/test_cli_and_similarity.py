@@ -94,6 +94,7 @@ def test_lpips_names_the_missing_trunk_file(tmp_path):
         LPIPSSimilarity(config)
 
 
+@pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum).*:UserWarning")  # lpips' own torchvision call
 def test_lpips_runs_with_a_trunk_file(tmp_path):
     """The real loading path, with a random trunk saved as torchvision would (a smoke test, not a metric)."""
     import torchvision

@@ -151,3 +151,16 @@ def test_witness_regenerates_the_closest_generation_with_stock_diffusers(tmp_pat
                      generator=torch.Generator("cpu").manual_seed(witness["closest_seed"]), output_type="np").images[0]
     closest = np.asarray(Image.open(tmp_path / "out" / witness["closest_generation"]), dtype=np.float32) / 255
     assert np.abs(image - closest).max() <= 1 / 255 + 1e-6
+
+
+def test_report_is_self_contained_and_escapes_file_names(tmp_path, tiny_model, tiny_images):
+    import shutil
+
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    shutil.copy(tiny_images[0], odd / "a<b>&\"c.png")
+    certificate = certify(tiny_model, [odd], tmp_path / "out", FAST)[0]
+    assert certificate["image"]["id"] == "a_b___c"  # ids are safe file names
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "a&lt;b&gt;&amp;&quot;c.png" in report and "a<b>" not in report
+    assert "src=\"http" not in report and report.count("data:image/png;base64,") == 2

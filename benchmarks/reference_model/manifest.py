@@ -78,9 +78,10 @@ def grid_rows(rows: list[dict]) -> list[dict]:
     return duplicated + seen_once + held_crops + [row for row in never if row["id"].endswith("whole")]
 
 
-def write_grid(folder: Path, rows: list[dict], preset, out: Path, scale: int = 2) -> None:
-    """Target | its generations, one row per shown image, upscaled ``scale`` x with nearest neighbours."""
+def write_grid(folder: Path, rows: list[dict], preset, out: Path) -> None:
+    """Target | its generations, one row per shown image; 16 px tiles are doubled (nearest) to stay legible."""
     res = preset.resolution
+    scale = max(1, 32 // res)
     gap = 2
     chosen = grid_rows(rows)
     columns = 1 + preset.replication_seeds
@@ -96,7 +97,9 @@ def write_grid(folder: Path, rows: list[dict], preset, out: Path, scale: int = 2
             grid[y : y + res, x : x + res] = image
     for row in rows:
         (folder / "images" / f".{row['id']}.generations.npy").unlink()
-    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST).save(out)
+    picture = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST)
+    # A 256-colour palette keeps the grid small enough to ship inside the package's size budget.
+    picture.quantize(256, dither=Image.Dither.NONE).save(out, optimize=True)
 
 
 def verify(folder: Path, log=print) -> int:
