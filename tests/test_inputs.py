@@ -209,6 +209,30 @@ def test_hub_id_offline_says_so(monkeypatch, tmp_path):
         load_model("someone/some-model", device="cpu")
 
 
+def test_single_file_checkpoint_loads_with_a_local_config_folder(tmp_path, tiny_model):
+    import torch
+    from ldm_checkpoint import write_single_file
+
+    checkpoint = write_single_file(tiny_model, tmp_path / "tiny.safetensors")
+    from_folder = load_model(tiny_model, device="cpu")
+    from_file = load_model(checkpoint, device="cpu", model_config=tiny_model)
+    assert from_file.kind == "single-file" and from_file.fingerprint != from_folder.fingerprint
+    for name in ("unet", "vae", "text_encoder"):
+        folder_state = getattr(from_folder.pipeline, name).state_dict()
+        file_state = getattr(from_file.pipeline, name).state_dict()
+        assert folder_state.keys() == file_state.keys()
+        assert all(torch.equal(folder_state[key], file_state[key]) for key in folder_state), name
+
+
+def test_foreign_single_file_checkpoint_is_named(tmp_path, tiny_model):
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"some.other.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(ModelLoadError, match="could not load it as a Stable Diffusion checkpoint"):
+        load_model(tmp_path / "other.safetensors", device="cpu", model_config=tiny_model)
+
+
 def test_bad_device_and_dtype(tiny_model):
     with pytest.raises(ModelLoadError, match="--device 'gpu0' is not a torch device"):
         load_model(tiny_model, device="gpu0")

@@ -172,8 +172,10 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", 
                 str(path), config=str(model_config), local_files_only=True, **_dtype_argument(torch_dtype),
                 safety_checker=None, requires_safety_checker=False,
             )
-        except (OSError, ValueError, KeyError, EnvironmentError) as error:
-            raise ModelLoadError(f"MODEL {str(model)!r}: diffusers could not load the checkpoint: {error}") from None
+        except Exception as error:  # diffusers raises its own error kinds for foreign or partial checkpoints
+            raise ModelLoadError(
+                f"MODEL {str(model)!r}: diffusers could not load it as a Stable Diffusion checkpoint with configs from "
+                f"--model-config {str(model_config)!r}: {type(error).__name__}: {error}") from None
         kind, fingerprint = "single-file", fingerprint_files([path], path.parent)
     elif HUB_ID.match(str(model)):
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
