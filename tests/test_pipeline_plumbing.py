@@ -164,3 +164,15 @@ def test_report_is_self_contained_and_escapes_file_names(tmp_path, tiny_model, t
     report = (tmp_path / "out" / "report.html").read_text()
     assert "a&lt;b&gt;&amp;&quot;c.png" in report and "a<b>" not in report
     assert "src=\"http" not in report and report.count("data:image/png;base64,") == 2
+
+
+def test_hidden_state_space_optimizes_the_encoder_output_directly(tmp_path, tiny_model, tiny_images):
+    from safetensors.torch import load_file
+
+    certificate = certify(tiny_model, tiny_images[:1], tmp_path / "out", replace(FAST, inversion_space="hidden_states"))[0]
+    tensors = load_file(tmp_path / "out" / certificate["witness"]["file"])
+    assert certificate["config"]["inversion_space"] == "hidden_states"
+    # In this space the free variables are the conditioning itself: all 77 positions of the encoder output.
+    assert tensors["variables"].shape == tensors["prompt_embeds"].shape == (1, 77, 16)
+    torch.testing.assert_close(tensors["variables"], tensors["prompt_embeds"])
+    assert not torch.equal(tensors["prompt_embeds"], tensors["negative_prompt_embeds"])

@@ -55,10 +55,12 @@ def write_witness(path: Path, conditioning, empty, variables, metadata: dict) ->
     """Save the witness as safetensors; return its sha256."""
     from safetensors.torch import save
 
+    # clone(): in the hidden_states space the variables *are* the conditioning, and safetensors
+    # refuses tensors that share memory.
     data = save({
-        "prompt_embeds": conditioning.detach().float().cpu().contiguous()[None],
-        "negative_prompt_embeds": empty.detach().float().cpu().contiguous(),
-        "variables": variables.detach().float().cpu().contiguous()[None],
+        "prompt_embeds": conditioning.detach().float().cpu().clone()[None],
+        "negative_prompt_embeds": empty.detach().float().cpu().clone(),
+        "variables": variables.detach().float().cpu().clone()[None],
     }, metadata={key: json.dumps(value) for key, value in metadata.items()})
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
