@@ -125,3 +125,18 @@ def test_retraining_the_fixture_with_its_seed_gives_the_same_verdicts(tmp_path):
     rebuilt = json.loads((out / "manifest.json").read_text())
     assert [(i["id"], i["sha256"], i["memorized"]) for i in rebuilt["images"]] == \
         [(i["id"], i["sha256"], i["memorized"]) for i in shipped["images"]]
+
+
+@pytest.mark.slow
+def test_training_program_builds_a_v_prediction_model(tmp_path):
+    """The prediction type is an option of the program: a v_prediction fixture trains and loads in stock diffusers."""
+    import train
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "fixture-v"
+    assert train.main(["--preset", "fixture", "--out", str(out), "--prediction-type", "v_prediction"]) == 0
+    pipeline = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
+    assert pipeline.scheduler.config.prediction_type == "v_prediction"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["prediction_type"] == "v_prediction"
+    assert all(i["replications"] == 0 for i in manifest["images"] if i["split"] == "held_out")

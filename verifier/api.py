@@ -91,7 +91,7 @@ def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: 
     protected = collect_images(list(images))
     config_values = config.fingerprint_dict()
     say(f"model {loaded.source} ({loaded.kind}, {loaded.prediction_type}, {resolution}px) on {loaded.device}; "
-        f"{len(protected)} images")
+        f"{len(protected)} image{'s' if len(protected) != 1 else ''}")
 
     certificates: dict[str, dict] = {}
     image_pngs: dict[str, bytes] = {}
