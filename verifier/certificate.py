@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from verifier.conditions import VERDICTS
+
 SCHEMA = {"id": "verifier.certificate", "version": 1}
 SUMMARY_SCHEMA = {"id": "verifier.summary", "version": 1}
 
@@ -84,11 +86,8 @@ def load_finished(out: Path, image_id: str, key: str) -> dict | None:
     return certificate if certificate.get("run_key") == key else None
 
 
-VERDICT_ORDER = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
-
-
 def summary(certificates: list[dict], model: dict, config: dict) -> dict:
-    counts = {verdict: 0 for verdict in VERDICT_ORDER}
+    counts = {verdict: 0 for verdict in VERDICTS}
     for certificate in certificates:
         counts[certificate["verdict"]] += 1
     return {

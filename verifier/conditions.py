@@ -31,7 +31,8 @@ import torch
 
 from verifier.similarity import replicated
 
-VERDICTS = ("memorized", "rarely_reproduced", "not_memorized", "inconclusive")
+# Every verdict, most severe first (the order of summary counts).
+VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
 
 
 def clopper_pearson(successes: int, trials: int, confidence: float) -> tuple[float, float]:
