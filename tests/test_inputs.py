@@ -42,7 +42,7 @@ def test_unknown_key_gets_a_suggestion(tmp_path):
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("generations", 0, "generations=0 is not allowed: expected an integer >= 1"),
+    ("generations", 0, "generations=0 is not allowed: expected an integer from 1 to 10000"),
     ("generations", 2.5, "generations=2.5 is not allowed: expected an integer"),
     ("similarity", "psnr", "similarity='psnr' is not allowed: expected one of lpips, sscd, ssim"),
     ("inversion_space", "pixels", "inversion_space='pixels' is not allowed: expected one of hidden_states, token_embeddings"),
@@ -96,7 +96,7 @@ def test_collect_images_from_files_folders_and_manifests(tmp_path):
     (lambda p: [p / "notes.txt"], "is neither an image"),
     (lambda p: [p / "bad.csv"], "needs a 'path' column"),
     (lambda p: [p / "bad.jsonl"], "line 1 is not JSON"),
-    (lambda p: [p / "dangling.csv"], "listed in a manifest\\) does not exist"),
+    (lambda p: [p / "dangling.csv"], "from IMAGES manifest .*dangling.csv' line 2\\) does not exist"),
     (lambda p: [], "no image given"),
 ])
 def test_bad_image_arguments_are_named(tmp_path, setup, message):
@@ -234,7 +234,7 @@ def test_foreign_single_file_checkpoint_is_named(tmp_path, tiny_model):
 
 
 def test_bad_device_and_dtype(tiny_model):
-    with pytest.raises(ModelLoadError, match="--device 'gpu0' is not a torch device"):
+    with pytest.raises(ModelLoadError, match="--device 'gpu0' is not allowed: expected auto, cpu"):
         load_model(tiny_model, device="gpu0")
     with pytest.raises(ModelLoadError, match="--dtype 'float8' is not supported"):
         load_model(tiny_model, dtype="float8")

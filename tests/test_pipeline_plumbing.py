@@ -128,11 +128,12 @@ def test_interrupted_run_resumes_without_redoing_finished_images(tmp_path, tiny_
     assert (out / "img0.json").read_text() == first_certificate
     assert [c["image"]["id"] for c in certificates] == ["img0", "img1", "img2"]
 
-    # A changed config is a different run: nothing is reused.
-    changed = replace(config, seed=1)
-    again: list[str] = []
-    certify(tiny_model, tiny_images[:1], out, changed, progress=again.append)
-    assert any(m.startswith("img0:") for m in again)
+    # A changed config is a different run: the folder refuses it instead of mixing two runs.
+    from verifier.certificate.store import OutputFolderError
+
+    with pytest.raises(OutputFolderError, match=r"holds a run with another config \(seed 0 -> 1\)"):
+        certify(tiny_model, tiny_images[:1], out, replace(config, seed=1))
+    assert (out / "img0.json").read_text() == first_certificate
 
 
 def test_witness_regenerates_the_closest_generation_with_stock_diffusers(tmp_path, tiny_model, tiny_images):

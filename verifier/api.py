@@ -7,7 +7,8 @@ The recipe, top to bottom (method.md section 3):
 3. invert it into the text-conditioning space;
 4. measure its prediction error under the witness and under the empty prompt;
 5. check the three conditions on generations from the witness;
-6. certify: write the certificate, the witness and the closest generation.
+6. certify: write the witness, the closest generation and then the certificate;
+7. write the run's summary and report.
 
 Images are processed in batches of ``config.batch_size``; each image has its own variables and
 random streams, so its certificate does not depend on which images shared its batch.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import platform
 import time
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,15 +26,17 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from verifier.certificate import (
-    SCHEMA, atomic_write_bytes, atomic_write_json, load_finished, png_bytes, report_html, run_key, summary,
-    write_witness,
+from verifier.certificate.report import report_html
+from verifier.certificate.schema import certificate_tag, validated
+from verifier.certificate.store import (
+    REPORT_FILE, SUMMARY_FILE, atomic_write_bytes, atomic_write_json, claim_run_folder, finite_or_none,
+    png_bytes, prepare_output_folder, reusable_certificate, run_key, summary, write_witness,
 )
-from verifier.conditions import decide, generate_from_witness
+from verifier.conditions import decide, generate_from_witness, inversion_problems, redecide
 from verifier.config import VerifierConfig
 from verifier.encode import encode_images
 from verifier.error import prediction_error, timestep_grid
-from verifier.images import PREPROCESSING, ProtectedImage, collect_images, prepare_image
+from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect_images, prepare_image
 from verifier.invert import empty_conditioning, invert
 from verifier.model import LoadedModel, load_model
 from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
@@ -46,7 +50,7 @@ def _environment(model: LoadedModel) -> dict:
             return None
 
     return {
-        "verifier": installed("verifier"),
+        "verifier": _verifier_version(),
         "torch": torch.__version__,
         "diffusers": installed("diffusers"),
         "transformers": installed("transformers"),
@@ -68,39 +72,57 @@ def denoiser_evaluations(config: VerifierConfig) -> dict:
             "total": inversion + error + sampling}
 
 
+def _verifier_version() -> str | None:
+    try:
+        return version("verifier")
+    except PackageNotFoundError:
+        return None
+
+
 def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: str | Path,
             config: VerifierConfig | None = None, *, allow_pickle: bool = False,
             model_config: str | Path | None = None,
             progress: Callable[[str], None] | None = None) -> list[dict]:
     """Certify every image; return the certificates (also written to ``out``) in input order.
 
-    Images already certified in ``out`` under the same model, config and image bytes are not redone.
+    Every input and the output folder are checked before the model is loaded. Images already
+    certified in ``out`` under the same model, config, image bytes and verifier version, with an
+    intact witness, are not redone.
     """
     config = config or VerifierConfig()
     out = Path(out)
     say = progress or (lambda message: None)
     started = time.time()
 
-    # 1. Load the model (or take one already loaded) and the similarity metric.
-    loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
+    # 0. Check every input and the output folder before any expensive work.
+    protected = collect_images(list(images), exclude=out)
+    check_images(protected)
+    prepare_output_folder(out)
     metric = SIMILARITY_METRICS.get(config.similarity)(config)
     threshold = config.similarity_threshold if config.similarity_threshold is not None else metric.default_threshold
+
+    # 1. Load the model (or take one already loaded); claim the output folder for this run.
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
     resolution = config.resolution or loaded.resolution
     pipeline = loaded.pipeline
-    protected = collect_images(list(images))
-    config_values = config.fingerprint_dict()
+    config_values = config.fingerprint_dict() | {"similarity_weights_sha256": (metric.weights or {}).get("sha256")}
+    claim_run_folder(out, {"model_fingerprint": loaded.fingerprint, "config": config_values,
+                           "verifier": _verifier_version()})
+    key_of = {image.id: run_key(loaded.fingerprint, config_values, image.sha256, _verifier_version(),
+                                (metric.weights or {}).get("sha256")) for image in protected}
     say(f"model {loaded.source} ({loaded.kind}, {loaded.prediction_type}, {resolution}px) on {loaded.device}; "
         f"{len(protected)} image{'s' if len(protected) != 1 else ''}")
 
     certificates: dict[str, dict] = {}
-    image_pngs: dict[str, bytes] = {}
     todo: list[ProtectedImage] = []
     for image in protected:
-        finished = load_finished(out, image.id, run_key(loaded.fingerprint, config_values, image.sha256))
+        finished, why = reusable_certificate(out, image.id, key_of[image.id], lambda c: redecide(c).verdict)
         if finished is not None:
             certificates[image.id] = finished
         else:
+            if why != "not certified yet":
+                say(f"{image.id}: redoing: {why}")
             todo.append(image)
     if len(todo) < len(protected):
         say(f"resuming: {len(protected) - len(todo)} images already certified in {out}")
@@ -108,13 +130,15 @@ def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: 
     empty = empty_conditioning(pipeline, loaded.device).float()
     space = INVERSION_SPACES.get(config.inversion_space)(pipeline, loaded.device, config.inversion_tokens)
     seeds = [config.seed * 1_000_003 + index for index in range(config.generations)]
-    grid = timestep_grid(pipeline.scheduler, config.error_timesteps)
-    environment = _environment(loaded)
-    budget = {"inversion_space": config.inversion_space, "inversion_tokens": config.inversion_tokens,
-              "inversion_steps": config.inversion_steps, "inversion_noise_draws": config.inversion_noise_draws,
-              "restarts": 1, "generations_per_scale": config.generations,
-              "guidance_scales": list(config.guidance_scales), "sampling_steps": config.sampling_steps,
-              "denoiser_evaluations": denoiser_evaluations(config)}
+    run = RunRecord(
+        model=loaded.describe(), config=config.to_dict(), environment=_environment(loaded), seeds=seeds,
+        grid=timestep_grid(pipeline.scheduler, config.error_timesteps), resolution=resolution,
+        scheduler={"class": type(pipeline.scheduler).__name__, "config": dict(pipeline.scheduler.config)},
+        budget={"inversion_space": config.inversion_space, "inversion_tokens": config.inversion_tokens,
+                "inversion_steps": config.inversion_steps, "inversion_noise_draws": config.inversion_noise_draws,
+                "restarts": 1, "generations_per_scale": config.generations,
+                "guidance_scales": list(config.guidance_scales), "sampling_steps": config.sampling_steps,
+                "denoiser_evaluations": denoiser_evaluations(config)})
 
     for first in range(0, len(todo), config.batch_size):
         batch = todo[first : first + config.batch_size]
@@ -143,78 +167,98 @@ def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: 
                                                     config.sampling_steps, resolution)
                        for scale in config.guidance_scales}
         clock["generate_s"] = time.time() - tick
-        # 6. Certify each image of the batch.
+        timings = {key: (round(value / len(batch), 4) if key.endswith("_s") else value)
+                   for key, value in clock.items()} | {"note": "seconds: this image's share of its batch"}
+        # 6. Certify each image of the batch: witness and closest generation first, the certificate last.
         for index, image in enumerate(batch):
             scores = {scale: metric(generations[scale][index], pixels[index]) for scale in config.guidance_scales}
             ratio = float(inverted_error[index].mean() / empty_error[index].mean())
+            loss_first_last = [finite_or_none(inversion.loss_curve[index, 0]),
+                               finite_or_none(inversion.loss_curve[index, -1])]
             decision = decide(error_ratio=ratio, scores_by_scale=scores, metric=metric, threshold=threshold,
                               max_error_ratio=config.existence_max_error_ratio, min_rate=config.probability_min_rate,
-                              confidence=config.confidence)
+                              confidence=config.confidence, problems=inversion_problems(loss_first_last))
             best_scale, best_seed = _closest(scores, metric, seeds)
-            closest = generations[best_scale][index][seeds.index(best_seed)]
-            atomic_write_bytes(out / f"{image.id}.closest.png", png_bytes(closest))
-            witness_file = f"{image.id}.witness.safetensors"
-            witness_sha = write_witness(out / witness_file, inversion.conditioning[index], empty,
+            atomic_write_bytes(out / f"{image.id}.closest.png",
+                               png_bytes(generations[best_scale][index][seeds.index(best_seed)]))
+            witness_sha = write_witness(out / f"{image.id}.witness.safetensors", inversion.conditioning[index], empty,
                                         inversion.variables[index],
                                         {"space": config.inversion_space, "seeds": seeds, "image_sha256": image.sha256})
-            image_pngs[image.id] = png_bytes(pixels[index])
-            certificate = {
-                "schema": SCHEMA,
-                "verdict": decision.verdict,
-                "verdict_reason": decision.reason,
-                "image": {"id": image.id, "path": str(image.path), "sha256": image.sha256,
-                          "preprocessing": {"policy": PREPROCESSING, "resolution": resolution}},
-                "model": loaded.describe(),
-                "conditions": decision.conditions,
-                "prediction_error": {
-                    "timesteps": grid, "noise_draws": config.error_noise_draws,
-                    "inverted": [float(v) for v in inverted_error[index]],
-                    "empty": [float(v) for v in empty_error[index]],
-                    "inverted_mean": float(inverted_error[index].mean()),
-                    "empty_mean": float(empty_error[index].mean()),
-                    "ratio": ratio,
-                    "inversion_loss_first_last": [float(inversion.loss_curve[index, 0]),
-                                                  float(inversion.loss_curve[index, -1])],
-                },
-                "witness": {
-                    "file": witness_file, "sha256": witness_sha, "tensor": "prompt_embeds",
-                    "negative_tensor": "negative_prompt_embeds (the empty prompt)",
-                    "seeds": seeds, "generator": "torch.Generator('cpu').manual_seed(seed), one per image",
-                    "guidance_scales": list(config.guidance_scales), "num_inference_steps": config.sampling_steps,
-                    "height": resolution, "width": resolution,
-                    "scheduler": {"class": type(pipeline.scheduler).__name__, "config": dict(pipeline.scheduler.config)},
-                    "closest_generation": f"{image.id}.closest.png",
-                    "closest_seed": best_seed, "closest_guidance_scale": best_scale,
-                },
-                "budget": budget,
-                "config": config.to_dict(),
-                "environment": environment,
-                "timings": {key: (round(value / len(batch), 4) if key.endswith("_s") else value)
-                            for key, value in clock.items()} | {"note": "seconds: this image's share of its batch"},
-                "run_key": run_key(loaded.fingerprint, config_values, image.sha256),
-            }
+            certificate = _certificate(
+                run, image, decision, witness_sha, best_scale, best_seed, timings, key_of[image.id],
+                error={"inverted": inverted_error[index], "empty": empty_error[index], "ratio": ratio,
+                       "loss_first_last": loss_first_last, "noise_draws": config.error_noise_draws})
             atomic_write_json(out / f"{image.id}.json", certificate)
             certificates[image.id] = certificate
             say(f"{image.id}: {decision.verdict} (error ratio {ratio:.3f}, "
                 f"{decision.conditions['probability']['rate']:.2f} replication rate)")
 
+    # 7. The run's summary and report.
     ordered = [certificates[image.id] for image in protected]
-    for image in protected:
-        if image.id not in image_pngs:
-            image_pngs[image.id] = png_bytes(prepare_image(image.path, resolution))
-    atomic_write_json(out / "summary.json", summary(ordered, loaded.describe(), config.to_dict())
-                      | {"seconds": round(time.time() - started, 2)})
-    atomic_write_bytes(out / "report.html",
+    atomic_write_json(out / SUMMARY_FILE, summary(ordered, loaded.describe(), config.to_dict(), time.time() - started))
+    image_pngs = {image.id: png_bytes(prepare_image(image.path, resolution)) for image in protected}
+    atomic_write_bytes(out / REPORT_FILE,
                        report_html(out, ordered, image_pngs, f"verifier report: {loaded.source}").encode())
     return ordered
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """What every certificate of a run shares."""
+
+    model: dict
+    config: dict
+    environment: dict
+    seeds: list[int]
+    grid: list[int]
+    resolution: int
+    scheduler: dict
+    budget: dict
+
+
+def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: str, best_scale: float,
+                 best_seed: int, timings: dict, key: str, error: dict) -> dict:
+    """One image's certificate, validated against the schema."""
+    return validated("certificate", {
+        "schema": certificate_tag(),
+        "verdict": decision.verdict,
+        "verdict_reason": decision.reason,
+        "image": {"id": image.id, "path": str(image.path), "sha256": image.sha256,
+                  "preprocessing": {"policy": PREPROCESSING, "resolution": run.resolution}},
+        "model": run.model,
+        "conditions": decision.conditions,
+        "prediction_error": {
+            "timesteps": run.grid, "noise_draws": error["noise_draws"],
+            "inverted": [finite_or_none(v) for v in error["inverted"]],
+            "empty": [finite_or_none(v) for v in error["empty"]],
+            "inverted_mean": finite_or_none(error["inverted"].mean()),
+            "empty_mean": finite_or_none(error["empty"].mean()),
+            "ratio": finite_or_none(error["ratio"]),
+            "inversion_loss_first_last": error["loss_first_last"],
+        },
+        "witness": {
+            "file": f"{image.id}.witness.safetensors", "sha256": witness_sha, "tensor": "prompt_embeds",
+            "negative_tensor": "negative_prompt_embeds (the empty prompt)",
+            "seeds": run.seeds, "generator": "torch.Generator('cpu').manual_seed(seed), one per image",
+            "guidance_scales": run.config["guidance_scales"], "num_inference_steps": run.config["sampling_steps"],
+            "height": run.resolution, "width": run.resolution, "scheduler": run.scheduler,
+            "closest_generation": f"{image.id}.closest.png",
+            "closest_seed": best_seed, "closest_guidance_scale": best_scale,
+        },
+        "budget": run.budget,
+        "config": run.config,
+        "environment": run.environment,
+        "timings": timings,
+        "run_key": key,
+    })
+
+
 def _closest(scores: dict[float, np.ndarray], metric, seeds: list[int]) -> tuple[float, int]:
-    """(guidance scale, seed) of the generation most similar to the image."""
+    """(guidance scale, seed) of the generation most similar to the image (non-finite scores never win)."""
     best = None
     for scale, values in scores.items():
-        index = int(np.argmax(values) if metric.higher_is_similar else np.argmin(values))
-        value = values[index] if metric.higher_is_similar else -values[index]
-        if best is None or value > best[0]:
-            best = (value, scale, seeds[index])
+        signed = np.where(np.isfinite(values), values if metric.higher_is_similar else -values, -np.inf)
+        index = int(np.argmax(signed))
+        if best is None or signed[index] > best[0]:
+            best = (signed[index], scale, seeds[index])
     return best[1], best[2]

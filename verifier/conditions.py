@@ -20,10 +20,12 @@ Verdicts (exactly one):
 | yes | 0 | - | ``inconclusive``: the error fell but nothing was replicated |
 | no | >= 1 | - | ``inconclusive``: generations look alike without the error falling, which simple images
   (silhouettes, gradients, flat colour) do without being memorized; similarity alone is no proof |
+| any measurement NaN or infinite, or inversion diverged | | | ``inconclusive``, with what failed |
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +33,7 @@ import torch
 
 from verifier.similarity import replicated
 
-# Every verdict, most severe first (the order of summary counts).
-VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
+from verifier.certificate.schema import VERDICTS  # noqa: F401  (every verdict, most severe first)
 
 
 def clopper_pearson(successes: int, trials: int, confidence: float) -> tuple[float, float]:
@@ -72,34 +73,53 @@ class Decision:
     conditions: dict
 
 
-def _condition(value: float, threshold: float, passed: bool, higher_passes: bool, **details) -> dict:
-    margin = (value - threshold) if higher_passes else (threshold - value)
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(float(value)) else None
+
+
+def _condition(value: float | None, threshold: float, passed: bool, higher_passes: bool, **details) -> dict:
+    margin = None if value is None else ((value - threshold) if higher_passes else (threshold - value))
     return {"value": value, "threshold": threshold, "margin": margin, "pass": bool(passed), **details}
 
 
 def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metric, threshold: float,
-           max_error_ratio: float, min_rate: float, confidence: float) -> Decision:
-    """Apply the three conditions to one image's measurements (see the module's verdict table)."""
+           max_error_ratio: float, min_rate: float, confidence: float,
+           problems: tuple[str, ...] = ()) -> Decision:
+    """Apply the three conditions to one image's measurements (see the module's verdict table).
+
+    ``metric`` needs ``name``, ``higher_is_similar``, ``threshold_source`` and ``weights``.
+    ``problems`` are failures found upstream (a diverged inversion); any problem, or any measurement
+    that is NaN or infinite, makes the verdict ``inconclusive`` with the reason: a broken
+    measurement never becomes a clean verdict.
+    """
     scales = sorted(scores_by_scale)
     per_scale_confidence = 1.0 - (1.0 - confidence) / len(scales)
+    problems = list(problems)
     per_scale = []
     for scale in scales:
-        hits = replicated(metric, scores_by_scale[scale], threshold)
+        scores = np.asarray(scores_by_scale[scale], dtype=np.float64)
+        if not np.isfinite(scores).all():
+            problems.append(f"{int((~np.isfinite(scores)).sum())} similarity scores at guidance {scale:g} are not finite")
+        hits = replicated(metric, scores, threshold) & np.isfinite(scores)
         k, n = int(hits.sum()), int(hits.size)
         lower, upper = clopper_pearson(k, n, per_scale_confidence)
-        per_scale.append({"guidance_scale": scale, "replications": k, "generations": n, "rate": k / n,
-                          "lower_bound": lower, "upper_bound": upper})
+        per_scale.append({"guidance_scale": float(scale), "replications": k, "generations": n, "rate": k / n,
+                          "lower_bound": lower, "upper_bound": upper,
+                          "scores": [_finite(value) for value in scores]})
+    if not math.isfinite(error_ratio):
+        problems.append(f"the error ratio is {error_ratio}")
     best = max(per_scale, key=lambda s: (s["replications"], -s["guidance_scale"]))
-    all_scores = np.concatenate([scores_by_scale[s] for s in scales])
-    best_score = float(all_scores.max() if metric.higher_is_similar else all_scores.min())
+    finite_scores = [v for s in per_scale for v in s["scores"] if v is not None]
+    best_score = (max(finite_scores) if metric.higher_is_similar else min(finite_scores)) if finite_scores else None
     replications = sum(s["replications"] for s in per_scale)
+    ratio = _finite(error_ratio)
 
     similarity = _condition(best_score, threshold, replications > 0, metric.higher_is_similar,
                             metric=metric.name, threshold_source=metric.threshold_source,
                             direction="higher is more similar" if metric.higher_is_similar else "lower is more similar",
                             weights=metric.weights, replications=replications,
                             generations=sum(s["generations"] for s in per_scale))
-    existence = _condition(error_ratio, max_error_ratio, error_ratio <= max_error_ratio, False,
+    existence = _condition(ratio, max_error_ratio, ratio is not None and ratio <= max_error_ratio, False,
                            measure="prediction error under the witness / under the empty prompt")
     probability = _condition(best["lower_bound"], min_rate, best["lower_bound"] >= min_rate, True,
                              measure="one-sided Clopper-Pearson lower bound on the replication rate at the best "
@@ -109,7 +129,11 @@ def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metr
                              upper_bound=best["upper_bound"], per_scale=per_scale)
     conditions = {"similarity": similarity, "existence": existence, "probability": probability}
 
-    if existence["pass"] and probability["pass"]:
+    if problems:
+        verdict, reason = "inconclusive", (
+            f"the measurement failed: {'; '.join(problems)}. Nothing can be concluded; check the config "
+            "(learning rate, dtype) and the model")
+    elif existence["pass"] and probability["pass"]:
         verdict, reason = "memorized", (
             f"the witness lowers the error to {error_ratio:.3f} of the empty prompt's and replicates the image in "
             f"{best['replications']}/{best['generations']} seeds (rate >= {best['lower_bound']:.3f} at "
@@ -133,3 +157,43 @@ def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metr
             "the empty prompt's: simple images (silhouettes, gradients) are drawn without being memorized, so "
             "similarity alone is no proof")
     return Decision(verdict, reason, conditions)
+
+
+@dataclass(frozen=True)
+class RecordedMetric:
+    """What ``decide`` needs to know of a metric, as a certificate records it."""
+
+    name: str
+    higher_is_similar: bool
+    threshold_source: str
+    weights: dict | None
+
+
+def inversion_problems(loss_first_last: list[float | None]) -> tuple[str, ...]:
+    """A diverged inversion (its loss became NaN or infinite) as a problem for ``decide``."""
+    if any(value is None or not math.isfinite(value) for value in loss_first_last):
+        return ("the inversion diverged (its loss became NaN or infinite)",)
+    return ()
+
+
+def redecide(certificate: dict) -> Decision:
+    """The decision that follows from a certificate's own recorded numbers and its config's thresholds.
+
+    Used to check a certificate before a resumed run reuses it, and by ``verify``.
+    """
+    from verifier.registry import SIMILARITY_METRICS
+
+    config = certificate["config"]
+    similarity = certificate["conditions"]["similarity"]
+    metric = RecordedMetric(similarity["metric"], similarity["direction"] == "higher is more similar",
+                            similarity["threshold_source"], similarity["weights"])
+    threshold = config["similarity_threshold"]
+    if threshold is None:
+        threshold = SIMILARITY_METRICS.get(config["similarity"]).default_threshold
+    scores = {s["guidance_scale"]: np.array([np.nan if v is None else v for v in s["scores"]], dtype=np.float64)
+              for s in certificate["conditions"]["probability"]["per_scale"]}
+    ratio = certificate["prediction_error"]["ratio"]
+    return decide(error_ratio=float("nan") if ratio is None else ratio, scores_by_scale=scores, metric=metric,
+                  threshold=threshold, max_error_ratio=config["existence_max_error_ratio"],
+                  min_rate=config["probability_min_rate"], confidence=config["confidence"],
+                  problems=inversion_problems(certificate["prediction_error"]["inversion_loss_first_last"]))

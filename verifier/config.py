@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -21,6 +22,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 FAIL_ON_LEVELS = ("memorized", "rarely_reproduced", "never")
+# Upper bounds that keep a typo (1e9 generations) from becoming an out-of-memory crash hours later.
+MAX_STEPS, MAX_DRAWS, MAX_BATCH, MAX_GENERATIONS, MAX_GUIDANCE = 100_000, 1024, 4096, 10_000, 100.0
+MAX_SEED = 2**32 - 1
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -66,25 +70,34 @@ class VerifierConfig:
     sscd_weights: str | None = None
 
     def __post_init__(self) -> None:
+        finite = math.isfinite
         checks: list[tuple[str, bool, str]] = [
             ("inversion_tokens", 1 <= self.inversion_tokens <= 75, "an integer from 1 to 75"),
-            ("inversion_steps", self.inversion_steps >= 1, "an integer >= 1"),
-            ("inversion_learning_rate", self.inversion_learning_rate > 0, "a number > 0"),
-            ("inversion_noise_draws", self.inversion_noise_draws >= 1, "an integer >= 1"),
-            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
-            ("error_timesteps", self.error_timesteps >= 1, "an integer >= 1"),
-            ("error_noise_draws", self.error_noise_draws >= 1, "an integer >= 1"),
-            ("existence_max_error_ratio", 0 < self.existence_max_error_ratio <= 1, "a number in (0, 1]"),
-            ("generations", self.generations >= 1, "an integer >= 1"),
-            ("guidance_scales", len(self.guidance_scales) >= 1 and all(g >= 1 for g in self.guidance_scales),
-             "a non-empty list of numbers >= 1"),
-            ("sampling_steps", self.sampling_steps >= 1, "an integer >= 1"),
-            ("probability_min_rate", 0 < self.probability_min_rate <= 1, "a number in (0, 1]"),
-            ("confidence", 0.5 <= self.confidence < 1, "a number in [0.5, 1)"),
+            ("inversion_steps", 1 <= self.inversion_steps <= MAX_STEPS, f"an integer from 1 to {MAX_STEPS}"),
+            ("inversion_learning_rate", finite(self.inversion_learning_rate) and 0 < self.inversion_learning_rate <= 10,
+             "a finite number in (0, 10] (relative to the space's scale; the default is 0.1)"),
+            ("inversion_noise_draws", 1 <= self.inversion_noise_draws <= MAX_DRAWS, f"an integer from 1 to {MAX_DRAWS}"),
+            ("batch_size", 1 <= self.batch_size <= MAX_BATCH, f"an integer from 1 to {MAX_BATCH}"),
+            ("error_timesteps", 1 <= self.error_timesteps <= 1000, "an integer from 1 to 1000"),
+            ("error_noise_draws", 1 <= self.error_noise_draws <= MAX_DRAWS, f"an integer from 1 to {MAX_DRAWS}"),
+            ("existence_max_error_ratio", finite(self.existence_max_error_ratio) and 0 < self.existence_max_error_ratio <= 1,
+             "a number in (0, 1]"),
+            ("similarity_threshold", self.similarity_threshold is None or finite(self.similarity_threshold),
+             "a finite number, or unset for the metric's default"),
+            ("generations", 1 <= self.generations <= MAX_GENERATIONS, f"an integer from 1 to {MAX_GENERATIONS}"),
+            ("guidance_scales", 1 <= len(self.guidance_scales) <= 16
+             and all(finite(g) and 1 <= g <= MAX_GUIDANCE for g in self.guidance_scales)
+             and len(set(self.guidance_scales)) == len(self.guidance_scales),
+             f"a non-empty list of up to 16 distinct numbers from 1 to {MAX_GUIDANCE}"),
+            ("sampling_steps", 1 <= self.sampling_steps <= 1000, "an integer from 1 to 1000"),
+            ("probability_min_rate", finite(self.probability_min_rate) and 0 < self.probability_min_rate <= 1,
+             "a number in (0, 1]"),
+            ("confidence", finite(self.confidence) and 0.5 <= self.confidence < 1, "a number in [0.5, 1)"),
+            ("seed", 0 <= self.seed <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
             ("dtype", self.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
             ("fail_on", self.fail_on in FAIL_ON_LEVELS, f"one of {', '.join(FAIL_ON_LEVELS)}"),
-            ("resolution", self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0),
-             "a multiple of 8, or unset for the model's native resolution"),
+            ("resolution", self.resolution is None or (8 <= self.resolution <= 4096 and self.resolution % 8 == 0),
+             "a multiple of 8 up to 4096, or unset for the model's native resolution"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -101,14 +114,21 @@ class VerifierConfig:
                 f"config similarity={self.similarity!r} is not allowed: expected one of "
                 f"{', '.join(SIMILARITY_METRICS.names())}"
             )
+        if self.similarity_threshold is not None:
+            low, high = SIMILARITY_METRICS.get(self.similarity).threshold_range
+            if not low <= self.similarity_threshold <= high:
+                raise ConfigError(
+                    f"config similarity_threshold={self.similarity_threshold!r} is not allowed for {self.similarity}: "
+                    f"expected a number from {low:g} to {high:g}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, fully resolved values (as recorded in certificates)."""
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
     def fingerprint_dict(self) -> dict[str, Any]:
-        """The values that change a certificate's numbers (not where it runs or how it gates)."""
-        ignored = {"device", "fail_on", "batch_size"}
+        """The values that change a certificate's numbers (not where it runs, how it gates, or where weight
+        files lie: the run key takes the weights' sha256 instead of their path)."""
+        ignored = {"device", "fail_on", "batch_size", "lpips_weights", "sscd_weights"}
         return {key: value for key, value in self.to_dict().items() if key not in ignored}
 
 
@@ -157,7 +177,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--config {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"--config {str(path)!r} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"--config {str(path)!r} cannot be read: {error.strerror or error}") from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:

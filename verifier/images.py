@@ -3,8 +3,8 @@
 Preparation policy (recorded in every certificate as ``image.preprocessing``):
 
 1. EXIF orientation is applied (a phone photo is checked the way it is displayed);
-2. palette, grayscale, 16-bit and CMYK images become 8-bit RGB; transparent pixels are composited
-   over white;
+2. palette, grayscale, 16-bit, 32-bit integer, float (0..1) and CMYK images become 8-bit RGB by
+   their format's range (never by clipping); transparent pixels are composited over white;
 3. the largest centred square is cut out and resized to the model's resolution with antialiased
    bicubic resampling (Stable Diffusion was trained on centre crops of this kind).
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,88 +49,182 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+MAX_ID_LENGTH = 120  # <id>.witness.safetensors must stay well under the 255-byte file-name limit
+
+
 def _safe_id(text: str) -> str:
-    """An id usable as a file name: path separators and odd characters become '_'."""
+    """An id usable as a file name: path separators and odd characters become '_'.
+
+    Ids that the run's own files use (``summary``, ``run``, ...) get an ``image-`` prefix, and long
+    ids are shortened with a hash of the full text, so every id maps to one file of its own.
+    """
+    from verifier.certificate.store import RESERVED_STEMS
+
     cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text).strip("._")
-    return cleaned or "image"
+    cleaned = cleaned or "image"
+    if cleaned.lower() in RESERVED_STEMS:
+        cleaned = f"image-{cleaned}"
+    if len(cleaned) > MAX_ID_LENGTH:
+        cleaned = f"{cleaned[:MAX_ID_LENGTH - 17]}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return cleaned
 
 
-def _from_manifest(path: Path) -> list[tuple[str | None, Path]]:
-    """Rows of a CSV (header with a ``path`` column) or JSONL (objects with ``path``) manifest."""
+def _manifest_rows(path: Path) -> list[dict]:
+    """The raw rows of a CSV or JSONL manifest, with their line numbers under ``_line``."""
+    try:
+        # utf-8-sig: spreadsheets often save a byte-order mark before the header.
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ImageInputError(f"IMAGES manifest {str(path)!r} is not UTF-8 text (byte {error.start}); "
+                              "save it as UTF-8") from None
     rows: list[dict] = []
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or "path" not in reader.fieldnames:
-                raise ImageInputError(
-                    f"IMAGES manifest {path} has columns {reader.fieldnames}; it needs a 'path' column (and optionally 'id')"
-                )
-            rows = list(reader)
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            raise ImageInputError(
+                f"IMAGES manifest {str(path)!r} has columns {reader.fieldnames}; it needs a 'path' column "
+                "(and optionally 'id')")
+        for row in reader:
+            rows.append({**row, "_line": reader.line_num})
     else:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ImageInputError(f"IMAGES manifest {path} line {number} is not JSON: {error.msg}") from None
+                raise ImageInputError(f"IMAGES manifest {str(path)!r} line {number} is not JSON: {error.msg}") from None
             if not isinstance(row, dict) or "path" not in row:
-                raise ImageInputError(f"IMAGES manifest {path} line {number} needs an object with a 'path' key")
-            rows.append(row)
+                raise ImageInputError(f"IMAGES manifest {str(path)!r} line {number} needs an object with a 'path' key")
+            rows.append({**row, "_line": number})
+    if not rows:
+        raise ImageInputError(f"IMAGES manifest {str(path)!r} lists no image")
+    return rows
+
+
+def _from_manifest(path: Path) -> list[tuple[str | None, Path]]:
+    """(id or None, file) for each row of a CSV (``path`` column) or JSONL (``path`` key) manifest."""
     entries = []
-    for row in rows:
-        file = Path(row["path"])
+    for row in _manifest_rows(path):
+        where = f"IMAGES manifest {str(path)!r} line {row['_line']}"
+        value, given_id = row.get("path"), row.get("id")
+        if not isinstance(value, str) or not value.strip():
+            raise ImageInputError(f"{where}: 'path' must be a non-empty string, got {value!r}")
+        if given_id is not None and not isinstance(given_id, (str, int)) or isinstance(given_id, bool):
+            raise ImageInputError(f"{where}: 'id' must be a string, got {given_id!r}")
+        file = Path(value)
         if not file.is_absolute():
             file = path.parent / file  # relative paths are relative to the manifest, not the shell
-        entries.append((row.get("id") or None, file))
+        entries.append((str(given_id) if given_id not in (None, "") else None, file, where))
     return entries
 
 
-def collect_images(arguments: list[str | Path]) -> list[ProtectedImage]:
+def _is_inside(path: Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def collect_images(arguments: list[str | Path], exclude: Path | None = None) -> list[ProtectedImage]:
     """Expand IMAGES arguments (files, folders searched recursively, CSV/JSONL manifests) into images.
 
-    Ids are the manifest's ``id`` when given, else the file name without suffix; clashes get the
-    parent folder prepended, and exact duplicates of the same file are kept once.
+    Ids are the manifest's ``id`` when given, else the file name without suffix; when several files
+    share a name, each of them takes its parent folder's name too, so an id never depends on the
+    order of the arguments. The same file given twice is kept once (twice under two manifest ids is
+    an error). Files inside ``exclude`` (the run's output folder) are never taken as inputs.
     """
     if not arguments:
         raise ImageInputError("IMAGES: no image given; pass image files, folders or a CSV/JSONL manifest")
-    entries: list[tuple[str | None, Path]] = []
+    entries: list[tuple[str | None, Path, str]] = []
     for argument in arguments:
         path = Path(argument)
         if not path.exists():
             raise ImageInputError(f"IMAGES: {str(argument)!r} does not exist")
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not _is_inside(p, exclude))
             if not found:
-                raise ImageInputError(f"IMAGES: folder {str(argument)!r} holds no image ({', '.join(IMAGE_SUFFIXES)})")
-            entries += [(None, p) for p in found]
+                raise ImageInputError(f"IMAGES: folder {str(argument)!r} holds no image ({', '.join(IMAGE_SUFFIXES)})"
+                                      + (" outside the output folder" if exclude and _is_inside(exclude, path) else ""))
+            entries += [(None, p, f"folder {str(argument)!r}") for p in found]
+        elif not path.is_file():
+            raise ImageInputError(f"IMAGES: {str(argument)!r} is not a regular file (a pipe or device?)")
         elif path.suffix.lower() in MANIFEST_SUFFIXES:
             entries += _from_manifest(path)
         elif path.suffix.lower() in IMAGE_SUFFIXES:
-            entries.append((None, path))
+            entries.append((None, path, "the command line"))
         else:
             raise ImageInputError(
                 f"IMAGES: {str(argument)!r} is neither an image ({', '.join(IMAGE_SUFFIXES)}), "
                 f"a folder, nor a manifest ({', '.join(MANIFEST_SUFFIXES)})"
             )
-    images: list[ProtectedImage] = []
-    seen_paths: set[Path] = set()
-    used_ids: set[str] = set()
-    for given_id, file in entries:
-        resolved = file.resolve()
-        if resolved in seen_paths:
-            continue
+    unique: dict[Path, tuple[str | None, Path, str]] = {}
+    for given_id, file, where in entries:
+        if _is_inside(file, exclude):
+            raise ImageInputError(f"IMAGES: {str(file)!r} ({where}) lies inside the output folder; outputs are "
+                                  "never taken as inputs")
+        if not file.exists():
+            raise ImageInputError(f"IMAGES: {str(file)!r} (from {where}) does not exist")
         if not file.is_file():
-            raise ImageInputError(f"IMAGES: {str(file)!r} (listed in a manifest) does not exist")
-        seen_paths.add(resolved)
-        image_id = _safe_id(given_id) if given_id else _safe_id(file.stem)
-        if image_id in used_ids and not given_id:
+            raise ImageInputError(f"IMAGES: {str(file)!r} (from {where}) is not a regular file")
+        resolved = file.resolve()
+        if resolved in unique:
+            previous_id = unique[resolved][0]
+            if given_id and previous_id and given_id != previous_id:
+                raise ImageInputError(f"IMAGES: {str(file)!r} is listed under two ids, {previous_id!r} and "
+                                      f"{given_id!r}; list each file once")
+            continue
+        unique[resolved] = (given_id, file, where)
+    stems: dict[str, int] = {}
+    for given_id, file, _ in unique.values():
+        if not given_id:
+            stems[_safe_id(file.stem)] = stems.get(_safe_id(file.stem), 0) + 1
+    images: list[ProtectedImage] = []
+    used_ids: dict[str, Path] = {}
+    for given_id, file, where in unique.values():
+        if given_id:
+            image_id = _safe_id(given_id)
+        elif stems[_safe_id(file.stem)] > 1:
             image_id = _safe_id(f"{file.parent.name}_{file.stem}")
-        if image_id in used_ids:
-            raise ImageInputError(f"IMAGES: two images share the id {image_id!r}; give them distinct ids in a manifest")
-        used_ids.add(image_id)
+        else:
+            image_id = _safe_id(file.stem)
+        if image_id.lower() in {i.lower() for i in used_ids}:
+            other = next(p for i, p in used_ids.items() if i.lower() == image_id.lower())
+            raise ImageInputError(f"IMAGES: {str(file)!r} and {str(other)!r} would share the id {image_id!r}; give "
+                                  "them distinct ids in a manifest")
+        used_ids[image_id] = file
         images.append(ProtectedImage(image_id, file, file_sha256(file)))
     return images
+
+
+def _grey_to_8bit(array: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """Rescale a 16-bit, 32-bit integer or float grey image to 8 bits by its format's range, never by clipping.
+
+    Float images in [0, 1] are taken as such (the usual convention, e.g. tifffile's); other floats and
+    integers are scaled by the smallest of the ranges 8-bit, 16-bit and 32-bit that holds them.
+    """
+    if not np.isfinite(array).all():
+        raise ImageInputError(f"IMAGES: {str(path)!r} holds NaN or infinite pixel values")
+    if array.min() < 0:
+        raise ImageInputError(f"IMAGES: {str(path)!r} ({mode} mode) holds negative pixel values, which have no "
+                              "agreed meaning as intensities; convert it to 8 or 16-bit first")
+    if mode == "F" and array.max() <= 1.0:
+        scale = 1.0
+    elif mode.startswith("I;16"):
+        scale = 65535.0
+    else:
+        scale = next(limit for limit in (255.0, 65535.0, 2.0**32 - 1) if array.max() <= limit or limit > 65535)
+    return np.clip(array / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def check_images(images: list[ProtectedImage]) -> None:
+    """Decode every image once, before any model is loaded, so a bad file is named before hours of work."""
+    for image in images:
+        prepare_image(image.path, 8)
 
 
 def prepare_image(path: Path, resolution: int) -> np.ndarray:
@@ -140,13 +235,12 @@ def prepare_image(path: Path, resolution: int) -> np.ndarray:
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)
             image.load()
-    except (UnidentifiedImageError, OSError) as error:
+    except Image.DecompressionBombError as error:
+        raise ImageInputError(f"IMAGES: {str(path)!r} is refused as a decompression bomb: {error}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageInputError(f"IMAGES: {str(path)!r} cannot be read as an image: {error}") from None
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grey: rescale to 8 bits by the range the format allows, not by clipping.
-        array = np.asarray(image, dtype=np.float64)
-        scale = 65535.0 if array.max() > 255 or image.mode.startswith("I;16") else 255.0
-        image = Image.fromarray(np.clip(array / scale * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        image = Image.fromarray(_grey_to_8bit(np.asarray(image, dtype=np.float64), image.mode, path), mode="L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

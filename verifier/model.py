@@ -79,7 +79,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ModelLoadError(f"--device {name!r} is not a torch device: expected auto, cpu, cuda, cuda:N or mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"--device {name!r} is not allowed: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"--device {name!r}: torch sees no MPS device here; use --device cpu or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"--device {name!r}: torch sees no CUDA device here; use --device cpu or auto")
     return device
@@ -97,14 +101,48 @@ def fingerprint_files(files: list[Path], root: Path) -> str:
     return "sha256:" + outer.hexdigest()
 
 
+def _model_index(folder: Path) -> dict:
+    """model_index.json, checked: a JSON object whose components are [library, class] pairs."""
+    index_file = folder / "model_index.json"
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"MODEL {str(folder)!r}: model_index.json is not valid JSON: {error}") from None
+    if not isinstance(index, dict):
+        raise ModelLoadError(f"MODEL {str(folder)!r}: model_index.json must be a JSON object naming the pipeline's "
+                             f"components, got a {type(index).__name__}")
+    return index
+
+
+def _components(index: dict) -> list[str]:
+    """Names of the components model_index.json declares (entries like "unet": ["diffusers", "UNet..."])."""
+    return [name for name, value in index.items()
+            if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] is not None]
+
+
 def _component_files(folder: Path) -> list[Path]:
     """Every file of the components named in model_index.json (not images or notes beside them)."""
-    index = json.loads((folder / "model_index.json").read_text())
     files = [folder / "model_index.json"]
-    for name, value in index.items():
-        if isinstance(value, list) and value[0] is not None and (folder / name).is_dir():
+    for name in _components(_model_index(folder)):
+        if (folder / name).is_dir():
             files += [p for p in (folder / name).rglob("*") if p.is_file()]
     return files
+
+
+REQUIRED_COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+
+
+def _check_components(folder: Path) -> None:
+    """Name a missing component folder before diffusers reports it as a missing config.json."""
+    declared = _components(_model_index(folder))
+    missing = [name for name in REQUIRED_COMPONENTS if name not in declared]
+    if missing:
+        raise ModelLoadError(f"MODEL {str(folder)!r}: model_index.json declares no {', '.join(missing)}; a Stable "
+                             f"Diffusion folder needs {', '.join(REQUIRED_COMPONENTS)}")
+    absent = [name for name in REQUIRED_COMPONENTS if not (folder / name).is_dir()]
+    if absent:
+        raise ModelLoadError(f"MODEL {str(folder)!r} lacks the component folder{'s' if len(absent) > 1 else ''} "
+                             f"{', '.join(n + '/' for n in absent)} that model_index.json declares")
 
 
 def _check_pickle_free(folder: Path, allow_pickle: bool) -> None:
@@ -117,6 +155,21 @@ def _check_pickle_free(folder: Path, allow_pickle: bool) -> None:
             f"MODEL {str(folder)!r} has pickle weights ({names}) and no safetensors beside them; pickle files can "
             "run code when loaded. Convert them to safetensors, or pass --allow-pickle if you trust them."
         )
+
+
+def _looks_local(text: str) -> bool:
+    """A MODEL that is meant as a local path: explicit prefixes, or a first folder that exists here."""
+    return text.startswith((".", "/", "~")) or Path(text).parent.is_dir()
+
+
+def _load_failure(error: Exception) -> str:
+    """diffusers' and transformers' message, without hints that do not apply to verifier's users."""
+    message = str(error)
+    if "size mismatch" in message or "ignore_mismatched_sizes" in message:
+        first = next((line.strip() for line in message.splitlines() if "size mismatch" in line), message.splitlines()[0])
+        return (f"a component's weights do not fit its config.json ({first}); the folder mixes files of two "
+                "models")
+    return f"{type(error).__name__}: {message}"
 
 
 def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", allow_pickle: bool = False,
@@ -141,14 +194,16 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", 
                 f"MODEL {str(model)!r} is a folder without model_index.json: expected a diffusers Stable Diffusion folder "
                 "(model_index.json, vae/, text_encoder/, tokenizer/, unet/, scheduler/)"
             )
+        _check_components(path)
         _check_pickle_free(path, allow_pickle)
         try:
             pipeline = StableDiffusionPipeline.from_pretrained(
                 path, local_files_only=True, **_dtype_argument(torch_dtype), use_safetensors=None if allow_pickle else True,
                 safety_checker=None, requires_safety_checker=False,
             )
-        except (OSError, ValueError, EnvironmentError) as error:
-            raise ModelLoadError(f"MODEL {str(model)!r}: diffusers could not load the folder: {error}") from None
+        except (OSError, ValueError, EnvironmentError, RuntimeError, TypeError) as error:
+            raise ModelLoadError(f"MODEL {str(model)!r}: diffusers could not load the folder: {_load_failure(error)}"
+                                 ) from None
         kind, fingerprint = "diffusers-folder", fingerprint_files(_component_files(path), path)
     elif path.is_file():
         suffix = path.suffix.lower()
@@ -177,7 +232,7 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", 
                 f"MODEL {str(model)!r}: diffusers could not load it as a Stable Diffusion checkpoint with configs from "
                 f"--model-config {str(model_config)!r}: {type(error).__name__}: {error}") from None
         kind, fingerprint = "single-file", fingerprint_files([path], path.parent)
-    elif HUB_ID.match(str(model)):
+    elif HUB_ID.match(str(model)) and not _looks_local(str(model)):
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
         try:
             pipeline = StableDiffusionPipeline.from_pretrained(

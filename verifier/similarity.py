@@ -35,6 +35,7 @@ class SSIM:
     name = "ssim"
     higher_is_similar = True
     default_threshold = 0.7
+    threshold_range = (-1.0, 1.0)
     threshold_source = ("verifier reference-32px ground truth: the value the manifest uses, between memorized "
                         "(SSIM >= 0.75) and never-trained (<= 0.5) generations; see README, Decisions")
 
@@ -56,6 +57,7 @@ class LPIPSSimilarity:
     name = "lpips"
     higher_is_similar = False
     default_threshold = 0.25
+    threshold_range = (0.0, 2.0)  # LPIPS distances are non-negative; ~1 is already unrelated
     threshold_source = ("no field standard for replication by LPIPS; 0.25 is a conservative near-copy bound. "
                         "Calibrate on images the model never saw before relying on it")
     minimum_side = 64  # AlexNet's stride-4 11x11 stem leaves almost nothing of smaller images
@@ -107,6 +109,7 @@ class SSCD:
     name = "sscd"
     higher_is_similar = True
     default_threshold = 0.5
+    threshold_range = (-1.0, 1.0)  # cosine similarity
     threshold_source = "0.5: replication threshold of Somepalli et al. (2023) and InvMM"
     side = 288  # SSCD's evaluation resolution (its README: resize to 288)
 

@@ -1,0 +1,1 @@
+"""Stage 6: certificates: their schema (``schema``), the output folder (``store``) and the report (``report``)."""

@@ -1,0 +1,252 @@
+"""The certificate and summary schema: one typed definition, versioned, published as JSON Schema.
+
+Every certificate ``verifier`` writes is built through :class:`Certificate` and every summary
+through :class:`Summary`, so nothing reaches disk that the published schema (``verifier schema``)
+would reject. Readers (resume, ``verify``, the report) go through :func:`read_certificate`, which
+validates a file against the same definition and names the first field that does not fit.
+
+Numbers are finite by construction: a measurement that came out NaN or infinite is recorded as
+``null`` with the verdict ``inconclusive`` and a reason, never as a bare ``NaN`` (which strict JSON
+parsers reject) and never behind a clean verdict.
+
+Version history:
+
+- 1: the first certificates (no declared schema; per-generation scores not recorded).
+- 2: declared schema; per-generation similarity scores per guidance scale; verifier version, the
+  schema version and the sha256 of similarity weights in the resume key; ``null`` for non-finite
+  measurements.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 2
+CERTIFICATE_SCHEMA_ID = "verifier.certificate"
+SUMMARY_SCHEMA_ID = "verifier.summary"
+VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
+Verdict = Literal["memorized", "rarely_reproduced", "inconclusive", "not_memorized"]
+Sha256 = Field(pattern=r"^[0-9a-f]{64}$")
+PrefixedSha256 = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+
+
+class CertificateFormatError(ValueError):
+    """A certificate or summary file that does not match the schema; the message names the field."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are rejected (an edited certificate cannot smuggle in a field), and NaN or
+    # infinity is refused wherever a float is declared.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class SchemaTag(_Strict):
+    id: str
+    version: int
+
+
+class Preprocessing(_Strict):
+    policy: str
+    resolution: int = Field(ge=8)
+
+
+class ImageRecord(_Strict):
+    id: str = Field(min_length=1, description="Stable id; the certificate's file is <id>.json")
+    path: str = Field(description="Where the image was read from (informative; the sha256 identifies it)")
+    sha256: str = Sha256
+    preprocessing: Preprocessing
+
+
+class ModelRecord(_Strict):
+    source: str
+    kind: str
+    fingerprint: str = PrefixedSha256
+    resolution: int
+    prediction_type: str
+    unet_parameters: int
+
+
+class SimilarityWeights(_Strict):
+    file: str
+    sha256: str = Sha256
+
+
+class SimilarityCondition(_Strict):
+    value: Optional[float] = Field(description="Best similarity over every generation; null if not finite")
+    threshold: float
+    margin: Optional[float]
+    passed: bool = Field(alias="pass")
+    metric: str
+    threshold_source: str
+    direction: Literal["higher is more similar", "lower is more similar"]
+    weights: Optional[SimilarityWeights]
+    replications: int = Field(ge=0)
+    generations: int = Field(ge=1)
+
+
+class ExistenceCondition(_Strict):
+    value: Optional[float] = Field(description="Error under the witness / under the empty prompt; null if not finite")
+    threshold: float
+    margin: Optional[float]
+    passed: bool = Field(alias="pass")
+    measure: str
+
+
+class ScaleResult(_Strict):
+    guidance_scale: float
+    replications: int = Field(ge=0)
+    generations: int = Field(ge=1)
+    rate: float = Field(ge=0, le=1)
+    lower_bound: float = Field(ge=0, le=1)
+    upper_bound: float = Field(ge=0, le=1)
+    scores: list[Optional[float]] = Field(description="Similarity of each seed's generation, in seed order")
+
+
+class ProbabilityCondition(_Strict):
+    value: float = Field(ge=0, le=1, description="Lower confidence bound on the replication rate at the best scale")
+    threshold: float
+    margin: float
+    passed: bool = Field(alias="pass")
+    measure: str
+    confidence: float
+    per_scale_confidence: float
+    best_guidance_scale: float
+    rate: float = Field(ge=0, le=1)
+    upper_bound: float = Field(ge=0, le=1)
+    per_scale: list[ScaleResult] = Field(min_length=1)
+
+
+class Conditions(_Strict):
+    similarity: SimilarityCondition
+    existence: ExistenceCondition
+    probability: ProbabilityCondition
+
+
+class PredictionError(_Strict):
+    timesteps: list[int]
+    noise_draws: int
+    inverted: list[Optional[float]]
+    empty: list[Optional[float]]
+    inverted_mean: Optional[float]
+    empty_mean: Optional[float]
+    ratio: Optional[float]
+    inversion_loss_first_last: list[Optional[float]] = Field(min_length=2, max_length=2)
+
+
+class WitnessRecord(_Strict):
+    file: str
+    sha256: str = Sha256
+    tensor: str
+    negative_tensor: str
+    seeds: list[int]
+    generator: str
+    guidance_scales: list[float]
+    num_inference_steps: int
+    height: int
+    width: int
+    scheduler: dict[str, Any]
+    closest_generation: str
+    closest_seed: int
+    closest_guidance_scale: float
+
+
+class Certificate(_Strict):
+    """One image's memorization certificate (``<id>.json``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True,
+                              json_schema_extra={"$id": f"{CERTIFICATE_SCHEMA_ID}/v{SCHEMA_VERSION}"})
+
+    schema_: SchemaTag = Field(alias="schema")
+    verdict: Verdict
+    verdict_reason: str
+    image: ImageRecord
+    model: ModelRecord
+    conditions: Conditions
+    prediction_error: PredictionError
+    witness: WitnessRecord
+    budget: dict[str, Any]
+    config: dict[str, Any] = Field(description="The fully resolved config (verifier.config.VerifierConfig)")
+    environment: dict[str, Any]
+    timings: dict[str, Any]
+    run_key: str = PrefixedSha256
+
+
+class SummaryImage(_Strict):
+    id: str
+    path: str
+    sha256: str = Sha256
+    verdict: Verdict
+    error_ratio: Optional[float]
+    replication_rate: float = Field(ge=0, le=1)
+    certificate: str
+
+
+class Summary(_Strict):
+    """The run's ``summary.json``: every image, its verdict, counts per verdict."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True,
+                              json_schema_extra={"$id": f"{SUMMARY_SCHEMA_ID}/v{SCHEMA_VERSION}"})
+
+    schema_: SchemaTag = Field(alias="schema")
+    model: ModelRecord
+    config: dict[str, Any]
+    counts: dict[Verdict, int]
+    images: list[SummaryImage]
+    seconds: float = Field(ge=0)
+
+
+def certificate_tag() -> dict:
+    return {"id": CERTIFICATE_SCHEMA_ID, "version": SCHEMA_VERSION}
+
+
+def summary_tag() -> dict:
+    return {"id": SUMMARY_SCHEMA_ID, "version": SCHEMA_VERSION}
+
+
+def json_schema(kind: Literal["certificate", "summary"] = "certificate") -> dict:
+    """The published JSON Schema (draft 2020-12) of a certificate or a summary."""
+    model = Certificate if kind == "certificate" else Summary
+    schema = model.model_json_schema(by_alias=True)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def _first_problem(error: ValidationError) -> str:
+    problem = error.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+    return f"{where}: {problem['msg']}"
+
+
+def validated(kind: Literal["certificate", "summary"], value: dict) -> dict:
+    """``value`` checked against the schema and returned as plain JSON data (raises CertificateFormatError)."""
+    model = Certificate if kind == "certificate" else Summary
+    try:
+        return model.model_validate(value).model_dump(mode="json", by_alias=True)
+    except ValidationError as error:
+        raise CertificateFormatError(f"{kind} does not match schema v{SCHEMA_VERSION}: {_first_problem(error)}") from None
+
+
+def read_certificate(path: str | Path) -> dict:
+    """Read and validate one certificate file; the error names the file, the version and the field."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CertificateFormatError(f"certificate {str(path)!r} cannot be read as JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise CertificateFormatError(f"certificate {str(path)!r} is not a JSON object")
+    tag = value.get("schema")
+    if not isinstance(tag, dict) or tag.get("id") != CERTIFICATE_SCHEMA_ID:
+        raise CertificateFormatError(f"{str(path)!r} is not a verifier certificate (schema tag {tag!r})")
+    if tag.get("version") != SCHEMA_VERSION:
+        raise CertificateFormatError(
+            f"certificate {str(path)!r} has schema version {tag.get('version')!r}; this verifier reads version "
+            f"{SCHEMA_VERSION}. Re-certify with this version, or use the verifier version that wrote it "
+            f"({value.get('environment', {}).get('verifier', 'unknown')})")
+    try:
+        return validated("certificate", value)
+    except CertificateFormatError as error:
+        raise CertificateFormatError(f"certificate {str(path)!r}: {error}") from None

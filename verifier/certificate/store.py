@@ -1,0 +1,213 @@
+"""The output folder: atomic writes, witnesses, the run's identity and what may be resumed.
+
+A run's output folder holds, per image, ``<id>.json`` (the certificate), ``<id>.witness.safetensors``
+(the inverted conditioning) and ``<id>.closest.png`` (the generation nearest the image); plus
+``run.json`` (which model and config the folder belongs to), ``summary.json`` and ``report.html``.
+
+- Every file is written to a hidden temporary name in the same folder and renamed into place, so a
+  killed run leaves either the old file or the new one, never half of one; temporaries a kill left
+  behind are removed when the next run opens the folder. Files get the permissions the umask gives.
+- An image's certificate is written last, after its witness and closest generation, so its
+  presence means the image is done; and it is reused only when it validates against the schema, its
+  run key matches, its witness file still has the recorded sha256 and its verdict follows from its
+  own numbers. Anything else is redone, and the reason is reported.
+- A folder holds one run: a second run with another model or config is refused, naming what
+  differs, instead of mixing certificates of two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from verifier.certificate.schema import (
+    SCHEMA_VERSION, CertificateFormatError, read_certificate, summary_tag, validated,
+)
+
+RUN_FILE = "run.json"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
+# File stems the run itself uses: no image id may take them (see verifier.images).
+RESERVED_STEMS = ("run", "summary", "report", "calibration", "demo-images")
+OUTPUT_SUFFIXES = (".json", ".witness.safetensors", ".closest.png", ".html", ".jsonl")
+
+
+class OutputFolderError(ValueError):
+    """``--out`` cannot be used for this run; the message says why and what to do."""
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        # mkstemp creates 0600; a result file gets what the user's umask gives any new file.
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, value: dict) -> None:
+    # allow_nan=False: NaN and Infinity are not JSON; a non-finite number reaching here is a bug.
+    atomic_write_bytes(path, (json.dumps(value, indent=2, allow_nan=False) + "\n").encode())
+
+
+def finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.clip(np.nan_to_num(image), 0, 1) * 255 + 0.5).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_witness(path: Path, conditioning, empty, variables, metadata: dict) -> str:
+    """Save the witness as safetensors; return its sha256."""
+    from safetensors.torch import save
+
+    # clone(): in the hidden_states space the variables *are* the conditioning, and safetensors
+    # refuses tensors that share memory.
+    data = save({
+        "prompt_embeds": conditioning.detach().float().cpu().clone()[None],
+        "negative_prompt_embeds": empty.detach().float().cpu().clone(),
+        "variables": variables.detach().float().cpu().clone()[None],
+    }, metadata={key: json.dumps(value) for key, value in metadata.items()})
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def run_key(model_fingerprint: str, config_values: dict, image_sha256: str, verifier_version: str | None,
+            metric_weights_sha256: str | None) -> str:
+    """Identifies what a certificate's numbers depend on: reuse it only when every part matches.
+
+    ``config_values`` must not hold file paths of weights; the weights enter by their sha256.
+    """
+    payload = json.dumps({"model": model_fingerprint, "config": config_values, "image": image_sha256,
+                          "verifier": verifier_version, "schema": SCHEMA_VERSION,
+                          "similarity_weights": metric_weights_sha256}, sort_keys=True)
+    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+
+
+def prepare_output_folder(out: Path) -> None:
+    """Check, before any model is loaded, that ``out`` can be created and written; clean a killed run's temporaries."""
+    if str(out) in ("", "."):
+        raise OutputFolderError("--out must name a folder for this run's files, not the current folder ('')")
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"--out {str(out)!r} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # The longest name verifier writes is <id>.witness.safetensors with a 120-character id.
+        probe = out / f".{'p' * 150}.probe.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OutputFolderError(f"--out {str(out)!r} cannot be written: {error.strerror or error}") from None
+    for leftover in out.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def claim_run_folder(out: Path, identity: dict) -> None:
+    """Record that ``out`` holds the run ``identity`` (model fingerprint, config), or refuse if it holds another."""
+    run_file = out / RUN_FILE
+    if run_file.is_file():
+        try:
+            previous = json.loads(run_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            previous = None
+        if not isinstance(previous, dict) or previous.get("schema", {}).get("id") != "verifier.run":
+            raise OutputFolderError(f"--out {str(out)!r} holds a {RUN_FILE} that verifier did not write; "
+                                    "choose another folder")
+        differences = [key for key in ("model_fingerprint", "config") if previous.get(key) != identity.get(key)]
+        if differences:
+            detail = _config_difference(previous.get("config", {}), identity["config"]) if "config" in differences else ""
+            raise OutputFolderError(
+                f"--out {str(out)!r} holds a run with another {' and '.join(d.replace('_', ' ') for d in differences)}"
+                f"{detail}; a folder holds one run. Choose a new --out, or delete the folder to start over")
+    elif any(out.glob("*.json")):
+        raise OutputFolderError(f"--out {str(out)!r} already holds JSON files but no {RUN_FILE}: it is not a verifier "
+                                "run folder (or was written by an older verifier); choose a new --out")
+    atomic_write_json(run_file, {"schema": {"id": "verifier.run", "version": SCHEMA_VERSION}, **identity})
+
+
+def _config_difference(old: dict, new: dict) -> str:
+    changed = [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+               if old.get(key) != new.get(key)]
+    return f" ({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''})" if changed else ""
+
+
+def reusable_certificate(out: Path, image_id: str, key: str, recompute_verdict) -> tuple[dict | None, str]:
+    """The certificate already in ``out`` for this image if it may be reused, else (None, why not).
+
+    ``recompute_verdict(certificate) -> str`` re-derives the verdict from the certificate's numbers.
+    """
+    path = out / f"{image_id}.json"
+    if not path.is_file():
+        return None, "not certified yet"
+    try:
+        certificate = read_certificate(path)
+    except CertificateFormatError as error:
+        return None, str(error)
+    if certificate["run_key"] != key:
+        return None, "its run key differs (other model, config, image bytes or verifier version)"
+    if certificate["image"]["id"] != image_id:
+        return None, f"it names another image id {certificate['image']['id']!r}"
+    witness = out / certificate["witness"]["file"]
+    if not witness.is_file() or file_sha256(witness) != certificate["witness"]["sha256"]:
+        return None, "its witness file is missing or does not have the recorded sha256"
+    if not (out / certificate["witness"]["closest_generation"]).is_file():
+        return None, "its closest generation is missing"
+    if recompute_verdict(certificate) != certificate["verdict"]:
+        return None, "its verdict does not follow from its own numbers"
+    return certificate, "reused"
+
+
+def summary(certificates: list[dict], model: dict, config: dict, seconds: float) -> dict:
+    from verifier.certificate.schema import VERDICTS
+
+    counts = {verdict: 0 for verdict in VERDICTS}
+    for certificate in certificates:
+        counts[certificate["verdict"]] += 1
+    return validated("summary", {
+        "schema": summary_tag(),
+        "model": model,
+        "config": config,
+        "counts": counts,
+        "images": [
+            {"id": c["image"]["id"], "path": c["image"]["path"], "sha256": c["image"]["sha256"], "verdict": c["verdict"],
+             "error_ratio": c["conditions"]["existence"]["value"],
+             "replication_rate": c["conditions"]["probability"]["rate"],
+             "certificate": f"{c['image']['id']}.json"}
+            for c in certificates
+        ],
+        "seconds": round(seconds, 2),
+    })

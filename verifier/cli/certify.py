@@ -1,0 +1,43 @@
+"""``verifier certify MODEL IMAGES... --out DIR``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from verifier.cli import EXIT_FOUND, EXIT_OK, main, progress, run_guarded
+from verifier.cli.options import FAIL_LEVELS, build, config_options, print_table
+
+
+@main.command()
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for certificates and report.")
+@click.option("--allow-pickle", is_flag=True, help="Allow .ckpt/.bin/.pt/.pth weights (they can run code).")
+@click.option("--model-config", default=None, type=click.Path(file_okay=False),
+              help="Local diffusers folder giving configs for a single-file .safetensors MODEL.")
+@config_options
+def certify(model, images, out, allow_pickle, model_config, config_file, **overrides):
+    """Certify IMAGES (files, folders, CSV/JSONL manifests) against MODEL.
+
+    \b
+    Examples:
+      verifier certify ./my-sd-model photos/ --out certs/
+      verifier certify ./model.safetensors --model-config ./sd15-configs protected.csv --out certs/
+      verifier certify ./model photos/ --out certs/ --config configs/sd15.toml --fail-on rarely_reproduced
+    """
+    config = run_guarded(lambda: build(config_file, **overrides))
+
+    def certify_all():
+        from verifier.api import certify as certify_images
+
+        return certify_images(model, list(images), out, config, allow_pickle=allow_pickle,
+                              model_config=model_config, progress=progress)
+
+    certificates = run_guarded(certify_all)
+    print_table(certificates)
+    failing = [c for c in certificates if c["verdict"] in FAIL_LEVELS[config.fail_on]]
+    click.echo(f"{len(certificates)} certificates in {out}; report: {Path(out) / 'report.html'}")
+    sys.exit(EXIT_FOUND if failing else EXIT_OK)

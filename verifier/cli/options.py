@@ -1,0 +1,58 @@
+"""Options shared by the commands that run a certification (certify, demo), and the verdict table."""
+
+from __future__ import annotations
+
+import click
+
+FAIL_LEVELS = {"memorized": ("memorized",), "rarely_reproduced": ("memorized", "rarely_reproduced"), "never": ()}
+
+CONFIG_OPTIONS = [
+    click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML or JSON config file (see configs/)."),
+    click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps."),
+    click.option("--dtype", default=None, help="float32 (default), float16 or bfloat16."),
+    click.option("--similarity", default=None, help="ssim (default), lpips or sscd."),
+    click.option("--similarity-threshold", type=float, default=None, help="Override the metric's default threshold."),
+    click.option("--inversion-space", default=None, help="token_embeddings (default) or hidden_states."),
+    click.option("--inversion-steps", type=int, default=None, help="Adam steps per image."),
+    click.option("--generations", type=int, default=None, help="Seeds per guidance scale."),
+    click.option("--batch-size", type=int, default=None, help="Images per batch (does not change results)."),
+    click.option("--seed", type=int, default=None, help="Run seed (0 to 2**32-1)."),
+    click.option("--lpips-weights", default=None, help="torchvision AlexNet weights for --similarity lpips."),
+    click.option("--sscd-weights", default=None, help="SSCD TorchScript file for --similarity sscd."),
+    click.option("--fail-on", type=click.Choice(sorted(FAIL_LEVELS)), default=None,
+                 help="Exit 1 when any image reaches this verdict (default memorized; rarely_reproduced includes "
+                      "memorized; never: always 0)."),
+]
+
+
+def config_options(function):
+    for option in reversed(CONFIG_OPTIONS):
+        function = option(function)
+    return function
+
+
+def build(config_file, **overrides):
+    from verifier.config import build_config
+
+    return build_config(config_file, overrides)
+
+
+def _number(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "n/a"
+
+
+def print_table(certificates, truth: dict | None = None) -> None:
+    header = f"{'image':34s} {'verdict':18s} {'err.ratio':>9s} {'repl.':>7s} {'best sim':>8s}"
+    if truth is not None:
+        header += f"  {'ground truth':22s} {'agrees':6s}"
+    click.echo(header)
+    for c in certificates:
+        probability = c["conditions"]["probability"]
+        best = next(s for s in probability["per_scale"] if s["guidance_scale"] == probability["best_guidance_scale"])
+        line = (f"{c['image']['id'][:34]:34s} {c['verdict']:18s} {_number(c['conditions']['existence']['value']):>9s} "
+                f"{best['replications']:>3d}/{best['generations']:<3d} {_number(c['conditions']['similarity']['value']):>8s}")
+        if truth is not None:
+            expected, label = truth[c["image"]["id"]]
+            agrees = "-" if expected is None else ("yes" if c["verdict"] == expected else "NO")
+            line += f"  {label:22s} {agrees:6s}"
+        click.echo(line)

@@ -1,0 +1,47 @@
+"""``verifier verify CERTIFICATES [--model MODEL] [--images ...]``: re-check certificates as a third party."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from verifier.cli import EXIT_FOUND, EXIT_OK, main, progress, run_guarded
+
+
+@main.command()
+@click.argument("certificates", type=click.Path(exists=True))
+@click.option("--model", default=None, help="The model to check against (default: each certificate's recorded source).")
+@click.option("--images", multiple=True, help="Image files, folders or manifests, matched to certificates by sha256 "
+                                              "(default: each certificate's recorded path). Repeatable.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--all-generations", is_flag=True,
+              help="Regenerate every recorded generation, not only the replicating ones and the closest.")
+@click.option("--allow-pickle", is_flag=True, help="Allow .ckpt/.bin/.pt/.pth weights (they can run code).")
+@click.option("--model-config", default=None, type=click.Path(file_okay=False),
+              help="Local diffusers folder giving configs for a single-file .safetensors MODEL.")
+def verify(certificates, model, images, device, all_generations, allow_pickle, model_config):
+    """Re-check CERTIFICATES (a run folder or one <id>.json): hashes, arithmetic, verdict, regenerations.
+
+    Prints every check; exits 0 only when all hold (tolerances: README, "Verifying a certificate"),
+    1 when any does not.
+
+    \b
+    Examples:
+      verifier verify certs/
+      verifier verify certs/photo.json --model ./my-sd-model --images photos/
+    """
+    def run():
+        from verifier.verify import verify as verify_certificates
+
+        return verify_certificates(certificates, model=model, images=list(images) or None, device=device,
+                                   all_generations=all_generations, allow_pickle=allow_pickle,
+                                   model_config=model_config, progress=progress)
+
+    result = run_guarded(run)
+    for check in result.checks:
+        click.echo(f"{'ok  ' if check.passed else 'FAIL'}  {check.image_id[:34]:34s} {check.name:26s} {check.detail}")
+    failed = [check for check in result.checks if not check.passed]
+    click.echo(f"{len(result.checks) - len(failed)}/{len(result.checks)} checks hold"
+               + (f"; {len({c.image_id for c in failed})} certificate(s) or summary fail" if failed else ""))
+    sys.exit(EXIT_OK if result.passed else EXIT_FOUND)

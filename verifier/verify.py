@@ -1,0 +1,397 @@
+"""Re-check certificates as a third party would: ``verify(target, model=..., images=...)``.
+
+The recipe, per certificate:
+
+1. read it against the declared schema;
+2. re-hash the image (from ``--images`` by sha256, else the recorded path) and the model's files;
+3. check the witness file's sha256 and that its negative is the model's own empty prompt;
+4. check the certificate's internal arithmetic (means, ratio, rates, the run key) and that its
+   verdict follows from its own numbers under its config's thresholds;
+5. regenerate, with the stock pipeline, every generation the verdict rests on (each replicating
+   seed and the closest one; every seed with ``all_generations``), re-measure their similarity, and
+   compare with the recorded scores;
+6. re-measure the prediction error under the witness and under the empty prompt on the fixed grid
+   and compare with the recorded curves.
+
+Float tolerances (:data:`TOLERANCES`): on the machine that wrote a certificate the numbers come
+back equal to about 1e-6; across CPU and GPU, or other library versions, float arithmetic differs
+in the last bits and DDIM sampling amplifies it, so regenerated similarities are compared within
+0.02 (absolute) and prediction errors within 2% (relative). A regenerated generation that lands on
+the other side of the similarity threshold fails the check whatever the tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+TOLERANCES = {"similarity_abs": 0.02, "error_rel": 0.02, "arithmetic_abs": 1e-9, "negative_abs": 1e-4}
+
+
+@dataclass
+class Check:
+    """One check on one certificate: what was compared, whether it held, and what differs when not."""
+
+    image_id: str
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class VerifyResult:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(check.passed for check in self.checks)
+
+    def add(self, image_id: str, name: str, passed: bool, detail: str) -> bool:
+        self.checks.append(Check(image_id, name, bool(passed), detail))
+        return bool(passed)
+
+
+def certificate_files(target: Path) -> list[Path]:
+    """The certificates in a run folder (``<id>.json`` with a certificate schema tag), or the one file given."""
+    import json
+
+    from verifier.certificate.schema import CERTIFICATE_SCHEMA_ID, CertificateFormatError
+
+    if target.is_file():
+        return [target]
+    if not target.is_dir():
+        raise CertificateFormatError(f"CERTIFICATES {str(target)!r} does not exist")
+    found = []
+    for path in sorted(target.glob("*.json")):
+        try:
+            tag = json.loads(path.read_text(encoding="utf-8")).get("schema", {})
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(tag, dict) and tag.get("id") == CERTIFICATE_SCHEMA_ID:
+            found.append(path)
+    if not found:
+        raise CertificateFormatError(f"CERTIFICATES {str(target)!r} holds no verifier certificate (<id>.json)")
+    return found
+
+
+def _index_images(arguments: list[str | Path]) -> dict[str, Path]:
+    """sha256 -> file for every image among ``arguments`` (files, folders, manifests)."""
+    from verifier.images import collect_images
+
+    return {image.sha256: image.path for image in collect_images(list(arguments))}
+
+
+def verify(target: str | Path, model: str | Path | None = None, images: list[str | Path] | None = None, *,
+           device: str = "auto", all_generations: bool = False, allow_pickle: bool = False,
+           model_config: str | Path | None = None,
+           progress: Callable[[str], None] | None = None) -> VerifyResult:
+    """Re-check every certificate in ``target`` (a run folder or one certificate file).
+
+    ``model`` defaults to each certificate's recorded source; ``images`` (files, folders, manifests)
+    are matched to certificates by sha256, else the recorded path is used.
+    """
+    from verifier.certificate.schema import CertificateFormatError, read_certificate
+
+    say = progress or (lambda message: None)
+    target = Path(target)
+    result = VerifyResult()
+    by_hash = _index_images(images) if images else {}
+    loaded_models: dict[str, object] = {}
+    for path in certificate_files(target):
+        # 1. Schema.
+        try:
+            certificate = read_certificate(path)
+        except CertificateFormatError as error:
+            result.add(path.stem, "schema", False, str(error))
+            continue
+        image_id = certificate["image"]["id"]
+        result.add(image_id, "schema", True, f"valid against schema v{certificate['schema']['version']}")
+        folder = path.parent
+        # 2. Image and model.
+        image_path = _check_image(result, certificate, by_hash, bool(images))
+        source = str(model) if model is not None else certificate["model"]["source"]
+        if source not in loaded_models:
+            from verifier.model import load_model
+
+            say(f"loading {source}")
+            loaded_models[source] = load_model(source, device=device, allow_pickle=allow_pickle,
+                                               model_config=model_config)
+        loaded = loaded_models[source]
+        model_ok = result.add(image_id, "model", loaded.fingerprint == certificate["model"]["fingerprint"],
+                              f"fingerprint {_short(loaded.fingerprint)} vs recorded "
+                              f"{_short(certificate['model']['fingerprint'])}")
+        # 3. Witness.
+        witness = _check_witness(result, certificate, folder, loaded)
+        # 4. Internal arithmetic and the verdict.
+        _check_arithmetic(result, certificate)
+        _check_verdict(result, certificate)
+        # 5-6. Regenerate and re-measure (only meaningful on the same model, image and witness).
+        if witness is None or image_path is None or not model_ok:
+            result.add(image_id, "re-measurement", False, "skipped: it needs the recorded model, image and witness")
+            continue
+        say(f"{image_id}: regenerating and re-measuring")
+        _check_generations(result, certificate, loaded, witness, image_path, folder, all_generations)
+        _check_error(result, certificate, loaded, witness, image_path)
+    if target.is_dir():
+        _check_summary(result, target)
+    return result
+
+
+def _short(fingerprint: str) -> str:
+    return fingerprint.replace("sha256:", "")[:12]
+
+
+def _check_image(result: VerifyResult, certificate: dict, by_hash: dict[str, Path], images_given: bool) -> Path | None:
+    from verifier.images import file_sha256
+
+    image_id, wanted = certificate["image"]["id"], certificate["image"]["sha256"]
+    if images_given:
+        found = by_hash.get(wanted)
+        result.add(image_id, "image", found is not None,
+                   f"{found} has the recorded sha256" if found else
+                   f"no image given with the recorded sha256 {wanted[:12]}")
+        return found
+    path = Path(certificate["image"]["path"])
+    if not path.is_file():
+        result.add(image_id, "image", False, f"recorded path {str(path)!r} is missing; pass --images")
+        return None
+    actual = file_sha256(path)
+    result.add(image_id, "image", actual == wanted, f"sha256 {actual[:12]} vs recorded {wanted[:12]} ({path})")
+    return path if actual == wanted else None
+
+
+def _check_witness(result: VerifyResult, certificate: dict, folder: Path, loaded) -> dict | None:
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    from verifier.certificate.store import file_sha256
+    from verifier.invert import empty_conditioning
+
+    image_id, record = certificate["image"]["id"], certificate["witness"]
+    path = folder / record["file"]
+    if not path.is_file():
+        result.add(image_id, "witness", False, f"{record['file']} is missing")
+        return None
+    actual = file_sha256(path)
+    if not result.add(image_id, "witness", actual == record["sha256"],
+                      f"sha256 {actual[:12]} vs recorded {record['sha256'][:12]}"):
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = handle.metadata() or {}
+    recorded_image = json.loads(metadata.get("image_sha256", "null"))
+    recorded_seeds = json.loads(metadata.get("seeds", "null"))
+    result.add(image_id, "witness metadata",
+               recorded_image == certificate["image"]["sha256"] and recorded_seeds == record["seeds"],
+               "the witness names this image's sha256 and the certificate's seeds" if recorded_image ==
+               certificate["image"]["sha256"] and recorded_seeds == record["seeds"] else
+               "the witness file belongs to another image or run")
+    empty = empty_conditioning(loaded.pipeline, loaded.device).float().cpu()
+    negative = tensors["negative_prompt_embeds"]
+    close = negative.shape == empty.shape and float((negative - empty).abs().max()) <= TOLERANCES["negative_abs"]
+    result.add(image_id, "witness negative", close,
+               "the negative is the model's encoded empty prompt" if close else
+               "the negative is not this model's encoded empty prompt")
+    return {name: tensor.to(torch.float32) for name, tensor in tensors.items()}
+
+
+def _close(a: float | None, b: float | None, tolerance: float) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) <= tolerance
+
+
+def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
+    """Numbers that follow from other recorded numbers, and the run key, must agree exactly."""
+    from verifier.certificate.store import run_key
+    from verifier.config import ConfigError, VerifierConfig
+
+    image_id = certificate["image"]["id"]
+    error = certificate["prediction_error"]
+    problems = []
+    inverted, empty = error["inverted"], error["empty"]
+    if None not in inverted and None not in empty and inverted and empty:
+        mean_inverted, mean_empty = sum(inverted) / len(inverted), sum(empty) / len(empty)
+        tolerance = 1e-6 * max(1.0, abs(mean_inverted), abs(mean_empty))
+        if not _close(error["inverted_mean"], mean_inverted, tolerance) or not _close(error["empty_mean"], mean_empty,
+                                                                                      tolerance):
+            problems.append("the recorded means are not the means of the recorded curves")
+        elif mean_empty > 0 and not _close(error["ratio"], mean_inverted / mean_empty, 1e-6):
+            problems.append(f"the error ratio {error['ratio']} is not inverted_mean / empty_mean "
+                            f"({mean_inverted / mean_empty:.6f})")
+    if certificate["conditions"]["existence"]["value"] != error["ratio"]:
+        problems.append("the existence value is not the recorded error ratio")
+    try:
+        config = VerifierConfig(**{key: tuple(value) if isinstance(value, list) else value
+                                   for key, value in certificate["config"].items()})
+    except (ConfigError, TypeError) as failure:
+        problems.append(f"the recorded config is not a valid config: {failure}")
+        config = None
+    if config is not None:
+        weights = certificate["conditions"]["similarity"]["weights"]
+        weights_sha = weights["sha256"] if weights else None
+        config_values = config.fingerprint_dict() | {"similarity_weights_sha256": weights_sha}
+        expected = run_key(certificate["model"]["fingerprint"], config_values, certificate["image"]["sha256"],
+                           certificate["environment"].get("verifier"), weights_sha)
+        if expected != certificate["run_key"]:
+            problems.append("the run key does not match the recorded model, config, image and verifier version")
+        if len(certificate["witness"]["seeds"]) != config.generations:
+            problems.append("the number of seeds is not the config's generations")
+    result.add(image_id, "arithmetic", not problems, "; ".join(problems) or "means, ratio, config and run key agree")
+
+
+def _check_verdict(result: VerifyResult, certificate: dict) -> None:
+    from verifier.conditions import redecide
+
+    image_id = certificate["image"]["id"]
+    decision = redecide(certificate)
+    recorded = certificate["conditions"]
+    differences = [] if decision.verdict == certificate["verdict"] else [
+        f"verdict {certificate['verdict']!r} recorded, {decision.verdict!r} follows from the numbers"]
+    for name in ("similarity", "existence", "probability"):
+        for key in ("value", "threshold", "pass"):
+            if not _equal(decision.conditions[name][key], recorded[name][key]):
+                differences.append(f"{name}.{key} {recorded[name][key]!r} recorded, {decision.conditions[name][key]!r} "
+                                   "follows")
+    for mine, theirs in zip(decision.conditions["probability"]["per_scale"], recorded["probability"]["per_scale"]):
+        for key in ("replications", "generations", "rate", "lower_bound", "upper_bound"):
+            if not _equal(mine[key], theirs[key]):
+                differences.append(f"probability at guidance {theirs['guidance_scale']:g}: {key} {theirs[key]!r} "
+                                   f"recorded, {mine[key]!r} follows")
+    result.add(image_id, "verdict", not differences,
+               "; ".join(differences[:3]) or f"{certificate['verdict']} follows from the recorded numbers")
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def _check_generations(result: VerifyResult, certificate: dict, loaded, witness: dict, image_path: Path,
+                       folder: Path, all_generations: bool) -> None:
+    import numpy as np
+
+    from verifier.conditions import generate_from_witness
+    from verifier.images import prepare_image
+    from verifier.registry import SIMILARITY_METRICS
+    from verifier.similarity import replicated
+
+    image_id = certificate["image"]["id"]
+    record, config = certificate["witness"], certificate["config"]
+    metric = SIMILARITY_METRICS.get(config["similarity"])(_config_for_metric(config))
+    recorded_weights = certificate["conditions"]["similarity"]["weights"]
+    if (metric.weights or {}).get("sha256") != (recorded_weights or {}).get("sha256"):
+        result.add(image_id, "similarity weights", False, "the similarity weights' sha256 differs from the recorded one")
+        return
+    threshold = certificate["conditions"]["similarity"]["threshold"]
+    target = prepare_image(image_path, record["height"])
+    seeds = record["seeds"]
+    for scale_record in certificate["conditions"]["probability"]["per_scale"]:
+        scale = scale_record["guidance_scale"]
+        recorded = np.array([np.nan if v is None else v for v in scale_record["scores"]])
+        hits = replicated(metric, recorded, threshold)
+        wanted = [seed for seed, hit in zip(seeds, hits) if hit or all_generations]
+        if scale == record["closest_guidance_scale"] and record["closest_seed"] not in wanted:
+            wanted.append(record["closest_seed"])
+        if not wanted:
+            continue
+        images = generate_from_witness(loaded.pipeline, witness["prompt_embeds"].to(loaded.device),
+                                       witness["negative_prompt_embeds"].to(loaded.device), wanted, scale,
+                                       record["num_inference_steps"], record["height"])[0]
+        scores = metric(images, target)
+        differences = []
+        for seed, score in zip(wanted, scores):
+            before = recorded[seeds.index(seed)]
+            same_side = bool(replicated(metric, np.array([score]), threshold)[0]) == bool(
+                replicated(metric, np.array([before]), threshold)[0])
+            if not (abs(score - before) <= TOLERANCES["similarity_abs"] and same_side):
+                differences.append(f"seed {seed}: {score:.4f} regenerated vs {before:.4f} recorded")
+        result.add(image_id, f"generations at guidance {scale:g}", not differences,
+                   "; ".join(differences[:3]) or f"{len(wanted)} regenerated generation(s) match the recorded "
+                   "similarity")
+        if scale == record["closest_guidance_scale"]:
+            _check_closest_png(result, image_id, folder / record["closest_generation"],
+                               images[wanted.index(record["closest_seed"])])
+
+
+def _check_closest_png(result: VerifyResult, image_id: str, path: Path, regenerated) -> None:
+    import numpy as np
+    from PIL import Image
+
+    if not path.is_file():
+        result.add(image_id, "closest generation", False, f"{path.name} is missing")
+        return
+    stored = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+    difference = float(np.abs(stored - regenerated).mean()) if stored.shape == regenerated.shape else math.inf
+    result.add(image_id, "closest generation", difference <= TOLERANCES["similarity_abs"],
+               f"mean pixel difference {difference:.4f} between {path.name} and the regenerated image")
+
+
+def _config_for_metric(config: dict):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(lpips_weights=config.get("lpips_weights"), sscd_weights=config.get("sscd_weights"))
+
+
+def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict, image_path: Path) -> None:
+    from verifier.encode import encode_images
+    from verifier.error import prediction_error, timestep_grid
+    from verifier.images import prepare_image
+
+    image_id = certificate["image"]["id"]
+    record = certificate["prediction_error"]
+    if timestep_grid(loaded.pipeline.scheduler, len(record["timesteps"])) != record["timesteps"]:
+        result.add(image_id, "prediction error", False, "the recorded timestep grid is not this model's fixed grid")
+        return
+    z0 = encode_images(loaded.pipeline, [prepare_image(image_path, certificate["witness"]["height"])], loaded.device)
+    measured = {}
+    for name, tensor in (("inverted", witness["prompt_embeds"]), ("empty", witness["negative_prompt_embeds"])):
+        measured[name] = [float(v) for v in prediction_error(
+            loaded.pipeline, z0, tensor.to(loaded.device), timesteps=len(record["timesteps"]),
+            noise_draws=record["noise_draws"])[0]]
+    differences = []
+    for name in ("inverted", "empty"):
+        for t, mine, theirs in zip(record["timesteps"], measured[name], record[name]):
+            if theirs is None or abs(mine - theirs) > TOLERANCES["error_rel"] * max(abs(theirs), 1e-8):
+                differences.append(f"{name} error at t={t}: {mine:.6g} re-measured vs {theirs!r} recorded")
+    result.add(image_id, "prediction error", not differences,
+               "; ".join(differences[:3]) or f"{2 * len(record['timesteps'])} grid errors re-measured within "
+               f"{100 * TOLERANCES['error_rel']:g}%")
+
+
+def _check_summary(result: VerifyResult, folder: Path) -> None:
+    import json
+
+    from verifier.certificate.schema import CertificateFormatError, validated
+    from verifier.certificate.store import SUMMARY_FILE
+
+    path = folder / SUMMARY_FILE
+    if not path.is_file():
+        result.add("(run)", "summary", False, f"{SUMMARY_FILE} is missing")
+        return
+    try:
+        summary = validated("summary", json.loads(path.read_text(encoding="utf-8")))
+    except (CertificateFormatError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        result.add("(run)", "summary", False, str(error))
+        return
+    differences = []
+    for entry in summary["images"]:
+        certificate_path = folder / entry["certificate"]
+        try:
+            certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            differences.append(f"{entry['certificate']} is missing or unreadable")
+            continue
+        if certificate.get("verdict") != entry["verdict"] or certificate.get("image", {}).get("sha256") != entry["sha256"]:
+            differences.append(f"{entry['id']}: summary says {entry['verdict']}, its certificate "
+                               f"{certificate.get('verdict')}")
+    counts = {verdict: sum(1 for e in summary["images"] if e["verdict"] == verdict) for verdict in summary["counts"]}
+    if counts != summary["counts"]:
+        differences.append(f"counts {summary['counts']} do not match its image list {counts}")
+    result.add("(run)", "summary", not differences, "; ".join(differences[:3]) or
+               f"{len(summary['images'])} images, verdicts and counts agree with the certificates")
