@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -95,6 +96,8 @@ class VerifierConfig:
             ("confidence", finite(self.confidence) and 0.5 <= self.confidence < 1, "a number in [0.5, 1)"),
             ("seed", 0 <= self.seed <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
             ("dtype", self.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
+            ("device", re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+             "auto, cpu, cuda, cuda:N or mps"),
             ("fail_on", self.fail_on in FAIL_ON_LEVELS, f"one of {', '.join(FAIL_ON_LEVELS)}"),
             ("resolution", self.resolution is None or (8 <= self.resolution <= 4096 and self.resolution % 8 == 0),
              "a multiple of 8 up to 4096, or unset for the model's native resolution"),

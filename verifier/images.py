@@ -205,7 +205,7 @@ def _grey_to_8bit(array: np.ndarray, mode: str, path: Path) -> np.ndarray:
     """Rescale a 16-bit, 32-bit integer or float grey image to 8 bits by its format's range, never by clipping.
 
     Float images in [0, 1] are taken as such (the usual convention, e.g. tifffile's); other floats and
-    integers are scaled by the smallest of the ranges 8-bit, 16-bit and 32-bit that holds them.
+    integers are scaled by the smallest of the ranges 8-bit, 16-bit and signed 32-bit (Pillow's mode I) that holds them.
     """
     if not np.isfinite(array).all():
         raise ImageInputError(f"IMAGES: {str(path)!r} holds NaN or infinite pixel values")
@@ -217,7 +217,7 @@ def _grey_to_8bit(array: np.ndarray, mode: str, path: Path) -> np.ndarray:
     elif mode.startswith("I;16"):
         scale = 65535.0
     else:
-        scale = next(limit for limit in (255.0, 65535.0, 2.0**32 - 1) if array.max() <= limit or limit > 65535)
+        scale = next(limit for limit in (255.0, 65535.0, 2.0**31 - 1) if array.max() <= limit or limit > 65535)
     return np.clip(array / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 

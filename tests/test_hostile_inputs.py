@@ -1,0 +1,370 @@
+"""Hostile input, measured: every kind of bad input gets its documented exit code and a message that
+names it; nothing ends in a traceback, and nothing exits 1 ("memorization found") by accident.
+
+Exit codes: 2 usage error (images, manifests, config, output folder), 3 runtime error (model, metric
+weights, anything unexpected), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest_images import textured
+from verifier.cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+FAST = ["--inversion-steps", "1", "--generations", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tiny_models import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
+
+
+# --- builders of bad inputs: each takes the case folder and returns what to put on the command line -----
+
+def _image(folder: Path, name: str = "good.png", seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(textured(seed)).save(folder / name)
+    return folder / name
+
+
+def _file(folder: Path, name: str, content: bytes | str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+def _bomb_png(folder: Path) -> Path:
+    """A PNG header that declares 100000 x 100000 pixels: Pillow refuses it as a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    return _file(folder, "bomb.png", b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+                 chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+
+
+def _float_tiff(folder: Path, values: np.ndarray, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values.astype(np.float32), mode="F").save(folder / name)
+    return folder / name
+
+
+def _truncated_jpeg(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(textured(1, size=64)).save(folder / "cut.jpg", quality=95)
+    data = (folder / "cut.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 3])
+    return folder / "cut.jpg"
+
+
+def _fifo(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(folder / "pipe.png")
+    return folder / "pipe.png"
+
+
+def _model_copy(tiny: Path, folder: Path, change=None) -> Path:
+    target = folder / "model"
+    shutil.copytree(tiny, target)
+    if change:
+        change(target)
+    return target
+
+
+def _edit_json(path: Path, change) -> None:
+    value = json.loads(path.read_text())
+    change(value)
+    path.write_text(json.dumps(value))
+
+
+def _previous_run(tiny: Path, folder: Path) -> list[str]:
+    """--out already holds a run with seed 0; this one asks for seed 1."""
+    image = _image(folder / "images")
+    result = CliRunner().invoke(main, ["certify", str(tiny), str(image), "--out", str(folder / "out"), *FAST])
+    assert result.exit_code in (0, 1), result.output
+    return [str(tiny), str(image), "--out", str(folder / "out"), *FAST, "--seed", "1"]
+
+
+def certify_args(images: list, tiny: Path, folder: Path, *extra) -> list[str]:
+    return ["certify", str(tiny), *map(str, images), "--out", str(folder / "out"), *FAST, *extra]
+
+
+# Each case: (name, build(tiny_model, folder) -> argv, expected exit code, regex the output must contain).
+CASES = [
+    # Images and manifests (exit 2).
+    ("missing image file", lambda m, d: certify_args([d / "nope.png"], m, d), 2, r"'.*nope.png' does not exist"),
+    ("empty folder", lambda m, d: (d / "empty").mkdir() or certify_args([d / "empty"], m, d), 2, "holds no image"),
+    ("text file", lambda m, d: certify_args([_file(d, "notes.txt", "hi")], m, d), 2, "is neither an image"),
+    ("csv without path column", lambda m, d: certify_args([_file(d, "l.csv", "file\nx.png\n")], m, d), 2,
+     "needs a 'path' column"),
+    ("header-only csv", lambda m, d: certify_args([_file(d, "l.csv", "path,id\n")], m, d), 2, "lists no image"),
+    ("empty jsonl", lambda m, d: certify_args([_file(d, "l.jsonl", "")], m, d), 2, "lists no image"),
+    ("blank-lines jsonl", lambda m, d: certify_args([_file(d, "l.jsonl", "\n\n")], m, d), 2, "lists no image"),
+    ("jsonl not json", lambda m, d: certify_args([_file(d, "l.jsonl", "{half\n")], m, d), 2, "line 1 is not JSON"),
+    ("jsonl line not an object", lambda m, d: certify_args([_file(d, "l.jsonl", "[1, 2]\n")], m, d), 2,
+     "needs an object with a 'path' key"),
+    ("jsonl path is a number", lambda m, d: certify_args([_file(d, "l.jsonl", '{"path": 7}\n')], m, d), 2,
+     "'path' must be a non-empty string, got 7"),
+    ("jsonl id is a list", lambda m, d: (_image(d), certify_args(
+        [_file(d, "l.jsonl", '{"path": "good.png", "id": [1]}\n')], m, d))[1], 2, "'id' must be a string"),
+    ("csv row without path", lambda m, d: certify_args([_file(d, "l.csv", "path,id\n,first\n")], m, d), 2,
+     "line 2: 'path' must be a non-empty string"),
+    ("latin-1 csv", lambda m, d: certify_args([_file(d, "l.csv", "path,id\nx.png,caf\xe9\n".encode("latin-1"))], m, d),
+     2, "is not UTF-8 text"),
+    ("csv lists a missing file", lambda m, d: certify_args([_file(d, "l.csv", "path\nmissing.png\n")], m, d), 2,
+     r"missing.png' \(from IMAGES manifest .* line 2\) does not exist"),
+    ("csv lists a folder", lambda m, d: ((d / "sub").mkdir(parents=True), certify_args(
+        [_file(d, "l.csv", "path\nsub\n")], m, d))[1], 2, "is not a regular file"),
+    ("fifo given directly", lambda m, d: certify_args([_fifo(d)], m, d), 2, "is not a regular file"),
+    ("not an image", lambda m, d: certify_args([_file(d, "fake.png", b"not a png")], m, d), 2,
+     "cannot be read as an image"),
+    ("zero-byte image", lambda m, d: certify_args([_file(d, "zero.png", b"")], m, d), 2, "cannot be read as an image"),
+    ("decompression bomb", lambda m, d: certify_args([_bomb_png(d)], m, d), 2, "decompression bomb"),
+    ("truncated jpeg", lambda m, d: certify_args([_truncated_jpeg(d)], m, d), 2, "cannot be read as an image"),
+    ("float tiff with nan", lambda m, d: certify_args([_float_tiff(d, np.full((16, 16), np.nan), "nan.tif")], m, d),
+     2, "NaN or infinite pixel values"),
+    ("negative float tiff", lambda m, d: certify_args([_float_tiff(d, np.full((16, 16), -1.0), "neg.tif")], m, d),
+     2, "negative pixel values"),
+    ("one file under two ids", lambda m, d: (_image(d), certify_args([_file(
+        d, "l.jsonl", '{"path": "good.png", "id": "a"}\n{"path": "good.png", "id": "b"}\n')], m, d))[1], 2,
+     "is listed under two ids, 'a' and 'b'"),
+    ("two files, one id", lambda m, d: (_image(d, "x.png"), _image(d, "y.png", 1), certify_args([_file(
+        d, "l.jsonl", '{"path": "x.png", "id": "same"}\n{"path": "y.png", "id": "same"}\n')], m, d))[2], 2,
+     "would share the id 'same'"),
+    ("image inside the output folder", lambda m, d: certify_args([_image(d / "out")], m, d), 2,
+     "lies inside the output folder"),
+    ("no image argument", lambda m, d: ["certify", str(m), "--out", str(d / "out")], 2, "Missing argument 'IMAGES"),
+    # Config files and values (exit 2).
+    ("unknown config key", lambda m, d: certify_args([_image(d)], m, d, "--config",
+                                                     _file(d, "c.toml", "genrations = 4\n")), 2,
+     "did you mean 'generations'"),
+    ("non-utf-8 config", lambda m, d: certify_args([_image(d)], m, d, "--config", _file(d, "c.toml", b"seed = 1 # \xff\n")),
+     2, "is not UTF-8 text"),
+    ("invalid toml", lambda m, d: certify_args([_image(d)], m, d, "--config", _file(d, "c.toml", "seed = \n")), 2,
+     "is not valid TOML"),
+    ("missing config file", lambda m, d: certify_args([_image(d)], m, d, "--config", d / "none.toml"), 2,
+     "does not exist"),
+    ("json config is a list", lambda m, d: certify_args([_image(d)], m, d, "--config", _file(d, "c.json", "[1]")), 2,
+     "must hold a table of keys"),
+    ("infinite learning rate", lambda m, d: certify_args([_image(d)], m, d, "--config", _file(
+        d, "c.toml", "inversion_learning_rate = inf\n")), 2, "inversion_learning_rate=inf is not allowed"),
+    ("nan learning rate", lambda m, d: certify_args([_image(d)], m, d, "--config", _file(
+        d, "c.toml", "inversion_learning_rate = nan\n")), 2, "inversion_learning_rate=nan is not allowed"),
+    ("nan similarity threshold", lambda m, d: certify_args([_image(d)], m, d, "--similarity-threshold", "nan"), 2,
+     "similarity_threshold=nan is not allowed"),
+    ("-inf similarity threshold", lambda m, d: certify_args([_image(d)], m, d, "--similarity-threshold", "-inf"), 2,
+     "similarity_threshold=-inf is not allowed"),
+    ("ssim threshold above 1", lambda m, d: certify_args([_image(d)], m, d, "--similarity-threshold", "2"), 2,
+     "similarity_threshold=2.0 is not allowed for ssim: expected a number from -1 to 1"),
+    ("infinite guidance scale", lambda m, d: certify_args([_image(d)], m, d, "--config", _file(
+        d, "c.toml", "guidance_scales = [1, inf]\n")), 2, "guidance_scales=.* is not allowed"),
+    ("empty guidance scales", lambda m, d: certify_args([_image(d)], m, d, "--config", _file(
+        d, "c.toml", "guidance_scales = []\n")), 2, "guidance_scales=\\(\\) is not allowed"),
+    ("seed 2**70", lambda m, d: certify_args([_image(d)], m, d, "--seed", str(2**70)), 2,
+     "seed=1180591620717411303424 is not allowed: expected an integer from 0 to 4294967295"),
+    ("negative seed", lambda m, d: certify_args([_image(d)], m, d, "--seed", "-1"), 2, "seed=-1 is not allowed"),
+    ("a billion generations", lambda m, d: certify_args([_image(d)], m, d, "--generations", "1000000000"), 2,
+     "generations=1000000000 is not allowed: expected an integer from 1 to 10000"),
+    ("generations 1e9", lambda m, d: certify_args([_image(d)], m, d, "--generations", "1e9"), 2,
+     "'1e9' is not a valid integer"),
+    ("fractional count in a file", lambda m, d: certify_args([_image(d)], m, d, "--config", _file(
+        d, "c.toml", "error_timesteps = 2.5\n")), 2, "error_timesteps=2.5 is not allowed: expected an integer"),
+    ("unknown dtype", lambda m, d: certify_args([_image(d)], m, d, "--dtype", "float64"), 2, "dtype='float64'"),
+    ("meta device", lambda m, d: certify_args([_image(d)], m, d, "--device", "meta"), 2,
+     "device='meta' is not allowed: expected auto, cpu, cuda, cuda:N or mps"),
+    ("unknown fail-on level", lambda m, d: certify_args([_image(d)], m, d, "--fail-on", "always"), 2,
+     "Invalid value for '--fail-on'"),
+    ("unknown metric", lambda m, d: certify_args([_image(d)], m, d, "--similarity", "psnr"), 2,
+     "similarity='psnr' is not allowed"),
+    # Output folders (exit 2).
+    ("out under a file", lambda m, d: ["certify", str(m), str(_image(d)), "--out", str(_file(d, "f", "x") / "sub"),
+                                       *FAST], 2, "cannot be written"),
+    ("empty out", lambda m, d: ["certify", str(m), str(_image(d)), "--out", "", *FAST], 2,
+     "--out must name a folder"),
+    ("out cannot be created", lambda m, d: ["certify", str(m), str(_image(d)), "--out", "/proc/verifier-out", *FAST],
+     2, "cannot be written"),
+    ("out holds another run", lambda m, d: ["certify", *_previous_run(m, d)], 2,
+     r"holds a run with another config \(seed 0 -> 1\)"),
+    ("out holds foreign json", lambda m, d: (_file(d / "out", "notes.json", "{}"), certify_args([_image(d)], m, d))[1],
+     2, "not a verifier run folder"),
+    ("out holds a foreign run.json", lambda m, d: (_file(d / "out", "run.json", "[]"), certify_args(
+        [_image(d)], m, d))[1], 2, "holds a run.json that verifier did not write"),
+    ("demo out under a file", lambda m, d: ["demo", "--model", "fixture-16px", "--out",
+                                            str(_file(d, "f", "x") / "sub")], 2, "cannot be written"),
+    # Models (exit 3).
+    ("missing model path", lambda m, d: ["certify", str(d / "nope"), str(_image(d)), "--out", str(d / "out"), *FAST],
+     3, "does not exist: expected a local diffusers folder"),
+    ("mistyped local path", lambda m, d: ((d / "models").mkdir(), ["certify", f"{d}/models/sd15", str(_image(d)),
+                                                                  "--out", str(d / "out"), *FAST])[1], 3,
+     "models/sd15' does not exist"),
+    ("folder without model_index.json", lambda m, d: ((d / "m").mkdir(), ["certify", str(d / "m"), str(_image(d)),
+                                                                         "--out", str(d / "out"), *FAST])[1], 3,
+     "is a folder without model_index.json"),
+    ("invalid model_index.json", lambda m, d: certify_args([_image(d)], _model_copy(
+        m, d, lambda p: (p / "model_index.json").write_text("{half")), d), 3, "model_index.json is not valid JSON"),
+    ("list-valued model_index.json", lambda m, d: certify_args([_image(d)], _model_copy(
+        m, d, lambda p: (p / "model_index.json").write_text("[]")), d), 3, "model_index.json must be a JSON object"),
+    ("missing unet folder", lambda m, d: certify_args([_image(d)], _model_copy(
+        m, d, lambda p: shutil.rmtree(p / "unet")), d), 3, "lacks the component folder unet/"),
+    ("pickle checkpoint", lambda m, d: ["certify", str(_file(d, "model.ckpt", b"x")), str(_image(d)), "--out",
+                                        str(d / "out"), *FAST], 3, "is a pickle checkpoint"),
+    ("pickle weights in a folder", lambda m, d: certify_args([_image(d)], _model_copy(
+        m, d, lambda p: ((p / "unet" / "diffusion_pytorch_model.safetensors").unlink(),
+                         (p / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"x"))), d), 3, "has pickle weights"),
+    ("unknown model file kind", lambda m, d: ["certify", str(_file(d, "model.onnx", b"x")), str(_image(d)), "--out",
+                                              str(d / "out"), *FAST], 3, "is a file of unknown kind '.onnx'"),
+    ("single file without config", lambda m, d: ["certify", str(_file(d, "model.safetensors", b"x")),
+                                                 str(_image(d)), "--out", str(d / "out"), *FAST], 3,
+     "pass --model-config DIR"),
+    ("text encoder of another size", lambda m, d: certify_args([_image(d)], _model_copy(
+        m, d, lambda p: _edit_json(p / "text_encoder" / "config.json", lambda c: c.update(hidden_size=32))), d), 3,
+     "do not fit its config.json"),
+    ("unsupported prediction type", lambda m, d: certify_args([_image(d)], _model_copy(
+        m, d, lambda p: _edit_json(p / "scheduler" / "scheduler_config.json",
+                                   lambda c: c.update(prediction_type="flow"))), d), 3,
+     "prediction_type 'flow' is not supported"),
+    ("corrupt safetensors", lambda m, d: certify_args([_image(d)], _model_copy(
+        m, d, lambda p: (p / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")), d), 3,
+     "could not load the folder"),
+    # Metric weights (exit 3).
+    ("lpips without trunk weights", lambda m, d: certify_args([_image(d)], m, d, "--similarity", "lpips",
+                                                              "--lpips-weights", d / "none.pth"), 3,
+     "needs torchvision's AlexNet weights"),
+    ("sscd weights not torchscript", lambda m, d: certify_args([_image(d)], m, d, "--similarity", "sscd",
+                                                               "--sscd-weights", _file(d, "s.pt", b"junk")), 3,
+     "is not a TorchScript file"),
+    # verify (exit 3: nothing to check; 2: bad argument).
+    ("verify a folder without certificates", lambda m, d: ((d / "empty").mkdir(), ["verify", str(d / "empty")])[1],
+     3, "holds no verifier certificate"),
+    ("verify a missing path", lambda m, d: ["verify", str(d / "none")], 2, "does not exist"),
+]
+
+
+@pytest.mark.parametrize(("name", "build", "code", "message"), CASES, ids=[case[0] for case in CASES])
+def test_bad_input_gets_its_exit_code_and_a_clear_message(tiny_model, tmp_path, name, build, code, message):
+    import re
+
+    argv = build(tiny_model, tmp_path)
+    result = CliRunner().invoke(main, [str(a) for a in argv])
+    output = result.output
+    assert result.exit_code == code, f"{name}: exit {result.exit_code}\n{output}"
+    assert re.search(message, output), f"{name}: {message!r} not in\n{output}"
+    assert "Traceback" not in output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_the_corpus_has_at_least_fifty_kinds():
+    assert len(CASES) >= 50
+
+
+# --- inputs that are unusual but fine ------------------------------------------------------------
+
+def test_bom_csv_and_numeric_ids_are_read(tmp_path):
+    from verifier.images import collect_images
+
+    _image(tmp_path, "a.png")
+    _image(tmp_path, "b.png", 1)
+    (tmp_path / "bom.csv").write_bytes("\ufeffpath,id\na.png,first\n".encode("utf-8"))
+    (tmp_path / "n.jsonl").write_text('{"path": "b.png", "id": 7}\n')
+    assert [i.id for i in collect_images([tmp_path / "bom.csv", tmp_path / "n.jsonl"])] == ["first", "7"]
+
+
+def test_reserved_names_never_become_image_ids(tmp_path):
+    from verifier.images import collect_images
+
+    for name in ("summary", "run", "Report"):
+        _image(tmp_path / "in", f"{name}.png")
+    (tmp_path / "l.jsonl").write_text('{"path": "in/summary.png", "id": "../summary"}\n')
+    ids = [i.id for i in collect_images([tmp_path / "in"])]
+    assert sorted(ids) == ["image-Report", "image-run", "image-summary"]
+    assert [i.id for i in collect_images([tmp_path / "l.jsonl"])] == ["image-summary"]
+
+
+def test_ids_do_not_depend_on_argument_order(tmp_path):
+    from verifier.images import collect_images
+
+    a, b = _image(tmp_path / "x", "photo.png"), _image(tmp_path / "y", "photo.png", 1)
+    forward = {i.id: i.sha256 for i in collect_images([a, b])}
+    backward = {i.id: i.sha256 for i in collect_images([b, a])}
+    assert forward == backward and sorted(forward) == ["x_photo", "y_photo"]
+
+
+def test_long_file_names_get_short_stable_ids(tmp_path):
+    from verifier.images import MAX_ID_LENGTH, collect_images
+
+    path = _image(tmp_path, "p" * 240 + ".png")
+    ids = [collect_images([path])[0].id for _ in range(2)]
+    assert ids[0] == ids[1] and len(ids[0]) <= MAX_ID_LENGTH
+
+
+def test_float_and_32_bit_images_keep_their_range(tmp_path):
+    from verifier.images import prepare_image
+
+    ramp = np.linspace(0, 1, 16, dtype=np.float32)[None].repeat(16, 0)
+    float_image = prepare_image(_float_tiff(tmp_path, ramp, "ramp.tif"), 16)
+    assert float_image.max() > 0.95 and float_image.min() < 0.05, "a float image in 0..1 must not become black"
+    wide = (ramp.astype(np.float64) * (2**31 - 1)).astype(np.int32)
+    Image.fromarray(wide).save(tmp_path / "wide.tif")
+    int_image = prepare_image(tmp_path / "wide.tif", 16)
+    assert 0.4 < float(int_image.mean()) < 0.6, "a 32-bit image must be scaled, not clipped at 65535"
+
+
+def test_output_files_follow_the_umask_and_killed_temporaries_are_cleaned(tmp_path):
+    from verifier.certificate.store import atomic_write_json, prepare_output_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".x.json.123.tmp").write_text("half")
+    previous = os.umask(0o022)
+    try:
+        prepare_output_folder(out)
+        atomic_write_json(out / "a.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert not list(out.glob(".*.tmp"))
+    assert (out / "a.json").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        atomic_write_json(out / "b.json", {"a": float("nan")})
+    assert not (out / "b.json").exists()
+
+
+def test_ctrl_c_exits_130_and_leaves_nothing_half_written(tiny_model, tmp_path):
+    images = [_image(tmp_path / "images", f"img{i}.png", i) for i in range(6)]
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", "from verifier.cli import main; main()", "certify", str(tiny_model),
+               str(tmp_path / "images"), "--out", str(out), "--batch-size", "1", *FAST]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "img0.json").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr and "Aborted" not in stderr
+    assert not list(out.glob(".*.tmp"))
+    from verifier.certificate.schema import read_certificate
+
+    for path in out.glob("img*.json"):
+        read_certificate(path)  # every certificate present is whole and valid
+    assert len(images) == 6
