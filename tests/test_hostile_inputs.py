@@ -368,3 +368,57 @@ def test_ctrl_c_exits_130_and_leaves_nothing_half_written(tiny_model, tmp_path):
     for path in out.glob("img*.json"):
         read_certificate(path)  # every certificate present is whole and valid
     assert len(images) == 6
+
+
+# --- soak: kill a run at random points, resume, and lose nothing ---------------------------------------
+
+def _soak(tiny_model, tmp_path, kills: int) -> None:
+    """SIGKILL a certify run at `kills` random moments, resume each time, then compare with an uninterrupted run."""
+    import random
+
+    from verifier.api import certify
+    from verifier.certificate.schema import read_certificate
+    from verifier.config import VerifierConfig
+
+    for index in range(8):
+        _image(tmp_path / "images", f"img{index}.png", index)
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", "from verifier.cli import main; main()", "certify", str(tiny_model),
+               str(tmp_path / "images"), "--out", str(out), "--batch-size", "1", "--inversion-steps", "2",
+               "--generations", "2", "--device", "cpu"]
+    environment = os.environ | {"OMP_NUM_THREADS": "1"}
+    rng = random.Random(20261201)
+    finished_at_kill = []
+    for _ in range(kills):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+        time.sleep(rng.uniform(0.5, 9.0))
+        process.kill()
+        process.wait()
+        finished_at_kill.append(len(list(out.glob("img*.json"))) if out.exists() else 0)
+        for path in out.glob("img*.json"):
+            read_certificate(path)  # never half-written, always valid
+    final = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert final.returncode in (0, 1), final.stderr
+    assert not list(out.glob(".*.tmp")), "temporaries of killed runs are cleaned"
+    certificates = sorted(out.glob("img*.json"))
+    assert [p.stem for p in certificates] == [f"img{i}" for i in range(8)], "no certificate lost or duplicated"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [entry["id"] for entry in summary["images"]] == [f"img{i}" for i in range(8)]
+    assert sum(summary["counts"].values()) == 8
+    reference = certify(tiny_model, [tmp_path / "images"], tmp_path / "reference",
+                        VerifierConfig(device="cpu", batch_size=1, inversion_steps=2, generations=2))
+    for certificate in reference:
+        resumed = read_certificate(out / f"{certificate['image']['id']}.json")
+        assert resumed["verdict"] == certificate["verdict"]
+        np.testing.assert_allclose(resumed["prediction_error"]["inverted"], certificate["prediction_error"]["inverted"],
+                                   rtol=1e-4)
+    assert any(0 < done < 8 for done in finished_at_kill), f"no kill fell inside the run: {finished_at_kill}"
+
+
+def test_soak_killed_runs_resume_without_loss(tiny_model, tmp_path):
+    _soak(tiny_model, tmp_path, kills=4)
+
+
+@pytest.mark.slow
+def test_soak_twenty_kills(tiny_model, tmp_path):
+    _soak(tiny_model, tmp_path, kills=20)

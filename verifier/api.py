@@ -6,7 +6,8 @@ The recipe, top to bottom (method.md section 3):
 2. encode each image to its latent;
 3. invert it into the text-conditioning space;
 4. measure its prediction error under the witness and under the empty prompt;
-5. check the three conditions on generations from the witness;
+5. check the three conditions on generations from the witness (5b: where the witness replicates the
+   image but the error ratio stays high, a never-seen twin control tells specific from generic);
 6. certify: write the witness, the closest generation and then the certificate;
 7. write the run's summary and report.
 
@@ -32,7 +33,11 @@ from verifier.certificate.store import (
     REPORT_FILE, SUMMARY_FILE, atomic_write_bytes, atomic_write_json, claim_run_folder, finite_or_none,
     png_bytes, prepare_output_folder, reusable_certificate, run_key, summary, write_witness,
 )
-from verifier.conditions import decide, generate_from_witness, inversion_problems, redecide
+from verifier.calibration import load_calibration, threshold_sources
+from verifier.conditions import (
+    DEFAULT_EXISTENCE_SOURCE, decide, generate_from_witness, inversion_problems, needs_control, redecide,
+)
+from verifier.control import TWIN, ControlRun, run_controls
 from verifier.config import VerifierConfig
 from verifier.encode import encode_images
 from verifier.error import prediction_error, timestep_grid
@@ -40,6 +45,7 @@ from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect
 from verifier.invert import empty_conditioning, invert
 from verifier.model import LoadedModel, load_model
 from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
+from verifier.similarity import replicated
 
 
 def _environment(model: LoadedModel) -> dict:
@@ -99,14 +105,17 @@ def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: 
     check_images(protected)
     prepare_output_folder(out)
     metric = SIMILARITY_METRICS.get(config.similarity)(config)
-    threshold = config.similarity_threshold if config.similarity_threshold is not None else metric.default_threshold
 
     # 1. Load the model (or take one already loaded); claim the output folder for this run.
     loaded = model if isinstance(model, LoadedModel) else load_model(
         model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
     resolution = config.resolution or loaded.resolution
     pipeline = loaded.pipeline
-    config_values = config.fingerprint_dict() | {"similarity_weights_sha256": (metric.weights or {}).get("sha256")}
+    calibration = load_calibration(config.calibration, loaded.fingerprint, config,
+                                   (metric.weights or {}).get("sha256")) if config.calibration else None
+    thresholds = Thresholds.of(config, metric, calibration)
+    config_values = config.fingerprint_dict() | {"similarity_weights_sha256": (metric.weights or {}).get("sha256"),
+                                                 "calibration_sha256": (calibration or {}).get("sha256")}
     claim_run_folder(out, {"model_fingerprint": loaded.fingerprint, "config": config_values,
                            "verifier": _verifier_version()})
     key_of = {image.id: run_key(loaded.fingerprint, config_values, image.sha256, _verifier_version(),
@@ -132,6 +141,7 @@ def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: 
     seeds = [config.seed * 1_000_003 + index for index in range(config.generations)]
     run = RunRecord(
         model=loaded.describe(), config=config.to_dict(), environment=_environment(loaded), seeds=seeds,
+        calibration=calibration,
         grid=timestep_grid(pipeline.scheduler, config.error_timesteps), resolution=resolution,
         scheduler={"class": type(pipeline.scheduler).__name__, "config": dict(pipeline.scheduler.config)},
         budget={"inversion_space": config.inversion_space, "inversion_tokens": config.inversion_tokens,
@@ -167,30 +177,47 @@ def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: 
                                                     config.sampling_steps, resolution)
                        for scale in config.guidance_scales}
         clock["generate_s"] = time.time() - tick
+        # 5b. Where a witness replicates its image but the error ratio stayed high, run the control.
+        scores = [{scale: metric(generations[scale][index], pixels[index]) for scale in config.guidance_scales}
+                  for index in range(len(batch))]
+        ratios = [float(inverted_error[index].mean() / empty_error[index].mean()) for index in range(len(batch))]
+        controls = _controls(pipeline, space, metric, thresholds, batch, pixels, scores, ratios, empty, seeds, config,
+                             resolution, loaded.device)
+        clock["control_s"] = time.time() - tick - clock["generate_s"]
         timings = {key: (round(value / len(batch), 4) if key.endswith("_s") else value)
                    for key, value in clock.items()} | {"note": "seconds: this image's share of its batch"}
-        # 6. Certify each image of the batch: witness and closest generation first, the certificate last.
+        # 6. Certify each image of the batch: witness files and closest generation first, the certificate last.
         for index, image in enumerate(batch):
-            scores = {scale: metric(generations[scale][index], pixels[index]) for scale in config.guidance_scales}
-            ratio = float(inverted_error[index].mean() / empty_error[index].mean())
             loss_first_last = [finite_or_none(inversion.loss_curve[index, 0]),
                                finite_or_none(inversion.loss_curve[index, -1])]
-            decision = decide(error_ratio=ratio, scores_by_scale=scores, metric=metric, threshold=threshold,
-                              max_error_ratio=config.existence_max_error_ratio, min_rate=config.probability_min_rate,
-                              confidence=config.confidence, problems=inversion_problems(loss_first_last))
-            best_scale, best_seed = _closest(scores, metric, seeds)
+            control = controls.get(index)
+            decision = decide(
+                error_ratio=ratios[index], scores_by_scale=scores[index], metric=metric, threshold=thresholds.similarity,
+                max_error_ratio=thresholds.existence, min_rate=config.probability_min_rate,
+                confidence=config.confidence, problems=inversion_problems(loss_first_last),
+                control=None if control is None else {"guidance_scale": control.guidance_scale,
+                                                      "scores": list(control.scores), "error_ratio": control.error_ratio},
+                existence_source=thresholds.existence_source, similarity_source=thresholds.similarity_source)
+            best_scale, best_seed = _closest(scores[index], metric, seeds)
             atomic_write_bytes(out / f"{image.id}.closest.png",
                                png_bytes(generations[best_scale][index][seeds.index(best_seed)]))
             witness_sha = write_witness(out / f"{image.id}.witness.safetensors", inversion.conditioning[index], empty,
                                         inversion.variables[index],
                                         {"space": config.inversion_space, "seeds": seeds, "image_sha256": image.sha256})
+            control_witness = None
+            if control is not None:
+                control_witness = {"file": f"{image.id}.control.safetensors", "sha256": write_witness(
+                    out / f"{image.id}.control.safetensors", control.witness, empty, control.variables,
+                    {"space": config.inversion_space, "seeds": seeds, "image_sha256": image.sha256,
+                     "control": TWIN})}
             certificate = _certificate(
                 run, image, decision, witness_sha, best_scale, best_seed, timings, key_of[image.id],
-                error={"inverted": inverted_error[index], "empty": empty_error[index], "ratio": ratio,
-                       "loss_first_last": loss_first_last, "noise_draws": config.error_noise_draws})
+                error={"inverted": inverted_error[index], "empty": empty_error[index], "ratio": ratios[index],
+                       "loss_first_last": loss_first_last, "noise_draws": config.error_noise_draws},
+                control_witness=control_witness)
             atomic_write_json(out / f"{image.id}.json", certificate)
             certificates[image.id] = certificate
-            say(f"{image.id}: {decision.verdict} (error ratio {ratio:.3f}, "
+            say(f"{image.id}: {decision.verdict} (error ratio {ratios[index]:.3f}, "
                 f"{decision.conditions['probability']['rate']:.2f} replication rate)")
 
     # 7. The run's summary and report.
@@ -200,6 +227,45 @@ def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: 
     atomic_write_bytes(out / REPORT_FILE,
                        report_html(out, ordered, image_pngs, f"verifier report: {loaded.source}").encode())
     return ordered
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The similarity and existence thresholds a run decides with, and where each comes from."""
+
+    similarity: float
+    existence: float
+    similarity_source: str
+    existence_source: str
+
+    @classmethod
+    def of(cls, config: VerifierConfig, metric, calibration: dict | None) -> "Thresholds":
+        if calibration is not None:
+            existence_source, similarity_source = threshold_sources(calibration)
+            return cls(calibration["similarity_threshold"], calibration["error_ratio_threshold"], similarity_source,
+                       existence_source)
+        if config.similarity_threshold is not None:
+            similarity, source = config.similarity_threshold, "config similarity_threshold"
+        else:
+            similarity, source = metric.default_threshold, metric.threshold_source
+        return cls(similarity, config.existence_max_error_ratio, source, DEFAULT_EXISTENCE_SOURCE)
+
+
+def _controls(pipeline, space, metric, thresholds: Thresholds, batch, pixels, scores, ratios, empty, seeds, config,
+              resolution, device) -> dict[int, "ControlRun"]:
+    """The never-seen twin control for the images of a batch where it can change the verdict."""
+    wanted = []
+    for index in range(len(batch)):
+        per_scale = {scale: int((replicated(metric, values, thresholds.similarity) & np.isfinite(values)).sum())
+                     for scale, values in scores[index].items()}
+        if needs_control(ratios[index], sum(per_scale.values()), thresholds.existence):
+            best = max(sorted(per_scale), key=lambda scale: per_scale[scale])  # most replications, lowest scale first
+            wanted.append((index, best))
+    if not wanted:
+        return {}
+    runs = run_controls(pipeline, space, metric, [(pixels[i], batch[i].sha256, scale) for i, scale in wanted],
+                        empty=empty, seeds=seeds, config=config, resolution=resolution, device=device)
+    return {index: run for (index, _), run in zip(wanted, runs)}
 
 
 @dataclass(frozen=True)
@@ -214,10 +280,11 @@ class RunRecord:
     resolution: int
     scheduler: dict
     budget: dict
+    calibration: dict | None
 
 
 def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: str, best_scale: float,
-                 best_seed: int, timings: dict, key: str, error: dict) -> dict:
+                 best_seed: int, timings: dict, key: str, error: dict, control_witness: dict | None) -> dict:
     """One image's certificate, validated against the schema."""
     return validated("certificate", {
         "schema": certificate_tag(),
@@ -245,6 +312,8 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
             "closest_generation": f"{image.id}.closest.png",
             "closest_seed": best_seed, "closest_guidance_scale": best_scale,
         },
+        "control_witness": control_witness,
+        "calibration": run.calibration,
         "budget": run.budget,
         "config": run.config,
         "environment": run.environment,

@@ -2,24 +2,27 @@
 
 - **Similarity**: each generation from the witness is compared with the image by the configured
   metric; a generation at or past the threshold is a replication.
-- **Existence**: the witness is a conditioning the text encoder produced, and under it the model's
-  prediction error on the image falls to at most ``existence_max_error_ratio`` of its error under
-  the empty prompt. The ratio is relative to the model's own behaviour, so the default holds across
-  models: images a model never saw barely move (ratios near 1), memorized ones fall far.
+- **Existence**: the witness is a conditioning the text encoder produced, and it is specific to the
+  image. Either the model's prediction error on the image under the witness falls to at most the
+  existence threshold of its error under the empty prompt (the default ``existence_max_error_ratio``,
+  or a threshold calibrated on the model's own non-members), or, where the ratio stays higher but
+  the witness replicates the image, the witness replicates its image significantly more often than
+  a control witness replicates the image's never-seen twin (``verifier.control``).
 - **Probability**: the replication rate over ``generations`` independent seeds, at the best
   guidance scale, with an exact one-sided Clopper-Pearson bound; the bound's level is
   Bonferroni-corrected for the number of guidance scales tried.
 
 Verdicts (exactly one):
 
-| existence | replications | probability bound >= min rate | verdict |
+| existence (error ratio, or witness-specific by the control) | replications | probability bound >= min rate | verdict |
 |---|---|---|---|
 | yes | any | yes | ``memorized`` |
 | yes | >= 1 | no | ``rarely_reproduced`` |
 | no | 0 | - | ``not_memorized`` (with the budget and the upper bound on the replication probability) |
 | yes | 0 | - | ``inconclusive``: the error fell but nothing was replicated |
-| no | >= 1 | - | ``inconclusive``: generations look alike without the error falling, which simple images
-  (silhouettes, gradients, flat colour) do without being memorized; similarity alone is no proof |
+| no | >= 1 | - | ``inconclusive``: generations look alike, but the error did not fall and the control's
+  twin is replicated as often: simple images (silhouettes, gradients, flat colour) are drawn without
+  being memorized; similarity alone is no proof |
 | any measurement NaN or infinite, or inversion diverged | | | ``inconclusive``, with what failed |
 """
 
@@ -82,12 +85,37 @@ def _condition(value: float | None, threshold: float, passed: bool, higher_passe
     return {"value": value, "threshold": threshold, "margin": margin, "pass": bool(passed), **details}
 
 
+def witness_specificity(witness_replications: int, control_replications: int, generations: int,
+                        confidence: float) -> tuple[float, bool]:
+    """One-sided Fisher exact test: does the witness replicate its image more often than the control its twin?
+
+    Returns (p-value, significant at level 1 - confidence).
+    """
+    from scipy.stats import fisher_exact
+
+    table = [[witness_replications, generations - witness_replications],
+             [control_replications, generations - control_replications]]
+    p_value = float(fisher_exact(table, alternative="greater").pvalue)
+    return p_value, p_value <= 1.0 - confidence
+
+
+def needs_control(error_ratio: float, replications: int, max_error_ratio: float) -> bool:
+    """The control can change the verdict only when the witness replicates but the ratio stayed high."""
+    return replications > 0 and math.isfinite(error_ratio) and error_ratio > max_error_ratio
+
+
+DEFAULT_EXISTENCE_SOURCE = "config existence_max_error_ratio (default 0.5: README, Decisions)"
+
+
 def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metric, threshold: float,
            max_error_ratio: float, min_rate: float, confidence: float,
-           problems: tuple[str, ...] = ()) -> Decision:
+           problems: tuple[str, ...] = (), control: dict | None = None,
+           existence_source: str = DEFAULT_EXISTENCE_SOURCE, similarity_source: str | None = None) -> Decision:
     """Apply the three conditions to one image's measurements (see the module's verdict table).
 
     ``metric`` needs ``name``, ``higher_is_similar``, ``threshold_source`` and ``weights``.
+    ``control`` is the never-seen twin's measurement (``guidance_scale``, ``scores``, ``error_ratio``;
+    see ``verifier.control``), or None where it was not needed.
     ``problems`` are failures found upstream (a diverged inversion); any problem, or any measurement
     that is NaN or infinite, makes the verdict ``inconclusive`` with the reason: a broken
     measurement never becomes a clean verdict.
@@ -113,14 +141,20 @@ def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metr
     best_score = (max(finite_scores) if metric.higher_is_similar else min(finite_scores)) if finite_scores else None
     replications = sum(s["replications"] for s in per_scale)
     ratio = _finite(error_ratio)
+    control_record = _control_record(control, best, metric, threshold, confidence, problems)
 
     similarity = _condition(best_score, threshold, replications > 0, metric.higher_is_similar,
-                            metric=metric.name, threshold_source=metric.threshold_source,
+                            metric=metric.name, threshold_source=similarity_source or metric.threshold_source,
                             direction="higher is more similar" if metric.higher_is_similar else "lower is more similar",
                             weights=metric.weights, replications=replications,
                             generations=sum(s["generations"] for s in per_scale))
-    existence = _condition(ratio, max_error_ratio, ratio is not None and ratio <= max_error_ratio, False,
-                           measure="prediction error under the witness / under the empty prompt")
+    by_ratio = ratio is not None and ratio <= max_error_ratio
+    by_control = control_record is not None and control_record["witness_specific"]
+    existence = _condition(ratio, max_error_ratio, by_ratio or by_control, False,
+                           measure="prediction error under the witness / under the empty prompt",
+                           threshold_source=existence_source,
+                           passed_by="error ratio" if by_ratio else ("control" if by_control else None),
+                           control=control_record)
     probability = _condition(best["lower_bound"], min_rate, best["lower_bound"] >= min_rate, True,
                              measure="one-sided Clopper-Pearson lower bound on the replication rate at the best "
                                      "guidance scale",
@@ -128,35 +162,65 @@ def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metr
                              best_guidance_scale=best["guidance_scale"], rate=best["rate"],
                              upper_bound=best["upper_bound"], per_scale=per_scale)
     conditions = {"similarity": similarity, "existence": existence, "probability": probability}
+    verdict, reason = _verdict(problems, conditions, best, replications, error_ratio, max_error_ratio, min_rate,
+                               confidence)
+    return Decision(verdict, reason, conditions)
 
+
+def _control_record(control: dict | None, best: dict, metric, threshold: float, confidence: float,
+                    problems: list[str]) -> dict | None:
+    if control is None:
+        return None
+    from verifier.control import TWIN
+
+    scores = np.asarray([np.nan if v is None else v for v in control["scores"]], dtype=np.float64)
+    if not np.isfinite(scores).all() or not math.isfinite(control["error_ratio"] if control["error_ratio"] is not None
+                                                          else math.nan):
+        problems.append("the control's measurements are not finite")
+    hits = replicated(metric, scores, threshold) & np.isfinite(scores)
+    witness_hits = next(s["replications"] for s in [best])
+    p_value, specific = witness_specificity(witness_hits, int(hits.sum()), int(hits.size), confidence)
+    return {"kind": TWIN, "guidance_scale": float(control["guidance_scale"]), "replications": int(hits.sum()),
+            "generations": int(hits.size), "scores": [_finite(v) for v in scores],
+            "error_ratio": _finite(control["error_ratio"]) if control["error_ratio"] is not None else None,
+            "p_value": p_value, "witness_specific": bool(specific)}
+
+
+def _verdict(problems, conditions, best, replications, error_ratio, max_error_ratio, min_rate, confidence):
+    existence, probability = conditions["existence"], conditions["probability"]
+    control = existence["control"]
+    seeds = f"{best['replications']}/{best['generations']} seeds"
     if problems:
-        verdict, reason = "inconclusive", (
+        return "inconclusive", (
             f"the measurement failed: {'; '.join(problems)}. Nothing can be concluded; check the config "
             "(learning rate, dtype) and the model")
-    elif existence["pass"] and probability["pass"]:
-        verdict, reason = "memorized", (
-            f"the witness lowers the error to {error_ratio:.3f} of the empty prompt's and replicates the image in "
-            f"{best['replications']}/{best['generations']} seeds (rate >= {best['lower_bound']:.3f} at "
-            f"{100 * confidence:.0f}% confidence)")
-    elif existence["pass"] and replications > 0:
-        verdict, reason = "rarely_reproduced", (
-            f"the witness replicates the image in {best['replications']}/{best['generations']} seeds: the rate's lower "
-            f"bound {best['lower_bound']:.3f} is below {min_rate}")
-    elif not existence["pass"] and replications == 0:
-        verdict, reason = "not_memorized", (
-            f"within the budget no conditioning lowered the error below {max_error_ratio} of the empty prompt's "
+    if existence["pass"]:
+        why = (f"the witness lowers the error to {error_ratio:.3f} of the empty prompt's"
+               if existence["passed_by"] == "error ratio" else
+               f"the witness replicates the image in {seeds} while the never-seen twin's witness replicates its "
+               f"twin in {control['replications']}/{control['generations']} (Fisher p = {control['p_value']:.3g}), "
+               f"although the error only fell to {error_ratio:.3f} of the empty prompt's")
+        if probability["pass"]:
+            return "memorized", (f"{why}; the image is replicated in {seeds} (rate >= {best['lower_bound']:.3f} at "
+                                 f"{100 * confidence:.0f}% confidence)")
+        if replications > 0:
+            return "rarely_reproduced", (f"{why}; the image is replicated in {seeds}: the rate's lower bound "
+                                         f"{best['lower_bound']:.3f} is below {min_rate}")
+        return "inconclusive", (
+            f"the error fell to {error_ratio:.3f} of the empty prompt's, as for memorized images, but none of "
+            f"{conditions['similarity']['generations']} generations replicated the image; raise generations or check "
+            "the metric")
+    if replications == 0:
+        return "not_memorized", (
+            f"within the budget no conditioning lowered the error below {max_error_ratio:.3g} of the empty prompt's "
             f"(best {error_ratio:.3f}) and no generation replicated the image; replication probability <= "
             f"{best['upper_bound']:.3f} at {100 * confidence:.0f}% confidence")
-    elif existence["pass"]:
-        verdict, reason = "inconclusive", (
-            f"the error fell to {error_ratio:.3f} of the empty prompt's, as for memorized images, but none of "
-            f"{similarity['generations']} generations replicated the image; raise generations or check the metric")
-    else:
-        verdict, reason = "inconclusive", (
-            f"{replications} generations pass the similarity threshold but the error only fell to {error_ratio:.3f} of "
-            "the empty prompt's: simple images (silhouettes, gradients) are drawn without being memorized, so "
-            "similarity alone is no proof")
-    return Decision(verdict, reason, conditions)
+    twin = (f"; the never-seen twin's witness replicates its twin as often ({control['replications']}/"
+            f"{control['generations']}, Fisher p = {control['p_value']:.3g})" if control else "")
+    return "inconclusive", (
+        f"{replications} generations pass the similarity threshold but the error only fell to {error_ratio:.3f} of the "
+        f"empty prompt's{twin}: simple images (silhouettes, gradients) are drawn without being memorized, so "
+        "similarity alone is no proof")
 
 
 @dataclass(frozen=True)
@@ -177,23 +241,34 @@ def inversion_problems(loss_first_last: list[float | None]) -> tuple[str, ...]:
 
 
 def redecide(certificate: dict) -> Decision:
-    """The decision that follows from a certificate's own recorded numbers and its config's thresholds.
+    """The decision that follows from a certificate's own recorded numbers and the thresholds it names
+    (its calibration's, else its config's).
 
     Used to check a certificate before a resumed run reuses it, and by ``verify``.
     """
+    from verifier.calibration import threshold_sources
     from verifier.registry import SIMILARITY_METRICS
 
-    config = certificate["config"]
+    config, calibration = certificate["config"], certificate["calibration"]
     similarity = certificate["conditions"]["similarity"]
     metric = RecordedMetric(similarity["metric"], similarity["direction"] == "higher is more similar",
-                            similarity["threshold_source"], similarity["weights"])
-    threshold = config["similarity_threshold"]
-    if threshold is None:
-        threshold = SIMILARITY_METRICS.get(config["similarity"]).default_threshold
+                            SIMILARITY_METRICS.get(config["similarity"]).threshold_source, similarity["weights"])
+    if calibration is not None:
+        existence_source, similarity_source = threshold_sources(calibration)
+        threshold, max_ratio = calibration["similarity_threshold"], calibration["error_ratio_threshold"]
+    else:
+        existence_source, max_ratio = DEFAULT_EXISTENCE_SOURCE, config["existence_max_error_ratio"]
+        threshold, similarity_source = config["similarity_threshold"], "config similarity_threshold"
+        if threshold is None:
+            threshold, similarity_source = SIMILARITY_METRICS.get(config["similarity"]).default_threshold, None
     scores = {s["guidance_scale"]: np.array([np.nan if v is None else v for v in s["scores"]], dtype=np.float64)
               for s in certificate["conditions"]["probability"]["per_scale"]}
     ratio = certificate["prediction_error"]["ratio"]
+    control = certificate["conditions"]["existence"]["control"]
     return decide(error_ratio=float("nan") if ratio is None else ratio, scores_by_scale=scores, metric=metric,
-                  threshold=threshold, max_error_ratio=config["existence_max_error_ratio"],
-                  min_rate=config["probability_min_rate"], confidence=config["confidence"],
-                  problems=inversion_problems(certificate["prediction_error"]["inversion_loss_first_last"]))
+                  threshold=threshold, max_error_ratio=max_ratio, min_rate=config["probability_min_rate"],
+                  confidence=config["confidence"],
+                  problems=inversion_problems(certificate["prediction_error"]["inversion_loss_first_last"]),
+                  control=None if control is None else {key: control[key] for key in
+                                                        ("guidance_scale", "scores", "error_ratio")},
+                  existence_source=existence_source, similarity_source=similarity_source)

@@ -69,6 +69,7 @@ class VerifierConfig:
     fail_on: str = "memorized"
     lpips_weights: str | None = None
     sscd_weights: str | None = None
+    calibration: str | None = None  # a `verifier calibrate` file: its thresholds replace the two defaults above
 
     def __post_init__(self) -> None:
         finite = math.isfinite
@@ -131,7 +132,7 @@ class VerifierConfig:
     def fingerprint_dict(self) -> dict[str, Any]:
         """The values that change a certificate's numbers (not where it runs, how it gates, or where weight
         files lie: the run key takes the weights' sha256 instead of their path)."""
-        ignored = {"device", "fail_on", "batch_size", "lpips_weights", "sscd_weights"}
+        ignored = {"device", "fail_on", "batch_size", "lpips_weights", "sscd_weights", "calibration"}
         return {key: value for key, value in self.to_dict().items() if key not in ignored}
 
 

@@ -22,6 +22,7 @@ the other side of the similarity threshold fails the check whatever the toleranc
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,7 @@ def _index_images(arguments: list[str | Path]) -> dict[str, Path]:
 
 def verify(target: str | Path, model: str | Path | None = None, images: list[str | Path] | None = None, *,
            device: str = "auto", all_generations: bool = False, allow_pickle: bool = False,
-           model_config: str | Path | None = None,
+           model_config: str | Path | None = None, calibration: str | Path | None = None,
            progress: Callable[[str], None] | None = None) -> VerifyResult:
     """Re-check every certificate in ``target`` (a run folder or one certificate file).
 
@@ -126,6 +127,7 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
         witness = _check_witness(result, certificate, folder, loaded)
         # 4. Internal arithmetic and the verdict.
         _check_arithmetic(result, certificate)
+        _check_calibration(result, certificate, calibration)
         _check_verdict(result, certificate)
         # 5-6. Regenerate and re-measure (only meaningful on the same model, image and witness).
         if witness is None or image_path is None or not model_ok:
@@ -196,6 +198,12 @@ def _check_witness(result: VerifyResult, certificate: dict, folder: Path, loaded
     result.add(image_id, "witness negative", close,
                "the negative is the model's encoded empty prompt" if close else
                "the negative is not this model's encoded empty prompt")
+    control = certificate["control_witness"]
+    if control is not None:
+        control_path = folder / control["file"]
+        control_sha = file_sha256(control_path) if control_path.is_file() else "missing"
+        result.add(image_id, "control witness", control_sha == control["sha256"],
+                   f"sha256 {control_sha[:12]} vs recorded {control['sha256'][:12]}")
     return {name: tensor.to(torch.float32) for name, tensor in tensors.items()}
 
 
@@ -234,7 +242,9 @@ def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
     if config is not None:
         weights = certificate["conditions"]["similarity"]["weights"]
         weights_sha = weights["sha256"] if weights else None
-        config_values = config.fingerprint_dict() | {"similarity_weights_sha256": weights_sha}
+        calibration = certificate["calibration"]
+        config_values = config.fingerprint_dict() | {"similarity_weights_sha256": weights_sha,
+                                                     "calibration_sha256": (calibration or {}).get("sha256")}
         expected = run_key(certificate["model"]["fingerprint"], config_values, certificate["image"]["sha256"],
                            certificate["environment"].get("verifier"), weights_sha)
         if expected != certificate["run_key"]:
@@ -242,6 +252,29 @@ def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
         if len(certificate["witness"]["seeds"]) != config.generations:
             problems.append("the number of seeds is not the config's generations")
     result.add(image_id, "arithmetic", not problems, "; ".join(problems) or "means, ratio, config and run key agree")
+
+
+def _check_calibration(result: VerifyResult, certificate: dict, calibration_file: str | Path | None) -> None:
+    """A calibrated certificate names its calibration by sha256; the file, where at hand, must match."""
+    import hashlib
+
+    record = certificate["calibration"]
+    if record is None:
+        return
+    path = Path(calibration_file) if calibration_file else Path(record["file"])
+    if not path.is_file():
+        result.add(certificate["image"]["id"], "calibration", False,
+                   f"calibration file {str(path)!r} is missing; pass --calibration")
+        return
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    ok = actual == record["sha256"]
+    if ok:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        ok = all(data.get(key) == record[key] for key in ("error_ratio_threshold", "similarity_threshold", "rank",
+                                                          "images", "false_alarm_rate"))
+    result.add(certificate["image"]["id"], "calibration", ok,
+               f"sha256 {actual[:12]} vs recorded {record['sha256'][:12]}; thresholds as recorded" if ok else
+               f"sha256 {actual[:12]} vs recorded {record['sha256'][:12]}: not the calibration the verdict used")
 
 
 def _check_verdict(result: VerifyResult, certificate: dict) -> None:

@@ -14,7 +14,7 @@ Version history:
 - 1: the first certificates (no declared schema; per-generation scores not recorded).
 - 2: declared schema; per-generation similarity scores per guidance scale; verifier version, the
   schema version and the sha256 of similarity weights in the resume key; ``null`` for non-finite
-  measurements.
+  measurements; the never-seen twin control and the calibration a verdict used.
 """
 
 from __future__ import annotations
@@ -88,12 +88,27 @@ class SimilarityCondition(_Strict):
     generations: int = Field(ge=1)
 
 
+class ControlRecord(_Strict):
+    kind: str
+    guidance_scale: float
+    replications: int = Field(ge=0)
+    generations: int = Field(ge=1)
+    scores: list[Optional[float]]
+    error_ratio: Optional[float]
+    p_value: float = Field(ge=0, le=1)
+    witness_specific: bool
+
+
 class ExistenceCondition(_Strict):
     value: Optional[float] = Field(description="Error under the witness / under the empty prompt; null if not finite")
     threshold: float
     margin: Optional[float]
     passed: bool = Field(alias="pass")
     measure: str
+    threshold_source: str
+    passed_by: Optional[Literal["error ratio", "control"]]
+    control: Optional[ControlRecord] = Field(
+        description="The never-seen twin control, where it was needed (the witness replicated, the ratio stayed high)")
 
 
 class ScaleResult(_Strict):
@@ -137,6 +152,11 @@ class PredictionError(_Strict):
     inversion_loss_first_last: list[Optional[float]] = Field(min_length=2, max_length=2)
 
 
+class WitnessFile(_Strict):
+    file: str
+    sha256: str = Sha256
+
+
 class WitnessRecord(_Strict):
     file: str
     sha256: str = Sha256
@@ -154,6 +174,17 @@ class WitnessRecord(_Strict):
     closest_guidance_scale: float
 
 
+class CalibrationRecord(_Strict):
+    file: str
+    sha256: str = Sha256
+    images: int = Field(ge=1)
+    false_alarm_rate: float = Field(gt=0, lt=1)
+    confidence: float
+    rank: int = Field(ge=1)
+    error_ratio_threshold: float
+    similarity_threshold: float
+
+
 class Certificate(_Strict):
     """One image's memorization certificate (``<id>.json``)."""
 
@@ -168,6 +199,8 @@ class Certificate(_Strict):
     conditions: Conditions
     prediction_error: PredictionError
     witness: WitnessRecord
+    control_witness: Optional[WitnessFile] = Field(description="The twin's inverted conditioning, where a control ran")
+    calibration: Optional[CalibrationRecord] = Field(description="The calibration whose thresholds were used, if any")
     budget: dict[str, Any]
     config: dict[str, Any] = Field(description="The fully resolved config (verifier.config.VerifierConfig)")
     environment: dict[str, Any]

@@ -31,6 +31,7 @@ def run_guarded(action):
 
     Set ``VERIFIER_DEBUG=1`` to see the traceback of an unexpected error.
     """
+    from verifier.calibration import CalibrationError
     from verifier.certificate.schema import CertificateFormatError
     from verifier.certificate.store import OutputFolderError
     from verifier.config import ConfigError
@@ -42,12 +43,16 @@ def run_guarded(action):
         return action()
     except (ConfigError, ImageInputError, OutputFolderError) as error:
         raise UsageFailure(str(error)) from None
+    except CalibrationError as error:  # a calibration that does not fit this model or config: a usage error
+        raise UsageFailure(str(error)) from None
     except (ModelLoadError, SimilarityError, CertificateFormatError) as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(EXIT_RUNTIME)
     except KeyboardInterrupt:
         click.echo("interrupted: finished certificates are kept; run the same command again to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException:
+        raise
     except MemoryError:
         click.echo("error: out of memory; lower --batch-size or --generations", err=True)
         sys.exit(EXIT_RUNTIME)
@@ -87,6 +92,6 @@ def progress(message: str) -> None:
     click.echo(message, err=True)
 
 
-from verifier.cli import certify, demo, schema, verify  # noqa: E402  (commands register on ``main``)
+from verifier.cli import calibrate, certify, demo, schema, verify  # noqa: E402  (commands register on ``main``)
 
-__all__ = ["main", "certify", "demo", "schema", "verify"]
+__all__ = ["main", "calibrate", "certify", "demo", "schema", "verify"]

@@ -19,6 +19,8 @@ CONFIG_OPTIONS = [
     click.option("--seed", type=int, default=None, help="Run seed (0 to 2**32-1)."),
     click.option("--lpips-weights", default=None, help="torchvision AlexNet weights for --similarity lpips."),
     click.option("--sscd-weights", default=None, help="SSCD TorchScript file for --similarity sscd."),
+    click.option("--calibration", default=None, type=click.Path(dir_okay=False),
+                 help="A `verifier calibrate` file for this model: its thresholds replace the defaults."),
     click.option("--fail-on", type=click.Choice(sorted(FAIL_LEVELS)), default=None,
                  help="Exit 1 when any image reaches this verdict (default memorized; rarely_reproduced includes "
                       "memorized; never: always 0)."),
