@@ -291,3 +291,60 @@ def test_decide_never_turns_a_non_finite_measurement_into_a_clean_verdict(value)
         assert decision.verdict == "inconclusive", decision.reason
         assert "measurement failed" in decision.reason
         assert "not finite" in decision.reason or f"error ratio is {value}" in decision.reason
+
+
+# --- signatures ------------------------------------------------------------------------------------
+
+def _keypair(folder: Path) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = folder / "key.pem"
+    public = folder / "key.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def test_signed_certificates_catch_edits_below_the_float_tolerance(tmp_path):
+    from verifier.api import certify
+
+    private, public = _keypair(tmp_path)
+    out = tmp_path / "signed"
+    result = CliRunner().invoke(main, ["certify", str(FIXTURE), str(FIXTURE / "images" / f"{HELD_OUT}.png"),
+                                       "--out", str(out), "--device", "cpu", "--sign-key", str(private)])
+    assert result.exit_code == 0, result.output
+    assert (out / f"{HELD_OUT}.json.sig").is_file() and (out / "summary.json.sig").is_file()
+    assert verify(out, device="cpu", public_key=public).passed
+    # An edit within the re-measurement tolerance: only the signature can tell.
+    def nudge(c):
+        scale = c["conditions"]["probability"]["per_scale"][0]
+        scale["scores"][0] = scale["scores"][0] + 0.005
+    _edit(out / f"{HELD_OUT}.json", nudge)
+    unsigned = verify(out, device="cpu")
+    assert all(c.passed for c in unsigned.checks if c.name.startswith("generations")), "inside the tolerance"
+    _fail(verify(out, device="cpu", public_key=public), "signature", "does not sign the file's bytes")
+    (tmp_path / "other").mkdir()
+    _, other_public = _keypair(tmp_path / "other")
+    _fail(verify(out, device="cpu", public_key=other_public), "summary signature", "does not sign")
+    (out / f"{HELD_OUT}.json.sig").unlink()
+    _fail(verify(out, device="cpu", public_key=public), "signature", ".sig is missing")
+    # Without a key, nothing is signed.
+    plain = certify(FIXTURE, [FIXTURE / "images" / f"{HELD_OUT}.png"], tmp_path / "plain", VerifierConfig(device="cpu"))
+    assert plain and not list((tmp_path / "plain").glob("*.sig"))
+
+
+def test_a_key_that_is_not_ed25519_is_a_usage_error(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "ec.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    result = CliRunner().invoke(main, ["certify", str(FIXTURE), str(FIXTURE / "images" / f"{HELD_OUT}.png"),
+                                       "--out", str(tmp_path / "out"), "--device", "cpu", "--sign-key", str(path)])
+    assert result.exit_code == 2 and "verifier signs with Ed25519 keys" in result.output

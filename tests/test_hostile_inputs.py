@@ -380,8 +380,9 @@ def _soak(tiny_model, tmp_path, kills: int) -> None:
     from verifier.certificate.schema import read_certificate
     from verifier.config import VerifierConfig
 
-    for index in range(8):
-        _image(tmp_path / "images", f"img{index}.png", index)
+    count = 16
+    for index in range(count):
+        _image(tmp_path / "images", f"img{index:02d}.png", index)
     out = tmp_path / "out"
     command = [sys.executable, "-c", "from verifier.cli import main; main()", "certify", str(tiny_model),
                str(tmp_path / "images"), "--out", str(out), "--batch-size", "1", "--inversion-steps", "2",
@@ -390,8 +391,13 @@ def _soak(tiny_model, tmp_path, kills: int) -> None:
     rng = random.Random(20261201)
     finished_at_kill = []
     for _ in range(kills):
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
-        time.sleep(rng.uniform(0.5, 9.0))
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   env=environment)
+        # Past the imports and the model load, kill at a random moment of the certification loop.
+        for line in process.stderr:
+            if line.startswith("model "):
+                break
+        time.sleep(rng.uniform(0.0, 3.0))
         process.kill()
         process.wait()
         finished_at_kill.append(len(list(out.glob("img*.json"))) if out.exists() else 0)
@@ -401,10 +407,11 @@ def _soak(tiny_model, tmp_path, kills: int) -> None:
     assert final.returncode in (0, 1), final.stderr
     assert not list(out.glob(".*.tmp")), "temporaries of killed runs are cleaned"
     certificates = sorted(out.glob("img*.json"))
-    assert [p.stem for p in certificates] == [f"img{i}" for i in range(8)], "no certificate lost or duplicated"
+    expected = [f"img{i:02d}" for i in range(count)]
+    assert [p.stem for p in certificates] == expected, "no certificate lost or duplicated"
     summary = json.loads((out / "summary.json").read_text())
-    assert [entry["id"] for entry in summary["images"]] == [f"img{i}" for i in range(8)]
-    assert sum(summary["counts"].values()) == 8
+    assert [entry["id"] for entry in summary["images"]] == expected
+    assert sum(summary["counts"].values()) == count
     reference = certify(tiny_model, [tmp_path / "images"], tmp_path / "reference",
                         VerifierConfig(device="cpu", batch_size=1, inversion_steps=2, generations=2))
     for certificate in reference:
@@ -412,7 +419,7 @@ def _soak(tiny_model, tmp_path, kills: int) -> None:
         assert resumed["verdict"] == certificate["verdict"]
         np.testing.assert_allclose(resumed["prediction_error"]["inverted"], certificate["prediction_error"]["inverted"],
                                    rtol=1e-4)
-    assert any(0 < done < 8 for done in finished_at_kill), f"no kill fell inside the run: {finished_at_kill}"
+    assert any(0 < done < count for done in finished_at_kill), f"no kill fell inside the run: {finished_at_kill}"
 
 
 def test_soak_killed_runs_resume_without_loss(tiny_model, tmp_path):

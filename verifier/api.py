@@ -29,6 +29,7 @@ import torch
 
 from verifier.certificate.report import report_html
 from verifier.certificate.schema import certificate_tag, validated
+from verifier.certificate.signing import load_private_key, sign_file, signature_holds
 from verifier.certificate.store import (
     REPORT_FILE, SUMMARY_FILE, atomic_write_bytes, atomic_write_json, claim_run_folder, finite_or_none,
     png_bytes, prepare_output_folder, reusable_certificate, run_key, summary, write_witness,
@@ -87,17 +88,19 @@ def _verifier_version() -> str | None:
 
 def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: str | Path,
             config: VerifierConfig | None = None, *, allow_pickle: bool = False,
-            model_config: str | Path | None = None,
+            model_config: str | Path | None = None, sign_key: str | Path | None = None,
             progress: Callable[[str], None] | None = None) -> list[dict]:
     """Certify every image; return the certificates (also written to ``out``) in input order.
 
     Every input and the output folder are checked before the model is loaded. Images already
     certified in ``out`` under the same model, config, image bytes and verifier version, with an
-    intact witness, are not redone.
+    intact witness, are not redone. With ``sign_key`` (an Ed25519 PEM private key) every
+    certificate and the summary get an ``.sig`` signature file.
     """
     config = config or VerifierConfig()
     out = Path(out)
     say = progress or (lambda message: None)
+    signer = load_private_key(sign_key) if sign_key is not None else None
     started = time.time()
 
     # 0. Check every input and the output folder before any expensive work.
@@ -129,6 +132,8 @@ def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: 
         finished, why = reusable_certificate(out, image.id, key_of[image.id], lambda c: redecide(c).verdict)
         if finished is not None:
             certificates[image.id] = finished
+            if signer is not None and not signature_holds(signer.public_key(), out / f"{image.id}.json")[0]:
+                sign_file(signer, out / f"{image.id}.json")  # checked above; a kill may have come before its signature
         else:
             if why != "not certified yet":
                 say(f"{image.id}: redoing: {why}")
@@ -216,6 +221,8 @@ def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: 
                        "loss_first_last": loss_first_last, "noise_draws": config.error_noise_draws},
                 control_witness=control_witness)
             atomic_write_json(out / f"{image.id}.json", certificate)
+            if signer is not None:
+                sign_file(signer, out / f"{image.id}.json")
             certificates[image.id] = certificate
             say(f"{image.id}: {decision.verdict} (error ratio {ratios[index]:.3f}, "
                 f"{decision.conditions['probability']['rate']:.2f} replication rate)")
@@ -223,6 +230,8 @@ def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: 
     # 7. The run's summary and report.
     ordered = [certificates[image.id] for image in protected]
     atomic_write_json(out / SUMMARY_FILE, summary(ordered, loaded.describe(), config.to_dict(), time.time() - started))
+    if signer is not None:
+        sign_file(signer, out / SUMMARY_FILE)
     image_pngs = {image.id: png_bytes(prepare_image(image.path, resolution)) for image in protected}
     atomic_write_bytes(out / REPORT_FILE,
                        report_html(out, ordered, image_pngs, f"verifier report: {loaded.source}").encode())

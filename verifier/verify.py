@@ -2,6 +2,7 @@
 
 The recipe, per certificate:
 
+0. with a public key, check the Ed25519 signature of the file's exact bytes;
 1. read it against the declared schema;
 2. re-hash the image (from ``--images`` by sha256, else the recorded path) and the model's files;
 3. check the witness file's sha256 and that its negative is the model's own empty prompt;
@@ -87,6 +88,7 @@ def _index_images(arguments: list[str | Path]) -> dict[str, Path]:
 def verify(target: str | Path, model: str | Path | None = None, images: list[str | Path] | None = None, *,
            device: str = "auto", all_generations: bool = False, allow_pickle: bool = False,
            model_config: str | Path | None = None, calibration: str | Path | None = None,
+           public_key: str | Path | None = None,
            progress: Callable[[str], None] | None = None) -> VerifyResult:
     """Re-check every certificate in ``target`` (a run folder or one certificate file).
 
@@ -98,9 +100,19 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
     say = progress or (lambda message: None)
     target = Path(target)
     result = VerifyResult()
+    key = None
+    if public_key is not None:
+        from verifier.certificate.signing import load_public_key
+
+        key = load_public_key(public_key)
     by_hash = _index_images(images) if images else {}
     loaded_models: dict[str, object] = {}
     for path in certificate_files(target):
+        # 0. Signature (when a public key is given): over the file's exact bytes.
+        if key is not None:
+            from verifier.certificate.signing import signature_holds
+
+            result.add(path.stem, "signature", *signature_holds(key, path))
         # 1. Schema.
         try:
             certificate = read_certificate(path)
@@ -138,6 +150,11 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
         _check_error(result, certificate, loaded, witness, image_path)
     if target.is_dir():
         _check_summary(result, target)
+        if key is not None:
+            from verifier.certificate.signing import signature_holds
+            from verifier.certificate.store import SUMMARY_FILE
+
+            result.add("(run)", "summary signature", *signature_holds(key, target / SUMMARY_FILE))
     return result
 
 

@@ -33,6 +33,7 @@ def run_guarded(action):
     """
     from verifier.calibration import CalibrationError
     from verifier.certificate.schema import CertificateFormatError
+    from verifier.certificate.signing import SigningError
     from verifier.certificate.store import OutputFolderError
     from verifier.config import ConfigError
     from verifier.images import ImageInputError
@@ -43,7 +44,7 @@ def run_guarded(action):
         return action()
     except (ConfigError, ImageInputError, OutputFolderError) as error:
         raise UsageFailure(str(error)) from None
-    except CalibrationError as error:  # a calibration that does not fit this model or config: a usage error
+    except (CalibrationError, SigningError) as error:  # a calibration that does not fit this model or config: a usage error
         raise UsageFailure(str(error)) from None
     except (ModelLoadError, SimilarityError, CertificateFormatError) as error:
         click.echo(f"error: {error}", err=True)

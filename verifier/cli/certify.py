@@ -18,8 +18,10 @@ from verifier.cli.options import FAIL_LEVELS, build, config_options, print_table
 @click.option("--allow-pickle", is_flag=True, help="Allow .ckpt/.bin/.pt/.pth weights (they can run code).")
 @click.option("--model-config", default=None, type=click.Path(file_okay=False),
               help="Local diffusers folder giving configs for a single-file .safetensors MODEL.")
+@click.option("--sign-key", default=None, type=click.Path(dir_okay=False),
+              help="Ed25519 PEM private key: sign every certificate and the summary (<file>.sig).")
 @config_options
-def certify(model, images, out, allow_pickle, model_config, config_file, **overrides):
+def certify(model, images, out, allow_pickle, model_config, sign_key, config_file, **overrides):
     """Certify IMAGES (files, folders, CSV/JSONL manifests) against MODEL.
 
     \b
@@ -34,7 +36,7 @@ def certify(model, images, out, allow_pickle, model_config, config_file, **overr
         from verifier.api import certify as certify_images
 
         return certify_images(model, list(images), out, config, allow_pickle=allow_pickle,
-                              model_config=model_config, progress=progress)
+                              model_config=model_config, sign_key=sign_key, progress=progress)
 
     certificates = run_guarded(certify_all)
     print_table(certificates)

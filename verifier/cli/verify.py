@@ -19,10 +19,12 @@ from verifier.cli import EXIT_FOUND, EXIT_OK, main, progress, run_guarded
               help="Regenerate every recorded generation, not only the replicating ones and the closest.")
 @click.option("--calibration", default=None, type=click.Path(dir_okay=False),
               help="The calibration file a calibrated certificate names (default: its recorded path).")
+@click.option("--public-key", default=None, type=click.Path(dir_okay=False),
+              help="Ed25519 PEM public key: every certificate and the summary must carry a valid signature.")
 @click.option("--allow-pickle", is_flag=True, help="Allow .ckpt/.bin/.pt/.pth weights (they can run code).")
 @click.option("--model-config", default=None, type=click.Path(file_okay=False),
               help="Local diffusers folder giving configs for a single-file .safetensors MODEL.")
-def verify(certificates, model, images, device, all_generations, calibration, allow_pickle, model_config):
+def verify(certificates, model, images, device, all_generations, calibration, public_key, allow_pickle, model_config):
     """Re-check CERTIFICATES (a run folder or one <id>.json): hashes, arithmetic, verdict, regenerations.
 
     Prints every check; exits 0 only when all hold (tolerances: README, "Verifying a certificate"),
@@ -38,7 +40,8 @@ def verify(certificates, model, images, device, all_generations, calibration, al
 
         return verify_certificates(certificates, model=model, images=list(images) or None, device=device,
                                    all_generations=all_generations, allow_pickle=allow_pickle,
-                                   model_config=model_config, calibration=calibration, progress=progress)
+                                   model_config=model_config, calibration=calibration, public_key=public_key,
+                                   progress=progress)
 
     result = run_guarded(run)
     for check in result.checks:
