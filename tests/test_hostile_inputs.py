@@ -429,3 +429,15 @@ def test_soak_killed_runs_resume_without_loss(tiny_model, tmp_path):
 @pytest.mark.slow
 def test_soak_twenty_kills(tiny_model, tmp_path):
     _soak(tiny_model, tmp_path, kills=20)
+
+
+def test_outputs_inside_the_images_folder_are_never_certified(tiny_model, tmp_path):
+    """--out inside the images folder: the rerun certifies the same images, not its own *.closest.png."""
+    for index in range(2):
+        _image(tmp_path / "photos", f"p{index}.png", index)
+    args = ["certify", str(tiny_model), str(tmp_path / "photos"), "--out", str(tmp_path / "photos" / "certs"), *FAST]
+    first = CliRunner().invoke(main, args)
+    second = CliRunner().invoke(main, args)
+    assert first.exit_code in (0, 1) and second.exit_code in (0, 1), second.output
+    assert "2 certificates" in first.output and "2 certificates" in second.output
+    assert list((tmp_path / "photos" / "certs").glob("*.closest.png")), "the outputs are there to be ignored"
