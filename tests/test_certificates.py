@@ -189,7 +189,7 @@ def test_tamper_edited_witness(copy):
 def test_tamper_swapped_witness(copy):
     shutil.copy(copy / f"{OTHER}.witness.safetensors", copy / f"{MEMORIZED}.witness.safetensors")
     _fail(verify(_only(copy, MEMORIZED), device="cpu"), "witness", "vs recorded")
-    from verifier.certificate.store import file_sha256
+    from verifier.images import file_sha256
 
     swapped_sha = file_sha256(copy / f"{MEMORIZED}.witness.safetensors")
     _edit(copy / f"{MEMORIZED}.json", lambda c: c["witness"].update(sha256=swapped_sha))
@@ -348,3 +348,16 @@ def test_a_key_that_is_not_ed25519_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["certify", str(FIXTURE), str(FIXTURE / "images" / f"{HELD_OUT}.png"),
                                        "--out", str(tmp_path / "out"), "--device", "cpu", "--sign-key", str(path)])
     assert result.exit_code == 2 and "verifier signs with Ed25519 keys" in result.output
+
+
+def test_run_key_covers_versions_and_weights_by_hash_not_path():
+    from verifier.certificate.store import run_key
+
+    at_a = VerifierConfig(similarity="lpips", lpips_weights="/a/alexnet.pth").fingerprint_dict()
+    at_b = VerifierConfig(similarity="lpips", lpips_weights="/b/alexnet.pth").fingerprint_dict()
+    assert at_a == at_b, "moving the weights file must not invalidate finished certificates"
+    image, model = "a" * 64, "sha256:" + "b" * 64
+    base = run_key(model, at_a, image, "0.1.0", "c" * 64)
+    assert base == run_key(model, at_b, image, "0.1.0", "c" * 64)
+    assert base != run_key(model, at_a, image, "0.1.0", "d" * 64), "other weights bytes, other key"
+    assert base != run_key(model, at_a, image, "0.2.0", "c" * 64), "another verifier version, other key"

@@ -1,7 +1,9 @@
 """The library entry point: ``certify(model, images, out, config)``.
 
-The recipe, top to bottom (method.md section 3):
+The recipe, top to bottom (method.md section 3): ``certify`` = ``open_run`` (steps 0-1) ->
+``certify_batch`` per batch (steps 2-6) -> ``finish_run`` (step 7).
 
+0. check every image and the output folder before anything is loaded;
 1. load the model;
 2. encode each image to its latent;
 3. invert it into the text-conditioning space;
@@ -98,55 +100,92 @@ def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: 
     certificate and the summary get an ``.sig`` signature file.
     """
     config = config or VerifierConfig()
-    out = Path(out)
     say = progress or (lambda message: None)
-    signer = load_private_key(sign_key) if sign_key is not None else None
     started = time.time()
+    # 0-1. Check every input and the output folder, load the model, claim the folder, reuse what is done.
+    run = open_run(model, images, Path(out), config, allow_pickle=allow_pickle, model_config=model_config,
+                   sign_key=sign_key, say=say)
+    certificates = run.resume(say)
+    # 2-6. Certify the rest, batch by batch.
+    for first in range(0, len(run.todo), config.batch_size):
+        for certificate in certify_batch(run, run.todo[first : first + config.batch_size]):
+            certificates[certificate["image"]["id"]] = certificate
+            say(f"{certificate['image']['id']}: {certificate['verdict']} (error ratio "
+                f"{_number(certificate['prediction_error']['ratio'])}, "
+                f"{certificate['conditions']['probability']['rate']:.2f} replication rate)")
+    # 7. The run's summary and report.
+    return finish_run(run, certificates, time.time() - started)
 
-    # 0. Check every input and the output folder before any expensive work.
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+@dataclass
+class Run:
+    """Everything a certification run shares across its batches."""
+
+    config: VerifierConfig
+    out: Path
+    loaded: LoadedModel
+    metric: object
+    thresholds: "Thresholds"
+    protected: list[ProtectedImage]
+    keys: dict[str, str]
+    record: "RunRecord"
+    signer: object | None
+    empty: torch.Tensor
+    space: object
+    todo: list[ProtectedImage]
+
+    def resume(self, say: Callable[[str], None]) -> dict[str, dict]:
+        """Certificates in ``out`` that may be reused; what is left goes to ``todo``."""
+        finished: dict[str, dict] = {}
+        self.todo = []
+        for image in self.protected:
+            certificate, why = reusable_certificate(self.out, image.id, self.keys[image.id],
+                                                    lambda c: redecide(c).verdict)
+            if certificate is None:
+                if why != "not certified yet":
+                    say(f"{image.id}: redoing: {why}")
+                self.todo.append(image)
+                continue
+            finished[image.id] = certificate
+            path = self.out / f"{image.id}.json"
+            if self.signer is not None and not signature_holds(self.signer.public_key(), path)[0]:
+                sign_file(self.signer, path)  # checked above; a kill may have come before its signature
+        if finished:
+            say(f"resuming: {len(finished)} images already certified in {self.out}")
+        return finished
+
+
+def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: bool, model_config,
+             sign_key, say: Callable[[str], None]) -> Run:
+    """Steps 0-1: check every input and ``out`` before loading anything, load the model, claim ``out``."""
+    signer = load_private_key(sign_key) if sign_key is not None else None
     protected = collect_images(list(images), exclude=out)
     check_images(protected)
     prepare_output_folder(out)
     metric = SIMILARITY_METRICS.get(config.similarity)(config)
+    weights_sha = (metric.weights or {}).get("sha256")
 
-    # 1. Load the model (or take one already loaded); claim the output folder for this run.
     loaded = model if isinstance(model, LoadedModel) else load_model(
         model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
-    resolution = config.resolution or loaded.resolution
-    pipeline = loaded.pipeline
-    calibration = load_calibration(config.calibration, loaded.fingerprint, config,
-                                   (metric.weights or {}).get("sha256")) if config.calibration else None
-    thresholds = Thresholds.of(config, metric, calibration)
-    config_values = config.fingerprint_dict() | {"similarity_weights_sha256": (metric.weights or {}).get("sha256"),
+    calibration = load_calibration(config.calibration, loaded.fingerprint, config, weights_sha) \
+        if config.calibration else None
+    config_values = config.fingerprint_dict() | {"similarity_weights_sha256": weights_sha,
                                                  "calibration_sha256": (calibration or {}).get("sha256")}
     claim_run_folder(out, {"model_fingerprint": loaded.fingerprint, "config": config_values,
                            "verifier": _verifier_version()})
-    key_of = {image.id: run_key(loaded.fingerprint, config_values, image.sha256, _verifier_version(),
-                                (metric.weights or {}).get("sha256")) for image in protected}
+    keys = {image.id: run_key(loaded.fingerprint, config_values, image.sha256, _verifier_version(), weights_sha)
+            for image in protected}
+    resolution = config.resolution or loaded.resolution
     say(f"model {loaded.source} ({loaded.kind}, {loaded.prediction_type}, {resolution}px) on {loaded.device}; "
         f"{len(protected)} image{'s' if len(protected) != 1 else ''}")
-
-    certificates: dict[str, dict] = {}
-    todo: list[ProtectedImage] = []
-    for image in protected:
-        finished, why = reusable_certificate(out, image.id, key_of[image.id], lambda c: redecide(c).verdict)
-        if finished is not None:
-            certificates[image.id] = finished
-            if signer is not None and not signature_holds(signer.public_key(), out / f"{image.id}.json")[0]:
-                sign_file(signer, out / f"{image.id}.json")  # checked above; a kill may have come before its signature
-        else:
-            if why != "not certified yet":
-                say(f"{image.id}: redoing: {why}")
-            todo.append(image)
-    if len(todo) < len(protected):
-        say(f"resuming: {len(protected) - len(todo)} images already certified in {out}")
-
-    empty = empty_conditioning(pipeline, loaded.device).float()
-    space = INVERSION_SPACES.get(config.inversion_space)(pipeline, loaded.device, config.inversion_tokens)
-    seeds = [config.seed * 1_000_003 + index for index in range(config.generations)]
-    run = RunRecord(
-        model=loaded.describe(), config=config.to_dict(), environment=_environment(loaded), seeds=seeds,
-        calibration=calibration,
+    pipeline = loaded.pipeline
+    record = RunRecord(
+        model=loaded.describe(), config=config.to_dict(), environment=_environment(loaded),
+        seeds=[config.seed * 1_000_003 + index for index in range(config.generations)], calibration=calibration,
         grid=timestep_grid(pipeline.scheduler, config.error_timesteps), resolution=resolution,
         scheduler={"class": type(pipeline.scheduler).__name__, "config": dict(pipeline.scheduler.config)},
         budget={"inversion_space": config.inversion_space, "inversion_tokens": config.inversion_tokens,
@@ -154,87 +193,97 @@ def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: 
                 "restarts": 1, "generations_per_scale": config.generations,
                 "guidance_scales": list(config.guidance_scales), "sampling_steps": config.sampling_steps,
                 "denoiser_evaluations": denoiser_evaluations(config)})
+    return Run(config=config, out=out, loaded=loaded, metric=metric, thresholds=Thresholds.of(config, metric, calibration),
+               protected=protected, keys=keys, record=record, signer=signer,
+               empty=empty_conditioning(pipeline, loaded.device).float(),
+               space=INVERSION_SPACES.get(config.inversion_space)(pipeline, loaded.device, config.inversion_tokens),
+               todo=list(protected))
 
-    for first in range(0, len(todo), config.batch_size):
-        batch = todo[first : first + config.batch_size]
-        clock = {"batch_size": len(batch)}
-        tick = time.time()
-        # 2. Encode.
-        pixels = [prepare_image(image.path, resolution) for image in batch]
-        z0 = encode_images(pipeline, pixels, loaded.device)
-        clock["encode_s"] = time.time() - tick
-        # 3. Invert.
-        tick = time.time()
-        inversion = invert(pipeline, space, z0, [image.sha256 for image in batch], steps=config.inversion_steps,
-                           learning_rate=config.inversion_learning_rate, noise_draws=config.inversion_noise_draws,
-                           seed=config.seed)
-        clock["invert_s"] = time.time() - tick
-        # 4. Measure the prediction error under the witness and under the empty prompt.
-        tick = time.time()
-        inverted_error = prediction_error(pipeline, z0, inversion.conditioning, timesteps=config.error_timesteps,
-                                          noise_draws=config.error_noise_draws)
-        empty_error = prediction_error(pipeline, z0, empty.expand(len(batch), -1, -1),
-                                       timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
-        clock["error_s"] = time.time() - tick
-        # 5. Generate from the witness and check the conditions.
-        tick = time.time()
-        generations = {scale: generate_from_witness(pipeline, inversion.conditioning, empty, seeds, scale,
-                                                    config.sampling_steps, resolution)
-                       for scale in config.guidance_scales}
-        clock["generate_s"] = time.time() - tick
-        # 5b. Where a witness replicates its image but the error ratio stayed high, run the control.
-        scores = [{scale: metric(generations[scale][index], pixels[index]) for scale in config.guidance_scales}
-                  for index in range(len(batch))]
-        ratios = [float(inverted_error[index].mean() / empty_error[index].mean()) for index in range(len(batch))]
-        controls = _controls(pipeline, space, metric, thresholds, batch, pixels, scores, ratios, empty, seeds, config,
-                             resolution, loaded.device)
-        clock["control_s"] = time.time() - tick - clock["generate_s"]
-        timings = {key: (round(value / len(batch), 4) if key.endswith("_s") else value)
-                   for key, value in clock.items()} | {"note": "seconds: this image's share of its batch"}
-        # 6. Certify each image of the batch: witness files and closest generation first, the certificate last.
-        for index, image in enumerate(batch):
-            loss_first_last = [finite_or_none(inversion.loss_curve[index, 0]),
-                               finite_or_none(inversion.loss_curve[index, -1])]
-            control = controls.get(index)
-            decision = decide(
-                error_ratio=ratios[index], scores_by_scale=scores[index], metric=metric, threshold=thresholds.similarity,
-                max_error_ratio=thresholds.existence, min_rate=config.probability_min_rate,
-                confidence=config.confidence, problems=inversion_problems(loss_first_last),
-                control=None if control is None else {"guidance_scale": control.guidance_scale,
-                                                      "scores": list(control.scores), "error_ratio": control.error_ratio},
-                existence_source=thresholds.existence_source, similarity_source=thresholds.similarity_source)
-            best_scale, best_seed = _closest(scores[index], metric, seeds)
-            atomic_write_bytes(out / f"{image.id}.closest.png",
-                               png_bytes(generations[best_scale][index][seeds.index(best_seed)]))
-            witness_sha = write_witness(out / f"{image.id}.witness.safetensors", inversion.conditioning[index], empty,
-                                        inversion.variables[index],
-                                        {"space": config.inversion_space, "seeds": seeds, "image_sha256": image.sha256})
-            control_witness = None
-            if control is not None:
-                control_witness = {"file": f"{image.id}.control.safetensors", "sha256": write_witness(
-                    out / f"{image.id}.control.safetensors", control.witness, empty, control.variables,
-                    {"space": config.inversion_space, "seeds": seeds, "image_sha256": image.sha256,
-                     "control": TWIN})}
-            certificate = _certificate(
-                run, image, decision, witness_sha, best_scale, best_seed, timings, key_of[image.id],
-                error={"inverted": inverted_error[index], "empty": empty_error[index], "ratio": ratios[index],
-                       "loss_first_last": loss_first_last, "noise_draws": config.error_noise_draws},
-                control_witness=control_witness)
-            atomic_write_json(out / f"{image.id}.json", certificate)
-            if signer is not None:
-                sign_file(signer, out / f"{image.id}.json")
-            certificates[image.id] = certificate
-            say(f"{image.id}: {decision.verdict} (error ratio {ratios[index]:.3f}, "
-                f"{decision.conditions['probability']['rate']:.2f} replication rate)")
 
-    # 7. The run's summary and report.
-    ordered = [certificates[image.id] for image in protected]
-    atomic_write_json(out / SUMMARY_FILE, summary(ordered, loaded.describe(), config.to_dict(), time.time() - started))
-    if signer is not None:
-        sign_file(signer, out / SUMMARY_FILE)
-    image_pngs = {image.id: png_bytes(prepare_image(image.path, resolution)) for image in protected}
-    atomic_write_bytes(out / REPORT_FILE,
-                       report_html(out, ordered, image_pngs, f"verifier report: {loaded.source}").encode())
+def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
+    """Steps 2-6 for one batch; each certificate is written (after its witness) before it is returned."""
+    config, pipeline, device, metric = run.config, run.loaded.pipeline, run.loaded.device, run.metric
+    seeds, resolution, empty = run.record.seeds, run.record.resolution, run.empty
+    clock = {"batch_size": len(batch)}
+    tick = time.time()
+    # 2. Encode.
+    pixels = [prepare_image(image.path, resolution) for image in batch]
+    z0 = encode_images(pipeline, pixels, device)
+    clock["encode_s"] = time.time() - tick
+    # 3. Invert.
+    tick = time.time()
+    inversion = invert(pipeline, run.space, z0, [image.sha256 for image in batch], steps=config.inversion_steps,
+                       learning_rate=config.inversion_learning_rate, noise_draws=config.inversion_noise_draws,
+                       seed=config.seed)
+    clock["invert_s"] = time.time() - tick
+    # 4. Measure the prediction error under the witness and under the empty prompt.
+    tick = time.time()
+    inverted_error = prediction_error(pipeline, z0, inversion.conditioning, timesteps=config.error_timesteps,
+                                      noise_draws=config.error_noise_draws)
+    empty_error = prediction_error(pipeline, z0, empty.expand(len(batch), -1, -1),
+                                   timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
+    clock["error_s"] = time.time() - tick
+    # 5. Generate from the witness and score each generation against its image.
+    tick = time.time()
+    generations = {scale: generate_from_witness(pipeline, inversion.conditioning, empty, seeds, scale,
+                                                config.sampling_steps, resolution)
+                   for scale in config.guidance_scales}
+    scores = [{scale: metric(generations[scale][index], pixels[index]) for scale in config.guidance_scales}
+              for index in range(len(batch))]
+    ratios = [float(inverted_error[index].mean() / empty_error[index].mean()) for index in range(len(batch))]
+    clock["generate_s"] = time.time() - tick
+    # 5b. Where a witness replicates its image but the error ratio stayed high, run the control.
+    tick = time.time()
+    controls = _controls(pipeline, run.space, metric, run.thresholds, batch, pixels, scores, ratios, empty, seeds,
+                         config, resolution, device)
+    clock["control_s"] = time.time() - tick
+    timings = {key: (round(value / len(batch), 4) if key.endswith("_s") else value)
+               for key, value in clock.items()} | {"note": "seconds: this image's share of its batch"}
+    # 6. Decide and certify each image: witness files and closest generation first, the certificate last.
+    written = []
+    for index, image in enumerate(batch):
+        loss_first_last = [finite_or_none(inversion.loss_curve[index, 0]),
+                           finite_or_none(inversion.loss_curve[index, -1])]
+        control = controls.get(index)
+        decision = decide(
+            error_ratio=ratios[index], scores_by_scale=scores[index], metric=metric,
+            threshold=run.thresholds.similarity, max_error_ratio=run.thresholds.existence,
+            min_rate=config.probability_min_rate, confidence=config.confidence,
+            problems=inversion_problems(loss_first_last),
+            control=None if control is None else {"guidance_scale": control.guidance_scale,
+                                                  "scores": list(control.scores), "error_ratio": control.error_ratio},
+            existence_source=run.thresholds.existence_source, similarity_source=run.thresholds.similarity_source)
+        best_scale, best_seed = _closest(scores[index], metric, seeds)
+        atomic_write_bytes(run.out / f"{image.id}.closest.png",
+                           png_bytes(generations[best_scale][index][seeds.index(best_seed)]))
+        metadata = {"space": config.inversion_space, "seeds": seeds, "image_sha256": image.sha256}
+        witness_sha = write_witness(run.out / f"{image.id}.witness.safetensors", inversion.conditioning[index], empty,
+                                    inversion.variables[index], metadata)
+        control_witness = None if control is None else {
+            "file": f"{image.id}.control.safetensors",
+            "sha256": write_witness(run.out / f"{image.id}.control.safetensors", control.witness, empty,
+                                    control.variables, metadata | {"control": TWIN})}
+        certificate = _certificate(
+            run.record, image, decision, witness_sha, best_scale, best_seed, timings, run.keys[image.id],
+            error={"inverted": inverted_error[index], "empty": empty_error[index], "ratio": ratios[index],
+                   "loss_first_last": loss_first_last, "noise_draws": config.error_noise_draws},
+            control_witness=control_witness)
+        atomic_write_json(run.out / f"{image.id}.json", certificate)
+        if run.signer is not None:
+            sign_file(run.signer, run.out / f"{image.id}.json")
+        written.append(certificate)
+    return written
+
+
+def finish_run(run: Run, certificates: dict[str, dict], seconds: float) -> list[dict]:
+    """Step 7: the summary (signed with the run's key, if any) and the report; the certificates in input order."""
+    ordered = [certificates[image.id] for image in run.protected]
+    atomic_write_json(run.out / SUMMARY_FILE, summary(ordered, run.record.model, run.record.config, seconds))
+    if run.signer is not None:
+        sign_file(run.signer, run.out / SUMMARY_FILE)
+    image_pngs = {image.id: png_bytes(prepare_image(image.path, run.record.resolution)) for image in run.protected}
+    atomic_write_bytes(run.out / REPORT_FILE,
+                       report_html(run.out, ordered, image_pngs, f"verifier report: {run.loaded.source}").encode())
     return ordered
 
 

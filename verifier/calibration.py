@@ -91,7 +91,7 @@ def calibrate(model, non_members: Sequence[str | Path], out: str | Path, config,
     from verifier.api import certify
     from verifier.certificate.store import atomic_write_json
     from verifier.images import collect_images
-    from verifier.model import load_model
+    from verifier.model import LoadedModel, load_model
 
     if not (0 < rate < 1) or not math.isfinite(rate):
         raise CalibrationError(f"--false-alarm-rate {rate!r} is not allowed: expected a number in (0, 1)")
@@ -99,8 +99,8 @@ def calibrate(model, non_members: Sequence[str | Path], out: str | Path, config,
     work = Path(work) if work is not None else out.with_name(out.name + ".certificates")
     config = dataclasses.replace(config, calibration=None)
     _check_enough(len(collect_images(list(non_members), exclude=work)), rate, config.confidence)
-    loaded = load_model(model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle,
-                        model_config=model_config)
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
     certificates = certify(loaded, non_members, work, config, progress=progress)
     n = len(certificates)
     rows = []

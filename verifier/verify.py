@@ -187,7 +187,7 @@ def _check_witness(result: VerifyResult, certificate: dict, folder: Path, loaded
     import torch
     from safetensors import safe_open
 
-    from verifier.certificate.store import file_sha256
+    from verifier.images import file_sha256
     from verifier.invert import empty_conditioning
 
     image_id, record = certificate["image"]["id"], certificate["witness"]

@@ -30,13 +30,13 @@ import numpy as np
 from verifier.certificate.schema import (
     SCHEMA_VERSION, CertificateFormatError, read_certificate, summary_tag, validated,
 )
+from verifier.images import file_sha256
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 # File stems the run itself uses: no image id may take them (see verifier.images).
 RESERVED_STEMS = ("run", "summary", "report", "calibration", "demo-images")
-OUTPUT_SUFFIXES = (".json", ".witness.safetensors", ".closest.png", ".html", ".jsonl")
 
 
 class OutputFolderError(ValueError):
@@ -81,14 +81,6 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray((np.clip(np.nan_to_num(image), 0, 1) * 255 + 0.5).astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_witness(path: Path, conditioning, empty, variables, metadata: dict) -> str:
