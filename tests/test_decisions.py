@@ -64,7 +64,19 @@ def test_a_replicating_witness_beats_a_cut_off_through_the_control(tmp_path):
     assert certificate["verdict"] == "memorized", certificate["verdict_reason"]
     assert "never-seen twin" in certificate["verdict_reason"]
     assert (tmp_path / "out" / certificate["control_witness"]["file"]).is_file()
-    assert verify(tmp_path / "out", device="cpu").passed
+    checked = verify(tmp_path / "out", device="cpu")
+    assert checked.passed and any(c.name == "control generations" for c in checked.checks)
+    # The control's numbers are evidence too: a control score edited past the threshold is caught by regeneration.
+    path = tmp_path / "out" / f"{image.stem}.json"
+    edited = json.loads(path.read_text())
+    scores = edited["conditions"]["existence"]["control"]["scores"]
+    index = max(range(len(scores)), key=lambda i: scores[i])
+    assert scores[index] < 0.7, "the twin is not replicated"
+    scores[index] = 0.95
+    path.write_text(json.dumps(edited))
+    failed = verify(path, device="cpu")
+    assert any(c.name == "control generations" and not c.passed and "regenerated vs" in c.detail
+               for c in failed.checks), [(c.name, c.detail) for c in failed.checks if not c.passed]
 
 
 def test_a_flat_image_stays_inconclusive_because_its_twin_replicates_too(tmp_path):

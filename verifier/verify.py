@@ -9,8 +9,9 @@ The recipe, per certificate:
 4. check the certificate's internal arithmetic (means, ratio, rates, the run key) and that its
    verdict follows from its own numbers under its config's thresholds;
 5. regenerate, with the stock pipeline, every generation the verdict rests on (each replicating
-   seed and the closest one; every seed with ``all_generations``), re-measure their similarity, and
-   compare with the recorded scores;
+   seed and the closest one; every seed with ``all_generations``; and where the never-seen twin
+   control ran, the control's replicating seeds or its closest one), re-measure their similarity,
+   and compare with the recorded scores;
 6. re-measure the prediction error under the witness and under the empty prompt on the fixed grid
    and compare with the recorded curves.
 
@@ -324,9 +325,10 @@ def _equal(a, b) -> bool:
 
 def _check_generations(result: VerifyResult, certificate: dict, loaded, witness: dict, image_path: Path,
                        folder: Path, all_generations: bool) -> None:
+    """Regenerate the generations the verdict rests on (and the control's, where it ran) and re-score them."""
     import numpy as np
 
-    from verifier.conditions import generate_from_witness
+    from verifier.control import never_seen_twin
     from verifier.images import prepare_image
     from verifier.registry import SIMILARITY_METRICS
     from verifier.similarity import replicated
@@ -350,23 +352,50 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
             wanted.append(record["closest_seed"])
         if not wanted:
             continue
-        images = generate_from_witness(loaded.pipeline, witness["prompt_embeds"].to(loaded.device),
-                                       witness["negative_prompt_embeds"].to(loaded.device), wanted, scale,
-                                       record["num_inference_steps"], record["height"])[0]
-        scores = metric(images, target)
-        differences = []
-        for seed, score in zip(wanted, scores):
-            before = recorded[seeds.index(seed)]
-            same_side = bool(replicated(metric, np.array([score]), threshold)[0]) == bool(
-                replicated(metric, np.array([before]), threshold)[0])
-            if not (abs(score - before) <= TOLERANCES["similarity_abs"] and same_side):
-                differences.append(f"seed {seed}: {score:.4f} regenerated vs {before:.4f} recorded")
-        result.add(image_id, f"generations at guidance {scale:g}", not differences,
-                   "; ".join(differences[:3]) or f"{len(wanted)} regenerated generation(s) match the recorded "
-                   "similarity")
+        images = _regenerate(result, image_id, f"generations at guidance {scale:g}", loaded, metric, threshold,
+                             witness, target, scale, wanted, seeds, recorded, record)
         if scale == record["closest_guidance_scale"]:
             _check_closest_png(result, image_id, folder / record["closest_generation"],
                                images[wanted.index(record["closest_seed"])])
+    control = certificate["conditions"]["existence"]["control"]
+    control_file = folder / certificate["control_witness"]["file"] if certificate["control_witness"] else None
+    if control is not None and control_file is not None and control_file.is_file():
+        from safetensors.torch import load_file
+
+        tensors = {name: tensor.float() for name, tensor in load_file(str(control_file)).items()}
+        recorded = np.array([np.nan if v is None else v for v in control["scores"]])
+        hits = replicated(metric, recorded, threshold)
+        # The control's replications (if any), else its closest seed: what the Fisher test rests on.
+        wanted = [seed for seed, hit in zip(seeds, hits) if hit or all_generations] or [
+            seeds[int(np.nanargmax(recorded) if metric.higher_is_similar else np.nanargmin(recorded))]]
+        _regenerate(result, image_id, "control generations", loaded, metric, threshold, tensors,
+                    never_seen_twin(target), control["guidance_scale"], wanted, seeds, recorded, record)
+
+
+def _regenerate(result: VerifyResult, image_id: str, name: str, loaded, metric, threshold: float, witness: dict,
+                target, scale: float, wanted: list[int], seeds: list[int], recorded, record: dict):
+    """Regenerate ``wanted`` seeds from ``witness`` with the stock pipeline, compare their scores; return the images."""
+    import numpy as np
+
+    from verifier.conditions import generate_from_witness
+    from verifier.similarity import replicated
+
+    images = generate_from_witness(loaded.pipeline, witness["prompt_embeds"].to(loaded.device),
+                                   witness["negative_prompt_embeds"].to(loaded.device), wanted, scale,
+                                   record["num_inference_steps"], record["height"])[0]
+    scores = metric(images, target)
+    differences, largest = [], 0.0
+    for seed, score in zip(wanted, scores):
+        before = recorded[seeds.index(seed)]
+        largest = max(largest, abs(float(score) - float(before)))
+        same_side = bool(replicated(metric, np.array([score]), threshold)[0]) == bool(
+            replicated(metric, np.array([before]), threshold)[0])
+        if not (abs(score - before) <= TOLERANCES["similarity_abs"] and same_side):
+            differences.append(f"seed {seed}: {score:.4f} regenerated vs {before:.4f} recorded")
+    result.add(image_id, name, not differences,
+               "; ".join(differences[:3]) or f"{len(wanted)} regenerated generation(s) match the recorded "
+               f"similarity (largest difference {largest:.2g}, tolerance {TOLERANCES['similarity_abs']:g})")
+    return images
 
 
 def _check_closest_png(result: VerifyResult, image_id: str, path: Path, regenerated) -> None:
@@ -404,14 +433,16 @@ def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict,
         measured[name] = [float(v) for v in prediction_error(
             loaded.pipeline, z0, tensor.to(loaded.device), timesteps=len(record["timesteps"]),
             noise_draws=record["noise_draws"])[0]]
-    differences = []
+    differences, largest = [], 0.0
     for name in ("inverted", "empty"):
         for t, mine, theirs in zip(record["timesteps"], measured[name], record[name]):
+            if theirs is not None:
+                largest = max(largest, abs(mine - theirs) / max(abs(theirs), 1e-8))
             if theirs is None or abs(mine - theirs) > TOLERANCES["error_rel"] * max(abs(theirs), 1e-8):
                 differences.append(f"{name} error at t={t}: {mine:.6g} re-measured vs {theirs!r} recorded")
     result.add(image_id, "prediction error", not differences,
                "; ".join(differences[:3]) or f"{2 * len(record['timesteps'])} grid errors re-measured within "
-               f"{100 * TOLERANCES['error_rel']:g}%")
+               f"{100 * TOLERANCES['error_rel']:g}% (largest relative difference {largest:.2g})")
 
 
 def _check_summary(result: VerifyResult, folder: Path) -> None:
