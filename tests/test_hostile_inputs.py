@@ -441,3 +441,9 @@ def test_outputs_inside_the_images_folder_are_never_certified(tiny_model, tmp_pa
     assert first.exit_code in (0, 1) and second.exit_code in (0, 1), second.output
     assert "2 certificates" in first.output and "2 certificates" in second.output
     assert list((tmp_path / "photos" / "certs").glob("*.closest.png")), "the outputs are there to be ignored"
+
+
+def test_a_bad_image_is_one_line_without_a_usage_banner(tiny_model, tmp_path):
+    result = CliRunner().invoke(main, certify_args([_file(tmp_path, "fake.png", b"not a png")], tiny_model, tmp_path))
+    assert result.exit_code == 2
+    assert "Usage:" not in result.output and result.output.strip().startswith("error: IMAGES:")

@@ -23,7 +23,12 @@ EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 0, 1, 2, 3, 13
 
 
 class UsageFailure(click.UsageError):
+    """A bad input found by verifier (not by click's parser): one line, no usage banner, exit 2."""
+
     exit_code = EXIT_USAGE
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
 
 
 def run_guarded(action):
