@@ -64,6 +64,10 @@ def test_a_replicating_witness_beats_a_cut_off_through_the_control(tmp_path):
     assert certificate["verdict"] == "memorized", certificate["verdict_reason"]
     assert "never-seen twin" in certificate["verdict_reason"]
     assert (tmp_path / "out" / certificate["control_witness"]["file"]).is_file()
+    # The control's cost is recorded: one inversion, the error grid and 16 guided generations at one scale.
+    cost = certificate["budget"]["control_denoiser_evaluations"]
+    assert cost["sampling_forward"] == 16 * 25 * (2 if existence["control"]["guidance_scale"] > 1 else 1)
+    assert cost["total"] == cost["inversion_forward_backward"] + cost["error_forward"] + cost["sampling_forward"]
     checked = verify(tmp_path / "out", device="cpu")
     assert checked.passed and any(c.name == "control generations" for c in checked.checks)
     # The control's numbers are evidence too: a control score edited past the threshold is caught by regeneration.

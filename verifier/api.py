@@ -72,9 +72,11 @@ def _environment(model: LoadedModel) -> dict:
     }
 
 
-def denoiser_evaluations(config: VerifierConfig) -> dict:
-    """Hardware-independent cost of one image's verdict, in denoiser (UNet) evaluations."""
-    sampling = sum(config.generations * config.sampling_steps * (2 if g > 1 else 1) for g in config.guidance_scales)
+def denoiser_evaluations(config: VerifierConfig, guidance_scales: Sequence[float] | None = None) -> dict:
+    """Hardware-independent cost of one image's verdict (or of its control, which samples at one scale),
+    in denoiser (UNet) evaluations."""
+    scales = config.guidance_scales if guidance_scales is None else guidance_scales
+    sampling = sum(config.generations * config.sampling_steps * (2 if g > 1 else 1) for g in scales)
     inversion = config.inversion_steps * config.inversion_noise_draws
     error = 2 * config.error_timesteps * config.error_noise_draws
     return {"inversion_forward_backward": inversion, "error_forward": error, "sampling_forward": sampling,
@@ -267,7 +269,8 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
             run.record, image, decision, witness_sha, best_scale, best_seed, timings, run.keys[image.id],
             error={"inverted": inverted_error[index], "empty": empty_error[index], "ratio": ratios[index],
                    "loss_first_last": loss_first_last, "noise_draws": config.error_noise_draws},
-            control_witness=control_witness)
+            control_witness=control_witness,
+            control_cost=None if control is None else denoiser_evaluations(config, [control.guidance_scale]))
         atomic_write_json(run.out / f"{image.id}.json", certificate)
         if run.signer is not None:
             sign_file(run.signer, run.out / f"{image.id}.json")
@@ -342,7 +345,8 @@ class RunRecord:
 
 
 def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: str, best_scale: float,
-                 best_seed: int, timings: dict, key: str, error: dict, control_witness: dict | None) -> dict:
+                 best_seed: int, timings: dict, key: str, error: dict, control_witness: dict | None,
+                 control_cost: dict | None) -> dict:
     """One image's certificate, validated against the schema."""
     return validated("certificate", {
         "schema": certificate_tag(),
@@ -372,7 +376,7 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
         },
         "control_witness": control_witness,
         "calibration": run.calibration,
-        "budget": run.budget,
+        "budget": run.budget | {"control_denoiser_evaluations": control_cost},
         "config": run.config,
         "environment": run.environment,
         "timings": timings,
