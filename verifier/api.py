@@ -36,7 +36,7 @@ from verifier.certificate.store import (
     REPORT_FILE, SUMMARY_FILE, atomic_write_bytes, atomic_write_json, claim_run_folder, finite_or_none,
     png_bytes, prepare_output_folder, reusable_certificate, run_key, summary, write_witness,
 )
-from verifier.calibration import load_calibration, threshold_sources
+from verifier.calibration import check_calibration, read_calibration, threshold_sources
 from verifier.conditions import (
     DEFAULT_EXISTENCE_SOURCE, decide, generate_from_witness, inversion_problems, needs_control, redecide,
 )
@@ -170,11 +170,12 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
     prepare_output_folder(out)
     metric = SIMILARITY_METRICS.get(config.similarity)(config)
     weights_sha = (metric.weights or {}).get("sha256")
+    calibration_file = read_calibration(config.calibration) if config.calibration else None
 
     loaded = model if isinstance(model, LoadedModel) else load_model(
         model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
-    calibration = load_calibration(config.calibration, loaded.fingerprint, config, weights_sha) \
-        if config.calibration else None
+    calibration = check_calibration(config.calibration, *calibration_file, loaded.fingerprint, config, weights_sha) \
+        if calibration_file else None
     config_values = config.fingerprint_dict() | {"similarity_weights_sha256": weights_sha,
                                                  "calibration_sha256": (calibration or {}).get("sha256")}
     claim_run_folder(out, {"model_fingerprint": loaded.fingerprint, "config": config_values,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -52,6 +53,16 @@ def order_statistic_rank(n: int, rate: float, confidence: float) -> int | None:
         else:
             break
     return rank
+
+
+def _check_writable(out: Path) -> None:
+    """The calibration file's folder can be created and written (checked before any certification)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"):
+            pass
+    except OSError as error:
+        raise CalibrationError(f"--out {str(out)!r} cannot be written: {error.strerror or error}") from None
 
 
 def _check_enough(n: int, rate: float, confidence: float) -> None:
@@ -89,7 +100,7 @@ def calibrate(model, non_members: Sequence[str | Path], out: str | Path, config,
     import dataclasses
 
     from verifier.api import certify
-    from verifier.certificate.store import atomic_write_json
+    from verifier.certificate.store import atomic_write_json, prepare_output_folder
     from verifier.images import collect_images
     from verifier.model import LoadedModel, load_model
 
@@ -99,6 +110,8 @@ def calibrate(model, non_members: Sequence[str | Path], out: str | Path, config,
     work = Path(work) if work is not None else out.with_name(out.name + ".certificates")
     config = dataclasses.replace(config, calibration=None)
     _check_enough(len(collect_images(list(non_members), exclude=work)), rate, config.confidence)
+    _check_writable(out)
+    prepare_output_folder(work)
     loaded = model if isinstance(model, LoadedModel) else load_model(
         model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
     certificates = certify(loaded, non_members, work, config, progress=progress)
@@ -136,11 +149,8 @@ def calibrate(model, non_members: Sequence[str | Path], out: str | Path, config,
     return record
 
 
-def load_calibration(path: str | Path, model_fingerprint: str, config, metric_weights_sha256: str | None) -> dict:
-    """Read a calibration file and check it was made for this model, metric and measurement config.
-
-    Returns what certificates record about it (including its sha256).
-    """
+def read_calibration(path: str | Path) -> tuple[dict, str]:
+    """A calibration file's record and sha256, read before any model is loaded so a bad file is named at once."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -150,6 +160,15 @@ def load_calibration(path: str | Path, model_fingerprint: str, config, metric_we
     if not isinstance(record, dict) or record.get("schema") != CALIBRATION_SCHEMA:
         raise CalibrationError(f"--calibration {str(path)!r} is not a verifier calibration file "
                                f"(expected schema {CALIBRATION_SCHEMA})")
+    return record, hashlib.sha256(data).hexdigest()
+
+
+def check_calibration(path: str | Path, record: dict, sha256: str, model_fingerprint: str, config,
+                      metric_weights_sha256: str | None) -> dict:
+    """Check a calibration was made for this model, metric and measurement config.
+
+    Returns what certificates record about it (including its sha256).
+    """
     if record["model_fingerprint"] != model_fingerprint:
         raise CalibrationError(f"--calibration {str(path)!r} was measured on another model "
                                f"({record['model_fingerprint'][:19]}...); calibrate this model with `verifier calibrate`")
@@ -162,7 +181,7 @@ def load_calibration(path: str | Path, model_fingerprint: str, config, metric_we
         raise CalibrationError(
             f"--calibration {str(path)!r} was measured with other settings ({', '.join(changed)}); the thresholds hold "
             "only for the config they were measured with: calibrate again with this config")
-    return {"file": str(path), "sha256": hashlib.sha256(data).hexdigest(), "images": record["images"],
+    return {"file": str(path), "sha256": sha256, "images": record["images"],
             "false_alarm_rate": record["false_alarm_rate"], "confidence": record["confidence"],
             "rank": record["rank"], "error_ratio_threshold": record["error_ratio_threshold"],
             "similarity_threshold": record["similarity_threshold"]}
