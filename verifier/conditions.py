@@ -174,15 +174,13 @@ def _control_record(control: dict | None, best: dict, metric, threshold: float, 
     from verifier.control import TWIN
 
     scores = np.asarray([np.nan if v is None else v for v in control["scores"]], dtype=np.float64)
-    if not np.isfinite(scores).all() or not math.isfinite(control["error_ratio"] if control["error_ratio"] is not None
-                                                          else math.nan):
+    error_ratio = math.nan if control["error_ratio"] is None else float(control["error_ratio"])
+    if not np.isfinite(scores).all() or not math.isfinite(error_ratio):
         problems.append("the control's measurements are not finite")
     hits = replicated(metric, scores, threshold) & np.isfinite(scores)
-    witness_hits = next(s["replications"] for s in [best])
-    p_value, specific = witness_specificity(witness_hits, int(hits.sum()), int(hits.size), confidence)
+    p_value, specific = witness_specificity(best["replications"], int(hits.sum()), int(hits.size), confidence)
     return {"kind": TWIN, "guidance_scale": float(control["guidance_scale"]), "replications": int(hits.sum()),
-            "generations": int(hits.size), "scores": [_finite(v) for v in scores],
-            "error_ratio": _finite(control["error_ratio"]) if control["error_ratio"] is not None else None,
+            "generations": int(hits.size), "scores": [_finite(v) for v in scores], "error_ratio": _finite(error_ratio),
             "p_value": p_value, "witness_specific": bool(specific)}
 
 

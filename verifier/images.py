@@ -192,11 +192,12 @@ def collect_images(arguments: list[str | Path], exclude: Path | None = None) -> 
             image_id = _safe_id(f"{file.parent.name}_{file.stem}")
         else:
             image_id = _safe_id(file.stem)
-        if image_id.lower() in {i.lower() for i in used_ids}:
-            other = next(p for i, p in used_ids.items() if i.lower() == image_id.lower())
+        # Case-insensitively: on macOS and Windows file systems 'A.json' and 'a.json' are one file.
+        other = used_ids.get(image_id.lower())
+        if other is not None:
             raise ImageInputError(f"IMAGES: {str(file)!r} and {str(other)!r} would share the id {image_id!r}; give "
                                   "them distinct ids in a manifest")
-        used_ids[image_id] = file
+        used_ids[image_id.lower()] = file
         images.append(ProtectedImage(image_id, file, file_sha256(file)))
     return images
 

@@ -44,6 +44,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
+def _top_level(schema_id: str) -> ConfigDict:
+    """A file's root model: strict like the rest, and named by its schema id and version."""
+    return ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True,
+                      json_schema_extra={"$id": f"{schema_id}/v{SCHEMA_VERSION}"})
+
+
 class SchemaTag(_Strict):
     id: str
     version: int
@@ -188,8 +194,7 @@ class CalibrationRecord(_Strict):
 class Certificate(_Strict):
     """One image's memorization certificate (``<id>.json``)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True,
-                              json_schema_extra={"$id": f"{CERTIFICATE_SCHEMA_ID}/v{SCHEMA_VERSION}"})
+    model_config = _top_level(CERTIFICATE_SCHEMA_ID)
 
     schema_: SchemaTag = Field(alias="schema")
     verdict: Verdict
@@ -221,8 +226,7 @@ class SummaryImage(_Strict):
 class Summary(_Strict):
     """The run's ``summary.json``: every image, its verdict, counts per verdict."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True,
-                              json_schema_extra={"$id": f"{SUMMARY_SCHEMA_ID}/v{SCHEMA_VERSION}"})
+    model_config = _top_level(SUMMARY_SCHEMA_ID)
 
     schema_: SchemaTag = Field(alias="schema")
     model: ModelRecord
