@@ -87,7 +87,7 @@ def main() -> int:
     from verifier.api import certify
     from verifier.calibration import calibrate
     from verifier.config import VerifierConfig
-    from verifier.model import load_model
+    from verifier.models import load_model
     from verifier.reference_models import load_manifest, reference_model_path
 
     work = args.work or Path(tempfile.mkdtemp(prefix="verifier-calibration-"))

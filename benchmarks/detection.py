@@ -1,14 +1,18 @@
-"""Detection benchmark on a shipped reference model: confusion table, AUCs, cost per verdict.
+"""Detection benchmark on the shipped reference models: confusion tables, AUCs, cost per verdict.
 
-    python benchmarks/detection.py [--model reference-32px] [--out DIR] [--config FILE] [--runs 1]
+    python benchmarks/detection.py [--model NAME ...] [--out DIR] [--config FILE] [--runs 1]
 
-Certifies every image of the model's manifest with verifier's defaults (or --config), then prints:
+Certifies every image of each model's manifest (default: every shipped reference model) with
+verifier's defaults (or --config), then prints per model:
 
 - the confusion table of verdicts against the ground truth (memorized / seen-once or few
   duplicates / never trained);
 - the AUC with which each continuous score separates memorized from never-trained images:
   ``1 - error ratio`` (higher = more memorized) and the replication rate;
-- denoiser evaluations per verdict (hardware independent) and wall time per image, on this machine.
+- denoiser evaluations per verdict (hardware independent; the never-seen twin control's, where it
+  ran, averaged over the images) and wall time per image, on this machine;
+
+and one line per model at the end (the README's per-family table).
 
 Each run certifies into a fresh folder (no resume), so wall times are real; with --runs > 1 the
 spread across runs is printed.
@@ -29,23 +33,39 @@ from pathlib import Path
 import torch
 
 
+ROWS = ["memorized", "trained, not memorized", "never trained"]
+COLUMNS = ["memorized", "rarely_reproduced", "inconclusive", "not_memorized"]
+
+
 def main() -> int:
+    from verifier.reference_models import REFERENCE_MODELS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="reference-32px", choices=["reference-32px", "fixture-16px"])
-    parser.add_argument("--out", type=Path, default=None, help="keep the certificates of the last run here")
+    parser.add_argument("--model", nargs="+", default=list(REFERENCE_MODELS), choices=REFERENCE_MODELS)
+    parser.add_argument("--out", type=Path, default=None, help="keep the certificates of each model's last run here")
     parser.add_argument("--config", default=None, help="TOML/JSON config (default: verifier's defaults)")
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
 
-    from sklearn.metrics import roc_auc_score
-
-    from verifier.api import certify, denoiser_evaluations
     from verifier.config import build_config
-    from verifier.reference_models import load_manifest, reference_model_path
 
     config = build_config(args.config)
-    folder = reference_model_path(args.model)
-    manifest = load_manifest(args.model)
+    results = [measure(name, config, args.runs, None if args.out is None else args.out / name) for name in args.model]
+    print(f"config: {args.config or 'defaults'}, runs per model: {args.runs}, machine: {platform.machine()} "
+          f"{platform.processor() or ''}, torch threads {torch.get_num_threads()}")
+    for result in results:
+        print_model(result, config)
+    print_summary(results)
+    return 0
+
+
+def measure(name: str, config, runs: int, keep: Path | None) -> dict:
+    """Certify every image of reference model ``name`` ``runs`` times; its certificates and wall times."""
+    from verifier.api import certify
+    from verifier.reference_models import load_manifest, reference_model_path
+
+    folder = reference_model_path(name)
+    manifest = load_manifest(name)
     truth = {image["id"]: ("memorized" if image["memorized"] else
                            "never trained" if image["split"] == "held_out" else "trained, not memorized")
              for image in manifest["images"]}
@@ -54,48 +74,91 @@ def main() -> int:
                                for i in manifest["images"]))
     seconds = []
     certificates = []
-    for run in range(args.runs):
+    for run in range(runs):
         out = Path(tempfile.mkdtemp(prefix="verifier-bench-"))
         started = time.perf_counter()
         certificates = certify(folder, [listing], out, config)
         seconds.append(time.perf_counter() - started)
-        if args.out is not None and run == args.runs - 1:
-            shutil.rmtree(args.out, ignore_errors=True)
-            shutil.copytree(out, args.out)
+        if keep is not None and run == runs - 1:
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(out, keep)
         shutil.rmtree(out)
+    return {"name": name, "truth": truth, "certificates": certificates, "seconds": seconds}
 
-    rows = ["memorized", "trained, not memorized", "never trained"]
-    columns = ["memorized", "rarely_reproduced", "inconclusive", "not_memorized"]
-    table = {row: {column: 0 for column in columns} for row in rows}
-    for certificate in certificates:
-        table[truth[certificate["image"]["id"]]][certificate["verdict"]] += 1
-    print(f"model: {args.model} ({len(certificates)} images), config: {args.config or 'defaults'}, runs: {args.runs}")
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, torch threads {torch.get_num_threads()}, "
-          f"device {certificates[0]['environment']['device']}")
-    print(f"\n{'ground truth':24s}" + "".join(f"{c:>19s}" for c in columns))
-    for row in rows:
-        print(f"{row:24s}" + "".join(f"{table[row][c]:>19d}" for c in columns))
 
-    scored = [c for c in certificates if truth[c["image"]["id"]] in ("memorized", "never trained")]
+def _aucs(result: dict) -> tuple[float, float] | None:
+    from sklearn.metrics import roc_auc_score
+
+    truth = result["truth"]
+    scored = [c for c in result["certificates"] if truth[c["image"]["id"]] in ("memorized", "never trained")]
     labels = [truth[c["image"]["id"]] == "memorized" for c in scored]
-    if len(set(labels)) == 2:
-        ratio_auc = roc_auc_score(labels, [1 - c["conditions"]["existence"]["value"] for c in scored])
-        rate_auc = roc_auc_score(labels, [c["conditions"]["probability"]["rate"] for c in scored])
-        print(f"\nAUC memorized vs never trained ({sum(labels)} vs {len(labels) - sum(labels)}): "
-              f"error ratio {ratio_auc:.3f}, replication rate {rate_auc:.3f}")
-    for group in rows:
+    if len(set(labels)) < 2:
+        return None
+    return (roc_auc_score(labels, [1 - c["conditions"]["existence"]["value"] for c in scored]),
+            roc_auc_score(labels, [c["conditions"]["probability"]["rate"] for c in scored]))
+
+
+def _table(result: dict) -> dict:
+    table = {row: {column: 0 for column in COLUMNS} for row in ROWS}
+    for certificate in result["certificates"]:
+        table[result["truth"][certificate["image"]["id"]]][certificate["verdict"]] += 1
+    return table
+
+
+def _control_evaluations(certificates: list[dict]) -> float:
+    """The never-seen twin control's denoiser evaluations, averaged over every image."""
+    return sum((c["budget"]["control_denoiser_evaluations"] or {}).get("total", 0) for c in certificates) / len(
+        certificates)
+
+
+def print_model(result: dict, config) -> None:
+    from verifier.api import denoiser_evaluations
+
+    certificates, truth = result["certificates"], result["truth"]
+    model = certificates[0]["model"]
+    print(f"\n== {result['name']}: {model['family']}, {model['prediction_type']}, {model['resolution']} px, "
+          f"{len(certificates)} images, device {certificates[0]['environment']['device']}")
+    table = _table(result)
+    print(f"{'ground truth':24s}" + "".join(f"{c:>19s}" for c in COLUMNS))
+    for row in ROWS:
+        print(f"{row:24s}" + "".join(f"{table[row][c]:>19d}" for c in COLUMNS))
+    aucs = _aucs(result)
+    if aucs is not None:
+        memorized = sum(truth[c["image"]["id"]] == "memorized" for c in certificates)
+        never = sum(truth[c["image"]["id"]] == "never trained" for c in certificates)
+        print(f"\nAUC memorized vs never trained ({memorized} vs {never}): error ratio {aucs[0]:.3f}, "
+              f"replication rate {aucs[1]:.3f}")
+    for group in ROWS:
         ratios = [c["conditions"]["existence"]["value"] for c in certificates if truth[c["image"]["id"]] == group]
+        ratios = [r for r in ratios if r is not None]
         if ratios:
             print(f"error ratio, {group:24s} min {min(ratios):.3f}  median {statistics.median(ratios):.3f}  "
                   f"max {max(ratios):.3f}")
     evaluations = denoiser_evaluations(config)
-    print(f"\ndenoiser evaluations per verdict: {evaluations['total']} "
+    print(f"denoiser evaluations per verdict: {evaluations['total']} "
           f"({evaluations['inversion_forward_backward']} forward+backward for inversion, "
-          f"{evaluations['error_forward']} forward for the error, {evaluations['sampling_forward']} forward for sampling)")
-    per_image = [s / len(certificates) for s in seconds]
-    spread = f" (min {min(per_image):.2f}, max {max(per_image):.2f} over {args.runs} runs)" if args.runs > 1 else ""
+          f"{evaluations['error_forward']} forward for the error, {evaluations['sampling_forward']} forward for "
+          f"sampling) + {_control_evaluations(certificates):.0f} per image on average for the control")
+    per_image = [s / len(certificates) for s in result["seconds"]]
+    spread = f" (min {min(per_image):.2f}, max {max(per_image):.2f} over {len(per_image)} runs)" \
+        if len(per_image) > 1 else ""
     print(f"wall time per image: {statistics.median(per_image):.2f} s{spread}, batch size {config.batch_size}")
-    return 0
+
+
+def print_summary(results: list[dict]) -> None:
+    """One line per model: family, the scored verdicts that agree, AUCs, cost."""
+    print(f"\n{'model':22s} {'family':7s} {'prediction':13s} {'memorized->memorized':>21s} "
+          f"{'never->not_memorized':>21s} {'AUC ratio':>10s} {'AUC rate':>9s} {'s/image':>8s}")
+    for result in results:
+        model = result["certificates"][0]["model"]
+        table = _table(result)
+        memorized, never = table["memorized"], table["never trained"]
+        aucs = _aucs(result) or (float("nan"), float("nan"))
+        per_image = statistics.median(s / len(result["certificates"]) for s in result["seconds"])
+        print(f"{result['name']:22s} {model['family']:7s} {model['prediction_type']:13s} "
+              f"{memorized['memorized']:>10d}/{sum(memorized.values()):<10d} "
+              f"{never['not_memorized']:>10d}/{sum(never.values()):<10d} {aucs[0]:>10.3f} {aucs[1]:>9.3f} "
+              f"{per_image:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from PIL import Image
 
 from verifier.api import certify
 from verifier.config import VerifierConfig
-from verifier.model import load_model
+from verifier.models import load_model
 from verifier.reference_models import load_manifest, reference_model_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

@@ -12,7 +12,7 @@ from conftest_images import textured
 from tiny_models import build_tiny_pipeline
 from verifier.config import ConfigError, VerifierConfig, build_config
 from verifier.images import ImageInputError, collect_images, prepare_image
-from verifier.model import ModelLoadError, load_model
+from verifier.models import ModelLoadError, load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -229,7 +229,7 @@ def test_foreign_single_file_checkpoint_is_named(tmp_path, tiny_model):
     import torch
 
     save_file({"some.other.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
-    with pytest.raises(ModelLoadError, match="could not load it as a Stable Diffusion checkpoint"):
+    with pytest.raises(ModelLoadError, match="could not load it as a StableDiffusionPipeline checkpoint"):
         load_model(tmp_path / "other.safetensors", device="cpu", model_config=tiny_model)
 
 

@@ -13,7 +13,7 @@ from conftest_images import write_images
 from tiny_models import build_tiny_pipeline
 from verifier.api import certify
 from verifier.config import VerifierConfig
-from verifier.diffusion import PREDICTION_TYPES, add_noise, target
+from verifier.objectives import PREDICTION_TYPES, DDPMObjective, ObjectiveError
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -43,23 +43,28 @@ def test_target_is_what_the_scheduler_inverts_back_to_the_clean_latent(predictio
         scheduler = scheduler_class(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                     prediction_type=prediction_type, clip_sample=False)
         scheduler.set_timesteps(50)
-        abar = scheduler.alphas_cumprod.float()
+        objective = DDPMObjective(scheduler, torch.device("cpu"))
         for t in (int(scheduler.timesteps[5]), int(scheduler.timesteps[-5])):
             steps = torch.full((3,), t)
-            noisy = add_noise(z0, noise, steps, abar)
+            noisy = objective.noisy(z0, noise, steps)
             torch.testing.assert_close(noisy, scheduler.add_noise(z0, noise, steps))
-            out = scheduler.step(target(prediction_type, z0, noise, steps, abar), t, noisy)
+            out = scheduler.step(objective.target(z0, noise, steps), t, noisy)
             torch.testing.assert_close(out.pred_original_sample, z0, atol=2e-4, rtol=1e-4)
     if prediction_type == "v_prediction":
         steps = torch.full((3,), 500)
-        torch.testing.assert_close(target(prediction_type, z0, noise, steps, abar),
-                                   DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                                 beta_end=0.012).get_velocity(z0, noise, steps))
+        reference = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                  prediction_type=prediction_type)
+        torch.testing.assert_close(DDPMObjective(reference, torch.device("cpu")).target(z0, noise, steps),
+                                   reference.get_velocity(z0, noise, steps))
 
 
 def test_unknown_prediction_type_is_named():
-    with pytest.raises(ValueError, match="prediction_type 'flow'"):
-        target("flow", torch.zeros(1), torch.zeros(1), torch.zeros(1, dtype=torch.long), torch.ones(1))
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler()
+    scheduler.register_to_config(prediction_type="flow")
+    with pytest.raises(ObjectiveError, match="prediction_type 'flow' is not supported"):
+        DDPMObjective(scheduler, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -174,6 +179,6 @@ def test_hidden_state_space_optimizes_the_encoder_output_directly(tmp_path, tiny
     tensors = load_file(tmp_path / "out" / certificate["witness"]["file"])
     assert certificate["config"]["inversion_space"] == "hidden_states"
     # In this space the free variables are the conditioning itself: all 77 positions of the encoder output.
-    assert tensors["variables"].shape == tensors["prompt_embeds"].shape == (1, 77, 16)
-    torch.testing.assert_close(tensors["variables"], tensors["prompt_embeds"])
+    assert tensors["variables.prompt_embeds"].shape == tensors["prompt_embeds"].shape == (1, 77, 16)
+    torch.testing.assert_close(tensors["variables.prompt_embeds"], tensors["prompt_embeds"])
     assert not torch.equal(tensors["prompt_embeds"], tensors["negative_prompt_embeds"])

@@ -1,41 +1,93 @@
-"""Seeded tiny Stable-Diffusion-architecture pipelines for plumbing tests (random weights)."""
+"""Seeded tiny pipelines of each supported family for plumbing and contract tests (random weights).
+
+As diffusers' ``get_dummy_components``, but offline: the tokenizers are written by the project.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 
+FAMILIES = ("sd", "sdxl")
 
-def build_tiny_pipeline(folder: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
-    """Save a random 16-px pipeline (VAE x2, 2-layer CLIP, 2-level UNet) as a diffusers folder."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+def _tokenizer(folder: Path, pad_token: str | None = None):
     from tokenizer_files import write_tokenizer_files
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
+
+    vocab, merges = write_tokenizer_files(["a", "photo", "of", "cat", "dog"], folder)
+    extra = {"pad_token": pad_token} if pad_token else {}
+    return CLIPTokenizer(vocab=str(vocab), merges=str(merges), model_max_length=77, **extra)
+
+
+def _clip_config(tokenizer, hidden: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, projection_dim=hidden,
+        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=16,
+                         mid_block_add_attention=False)
+
+
+def build_tiny_pipeline(folder: Path, prediction_type: str = "epsilon", seed: int = 0, family: str = "sd",
+                        upcast_attention: bool = False) -> Path:
+    """Save a random 16-px pipeline of ``family`` (VAE x2, 2-layer CLIPs, 2-level UNet) as a diffusers folder.
+
+    ``sd`` is SD 1.x-like (one CLIP, padding with EOS, DDIM) or, with ``upcast_attention`` and
+    v-prediction, SD 2.x-like (padding with "!", as SD 2's tokenizer does); ``sdxl`` has two CLIP
+    encoders (16 and 32 wide, the second with a projection, padding with "!"), a UNet with ``text_time`` added
+    conditioning and an Euler scheduler, as SDXL base.
+    """
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    vocab, merges = write_tokenizer_files(["a", "photo", "of", "cat", "dog"], folder / "tokenizer-src")
-    tokenizer = CLIPTokenizer(vocab=str(vocab), merges=str(merges), model_max_length=77)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, projection_dim=16, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=16,
-                        mid_block_add_attention=False)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-                                attention_head_dim=8, norm_num_groups=8)
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                              beta_schedule="scaled_linear", prediction_type=prediction_type, clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
-    pipeline.save_pretrained(folder, safe_serialization=True)
-    import shutil
+    schedule = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                    prediction_type=prediction_type, steps_offset=1)
+    unet_shape = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=8, norm_num_groups=8,
+                      upcast_attention=upcast_attention)
+    if family == "sd":
+        from diffusers import StableDiffusionPipeline
 
+        tokenizer = _tokenizer(folder / "tokenizer-src", pad_token="!" if upcast_attention else None)
+        text_encoder = CLIPTextModel(_clip_config(tokenizer, 16))
+        vae = _vae()
+        unet = UNet2DConditionModel(cross_attention_dim=16, **unet_shape)
+        scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **schedule)
+        pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                           scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                           requires_safety_checker=False)
+    elif family == "sdxl":
+        from diffusers import StableDiffusionXLPipeline
+
+        tokenizer = _tokenizer(folder / "tokenizer-src")
+        tokenizer_2 = _tokenizer(folder / "tokenizer-src", pad_token="!")
+        text_encoder = CLIPTextModel(_clip_config(tokenizer, 16))
+        # Two widths, as SDXL's 768 and 1280: diffusers' single-file loader tells the encoders apart by width.
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer_2, 32))
+        vae = _vae()
+        unet = UNet2DConditionModel(cross_attention_dim=16 + 32, addition_embed_type="text_time",
+                                    addition_time_embed_dim=4, projection_class_embeddings_input_dim=32 + 6 * 4,
+                                    **unet_shape)
+        scheduler = EulerDiscreteScheduler(timestep_spacing="leading", **schedule)
+        pipeline = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                             tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
+                                             scheduler=scheduler)
+    else:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    pipeline.save_pretrained(folder, safe_serialization=True)
     shutil.rmtree(folder / "tokenizer-src")
     return folder

@@ -37,21 +37,18 @@ from verifier.certificate.store import (
     png_bytes, prepare_output_folder, reusable_certificate, run_key, summary, write_witness,
 )
 from verifier.calibration import check_calibration, read_calibration, threshold_sources
-from verifier.conditions import (
-    DEFAULT_EXISTENCE_SOURCE, decide, generate_from_witness, inversion_problems, needs_control, redecide,
-)
+from verifier.conditions import DEFAULT_EXISTENCE_SOURCE, decide, inversion_problems, needs_control, redecide
 from verifier.control import TWIN, ControlRun, run_controls
 from verifier.config import VerifierConfig
-from verifier.encode import encode_images
-from verifier.error import prediction_error, timestep_grid
+from verifier.error import prediction_error
 from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect_images, prepare_image
-from verifier.invert import empty_conditioning, invert
-from verifier.model import LoadedModel, load_model
+from verifier.invert import invert
+from verifier.models import Conditioning, ModelAdapter, load_model
 from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
 from verifier.similarity import replicated
 
 
-def _environment(model: LoadedModel) -> dict:
+def _environment(model: ModelAdapter) -> dict:
     def installed(name: str) -> str | None:
         try:
             return version(name)
@@ -74,7 +71,7 @@ def _environment(model: LoadedModel) -> dict:
 
 def denoiser_evaluations(config: VerifierConfig, guidance_scales: Sequence[float] | None = None) -> dict:
     """Hardware-independent cost of one image's verdict (or of its control, which samples at one scale),
-    in denoiser (UNet) evaluations."""
+    in denoiser evaluations."""
     scales = config.guidance_scales if guidance_scales is None else guidance_scales
     sampling = sum(config.generations * config.sampling_steps * (2 if g > 1 else 1) for g in scales)
     inversion = config.inversion_steps * config.inversion_noise_draws
@@ -90,7 +87,7 @@ def _verifier_version() -> str | None:
         return None
 
 
-def certify(model: str | Path | LoadedModel, images: Sequence[str | Path], out: str | Path,
+def certify(model: str | Path | ModelAdapter, images: Sequence[str | Path], out: str | Path,
             config: VerifierConfig | None = None, *, allow_pickle: bool = False,
             model_config: str | Path | None = None, sign_key: str | Path | None = None,
             progress: Callable[[str], None] | None = None) -> list[dict]:
@@ -129,14 +126,14 @@ class Run:
 
     config: VerifierConfig
     out: Path
-    loaded: LoadedModel
+    loaded: ModelAdapter
     metric: object
     thresholds: "Thresholds"
     protected: list[ProtectedImage]
     keys: dict[str, str]
     record: "RunRecord"
     signer: object | None
-    empty: torch.Tensor
+    empty: Conditioning
     space: object
     todo: list[ProtectedImage]
 
@@ -172,7 +169,7 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
     weights_sha = (metric.weights or {}).get("sha256")
     calibration_file = read_calibration(config.calibration) if config.calibration else None
 
-    loaded = model if isinstance(model, LoadedModel) else load_model(
+    loaded = model if isinstance(model, ModelAdapter) else load_model(
         model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
     calibration = check_calibration(config.calibration, *calibration_file, loaded.fingerprint, config, weights_sha) \
         if calibration_file else None
@@ -183,53 +180,54 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
     keys = {image.id: run_key(loaded.fingerprint, config_values, image.sha256, _verifier_version(), weights_sha)
             for image in protected}
     resolution = config.resolution or loaded.resolution
-    say(f"model {loaded.source} ({loaded.kind}, {loaded.prediction_type}, {resolution}px) on {loaded.device}; "
-        f"{len(protected)} image{'s' if len(protected) != 1 else ''}")
-    pipeline = loaded.pipeline
+    say(f"model {loaded.source} ({loaded.family}, {loaded.kind}, {loaded.prediction_type}, {resolution}px) on "
+        f"{loaded.device}; {len(protected)} image{'s' if len(protected) != 1 else ''}")
+    empty = loaded.empty_conditioning()
     record = RunRecord(
         model=loaded.describe(), config=config.to_dict(), environment=_environment(loaded),
         seeds=[config.seed * 1_000_003 + index for index in range(config.generations)], calibration=calibration,
-        grid=timestep_grid(pipeline.scheduler, config.error_timesteps), resolution=resolution,
-        scheduler={"class": type(pipeline.scheduler).__name__, "config": dict(pipeline.scheduler.config)},
+        grid=loaded.objective.grid(config.error_timesteps), resolution=resolution,
+        scheduler=loaded.scheduler_record(),
         budget={"inversion_space": config.inversion_space, "inversion_tokens": config.inversion_tokens,
                 "inversion_steps": config.inversion_steps, "inversion_noise_draws": config.inversion_noise_draws,
                 "restarts": 1, "generations_per_scale": config.generations,
                 "guidance_scales": list(config.guidance_scales), "sampling_steps": config.sampling_steps,
-                "denoiser_evaluations": denoiser_evaluations(config)})
+                "denoiser_evaluations": denoiser_evaluations(config)},
+        witness_tensors=sorted(empty.tensors()),
+        generation_kwargs={key: list(value) for key, value in loaded.generation_kwargs(resolution, resolution).items()})
     return Run(config=config, out=out, loaded=loaded, metric=metric, thresholds=Thresholds.of(config, metric, calibration),
                protected=protected, keys=keys, record=record, signer=signer,
-               empty=empty_conditioning(pipeline, loaded.device).float(),
-               space=INVERSION_SPACES.get(config.inversion_space)(pipeline, loaded.device, config.inversion_tokens),
+               empty=empty,
+               space=INVERSION_SPACES.get(config.inversion_space)(loaded, config.inversion_tokens),
                todo=list(protected))
 
 
 def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
     """Steps 2-6 for one batch; each certificate is written (after its witness) before it is returned."""
-    config, pipeline, device, metric = run.config, run.loaded.pipeline, run.loaded.device, run.metric
+    config, model, metric = run.config, run.loaded, run.metric
     seeds, resolution, empty = run.record.seeds, run.record.resolution, run.empty
     clock = {"batch_size": len(batch)}
     tick = time.time()
     # 2. Encode.
     pixels = [prepare_image(image.path, resolution) for image in batch]
-    z0 = encode_images(pipeline, pixels, device)
+    z0 = model.encode_images(pixels)
     clock["encode_s"] = time.time() - tick
     # 3. Invert.
     tick = time.time()
-    inversion = invert(pipeline, run.space, z0, [image.sha256 for image in batch], steps=config.inversion_steps,
+    inversion = invert(model, run.space, z0, [image.sha256 for image in batch], steps=config.inversion_steps,
                        learning_rate=config.inversion_learning_rate, noise_draws=config.inversion_noise_draws,
                        seed=config.seed)
     clock["invert_s"] = time.time() - tick
     # 4. Measure the prediction error under the witness and under the empty prompt.
     tick = time.time()
-    inverted_error = prediction_error(pipeline, z0, inversion.conditioning, timesteps=config.error_timesteps,
+    inverted_error = prediction_error(model, z0, inversion.conditioning, timesteps=config.error_timesteps,
                                       noise_draws=config.error_noise_draws)
-    empty_error = prediction_error(pipeline, z0, empty.expand(len(batch), -1, -1),
+    empty_error = prediction_error(model, z0, empty.expand(len(batch)),
                                    timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
     clock["error_s"] = time.time() - tick
     # 5. Generate from the witness and score each generation against its image.
     tick = time.time()
-    generations = {scale: generate_from_witness(pipeline, inversion.conditioning, empty, seeds, scale,
-                                                config.sampling_steps, resolution)
+    generations = {scale: model.generate(inversion.conditioning, empty, seeds, scale, config.sampling_steps, resolution)
                    for scale in config.guidance_scales}
     scores = [{scale: metric(generations[scale][index], pixels[index]) for scale in config.guidance_scales}
               for index in range(len(batch))]
@@ -237,8 +235,8 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
     clock["generate_s"] = time.time() - tick
     # 5b. Where a witness replicates its image but the error ratio stayed high, run the control.
     tick = time.time()
-    controls = _controls(pipeline, run.space, metric, run.thresholds, batch, pixels, scores, ratios, empty, seeds,
-                         config, resolution, device)
+    controls = _controls(model, run.space, metric, run.thresholds, batch, pixels, scores, ratios, empty, seeds,
+                         config, resolution)
     clock["control_s"] = time.time() - tick
     timings = {key: (round(value / len(batch), 4) if key.endswith("_s") else value)
                for key, value in clock.items()} | {"note": "seconds: this image's share of its batch"}
@@ -261,7 +259,7 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
                            png_bytes(generations[best_scale][index][seeds.index(best_seed)]))
         metadata = {"space": config.inversion_space, "seeds": seeds, "image_sha256": image.sha256}
         witness_sha = write_witness(run.out / f"{image.id}.witness.safetensors", inversion.conditioning[index], empty,
-                                    inversion.variables[index], metadata)
+                                    {name: value[index] for name, value in inversion.variables.items()}, metadata)
         control_witness = None if control is None else {
             "file": f"{image.id}.control.safetensors",
             "sha256": write_witness(run.out / f"{image.id}.control.safetensors", control.witness, empty,
@@ -313,8 +311,8 @@ class Thresholds:
         return cls(similarity, config.existence_max_error_ratio, source, DEFAULT_EXISTENCE_SOURCE)
 
 
-def _controls(pipeline, space, metric, thresholds: Thresholds, batch, pixels, scores, ratios, empty, seeds, config,
-              resolution, device) -> dict[int, "ControlRun"]:
+def _controls(model: ModelAdapter, space, metric, thresholds: Thresholds, batch, pixels, scores, ratios,
+              empty: Conditioning, seeds, config, resolution) -> dict[int, "ControlRun"]:
     """The never-seen twin control for the images of a batch where it can change the verdict."""
     wanted = []
     for index in range(len(batch)):
@@ -325,8 +323,8 @@ def _controls(pipeline, space, metric, thresholds: Thresholds, batch, pixels, sc
             wanted.append((index, best))
     if not wanted:
         return {}
-    runs = run_controls(pipeline, space, metric, [(pixels[i], batch[i].sha256, scale) for i, scale in wanted],
-                        empty=empty, seeds=seeds, config=config, resolution=resolution, device=device)
+    runs = run_controls(model, space, metric, [(pixels[i], batch[i].sha256, scale) for i, scale in wanted],
+                        empty=empty, seeds=seeds, config=config, resolution=resolution)
     return {index: run for (index, _), run in zip(wanted, runs)}
 
 
@@ -343,6 +341,8 @@ class RunRecord:
     scheduler: dict
     budget: dict
     calibration: dict | None
+    witness_tensors: list[str]  # the stock pipeline keywords a witness file holds
+    generation_kwargs: dict  # the family's further pipeline keywords (SDXL's sizes)
 
 
 def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: str, best_scale: float,
@@ -367,8 +367,10 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
             "inversion_loss_first_last": error["loss_first_last"],
         },
         "witness": {
-            "file": f"{image.id}.witness.safetensors", "sha256": witness_sha, "tensor": "prompt_embeds",
-            "negative_tensor": "negative_prompt_embeds (the empty prompt)",
+            "file": f"{image.id}.witness.safetensors", "sha256": witness_sha, "tensors": run.witness_tensors,
+            "negative_tensors": [f"negative_{name}" for name in run.witness_tensors],
+            "negative": "the empty prompt's conditioning",
+            "pipeline_kwargs": run.generation_kwargs,
             "seeds": run.seeds, "generator": "torch.Generator('cpu').manual_seed(seed), one per image",
             "guidance_scales": run.config["guidance_scales"], "num_inference_steps": run.config["sampling_steps"],
             "height": run.resolution, "width": run.resolution, "scheduler": run.scheduler,

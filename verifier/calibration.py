@@ -102,7 +102,7 @@ def calibrate(model, non_members: Sequence[str | Path], out: str | Path, config,
     from verifier.api import certify
     from verifier.certificate.store import atomic_write_json, prepare_output_folder
     from verifier.images import collect_images
-    from verifier.model import LoadedModel, load_model
+    from verifier.models import ModelAdapter, load_model
 
     if not (0 < rate < 1) or not math.isfinite(rate):
         raise CalibrationError(f"--false-alarm-rate {rate!r} is not allowed: expected a number in (0, 1)")
@@ -112,7 +112,7 @@ def calibrate(model, non_members: Sequence[str | Path], out: str | Path, config,
     _check_enough(len(collect_images(list(non_members), exclude=work)), rate, config.confidence)
     _check_writable(out)
     prepare_output_folder(work)
-    loaded = model if isinstance(model, LoadedModel) else load_model(
+    loaded = model if isinstance(model, ModelAdapter) else load_model(
         model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
     certificates = certify(loaded, non_members, work, config, progress=progress)
     n = len(certificates)

@@ -49,26 +49,6 @@ def clopper_pearson(successes: int, trials: int, confidence: float) -> tuple[flo
     return lower, upper
 
 
-@torch.no_grad()
-def generate_from_witness(pipeline, conditioning: torch.Tensor, empty: torch.Tensor, seeds: list[int],
-                          guidance_scale: float, steps: int, resolution: int) -> np.ndarray:
-    """Stock ``StableDiffusionPipeline`` generations, one per seed per image; float (B, N, H, W, 3) in [0, 1].
-
-    Exactly what a third party runs to regenerate the replication:
-    ``pipe(prompt_embeds=w, negative_prompt_embeds=empty, generator=torch.Generator('cpu').manual_seed(s), ...)``.
-    """
-    batch = conditioning.shape[0]
-    generators = [torch.Generator("cpu").manual_seed(seed) for _ in range(batch) for seed in seeds]
-    dtype = pipeline.unet.dtype
-    output = pipeline(
-        prompt_embeds=conditioning.to(dtype), negative_prompt_embeds=empty.expand(batch, -1, -1).to(dtype),
-        num_images_per_prompt=len(seeds), generator=generators, guidance_scale=guidance_scale,
-        num_inference_steps=steps, height=resolution, width=resolution, output_type="np",
-    )
-    images = np.asarray(output.images, dtype=np.float32)
-    return images.reshape(batch, len(seeds), *images.shape[1:])
-
-
 @dataclass
 class Decision:
     verdict: str

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from verifier.models.base import Conditioning, ModelAdapter
+
 TWIN = "the image turned upside down (a never-seen twin), inverted with the same budget"
 
 
@@ -40,15 +42,13 @@ class ControlRun:
     guidance_scale: float
     scores: np.ndarray  # similarity of each seed's generation to the twin
     error_ratio: float
-    witness: torch.Tensor  # the twin's inverted conditioning (1, L, d)
-    variables: torch.Tensor
+    witness: Conditioning  # the twin's inverted conditioning (batch 1)
+    variables: dict[str, torch.Tensor]
 
 
-def run_controls(pipeline, space, metric, requests: list[tuple[np.ndarray, str, float]], *, empty: torch.Tensor,
-                 seeds: list[int], config, resolution: int, device) -> list[ControlRun]:
+def run_controls(model: ModelAdapter, space, metric, requests: list[tuple[np.ndarray, str, float]], *,
+                 empty: Conditioning, seeds: list[int], config, resolution: int) -> list[ControlRun]:
     """Run the control for each (pixels, image sha256, guidance scale) request, batched like certification."""
-    from verifier.conditions import generate_from_witness
-    from verifier.encode import encode_images
     from verifier.error import prediction_error
     from verifier.invert import invert
 
@@ -56,19 +56,20 @@ def run_controls(pipeline, space, metric, requests: list[tuple[np.ndarray, str, 
     for first in range(0, len(requests), config.batch_size):
         batch = requests[first : first + config.batch_size]
         twins = [never_seen_twin(pixels) for pixels, _, _ in batch]
-        z0 = encode_images(pipeline, twins, device)
-        inversion = invert(pipeline, space, z0, [f"{sha}:control" for _, sha, _ in batch],
+        z0 = model.encode_images(twins)
+        inversion = invert(model, space, z0, [f"{sha}:control" for _, sha, _ in batch],
                            steps=config.inversion_steps, learning_rate=config.inversion_learning_rate,
                            noise_draws=config.inversion_noise_draws, seed=config.seed)
-        inverted = prediction_error(pipeline, z0, inversion.conditioning, timesteps=config.error_timesteps,
+        inverted = prediction_error(model, z0, inversion.conditioning, timesteps=config.error_timesteps,
                                     noise_draws=config.error_noise_draws)
-        unconditional = prediction_error(pipeline, z0, empty.expand(len(batch), -1, -1),
+        unconditional = prediction_error(model, z0, empty.expand(len(batch)),
                                          timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
         for index, (_, _, scale) in enumerate(batch):
-            generations = generate_from_witness(pipeline, inversion.conditioning[index : index + 1], empty, seeds,
-                                                scale, config.sampling_steps, resolution)[0]
+            generations = model.generate(inversion.conditioning[index], empty, seeds, scale, config.sampling_steps,
+                                         resolution)[0]
             results.append(ControlRun(
                 guidance_scale=scale, scores=metric(generations, twins[index]),
                 error_ratio=float(inverted[index].mean() / unconditional[index].mean()),
-                witness=inversion.conditioning[index], variables=inversion.variables[index]))
+                witness=inversion.conditioning[index],
+                variables={name: value[index] for name, value in inversion.variables.items()}))
     return results

@@ -1,4 +1,4 @@
-"""Registries of the pluggable parts: similarity metrics and inversion spaces.
+"""Registries of the pluggable parts: similarity metrics, inversion spaces and model families.
 
 A registry maps a name (used in configs and on the command line) to a factory. Built-in entries
 are registered where they are defined; a plug-in registers its own with ``REGISTRY.register``.
@@ -47,6 +47,13 @@ SIMILARITY_METRICS = Registry("similarity metric", {
 })
 
 INVERSION_SPACES = Registry("inversion space", {
-    "token_embeddings": "verifier.invert:TokenEmbeddingSpace",
-    "hidden_states": "verifier.invert:HiddenStateSpace",
+    "token_embeddings": "verifier.spaces:TokenEmbeddingSpace",
+    "hidden_states": "verifier.spaces:HiddenStateSpace",
+})
+
+# A family's adapter class names the diffusers pipeline class it loads (``pipeline_class``);
+# ``verifier.models.loading.detect_family`` matches model_index.json's ``_class_name`` against them.
+MODEL_FAMILIES = Registry("model family", {
+    "sd": "verifier.models.sd:StableDiffusionAdapter",
+    "sdxl": "verifier.models.sdxl:StableDiffusionXLAdapter",
 })

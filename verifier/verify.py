@@ -127,7 +127,7 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
         image_path = _check_image(result, certificate, by_hash, bool(images))
         source = str(model) if model is not None else certificate["model"]["source"]
         if source not in loaded_models:
-            from verifier.model import load_model
+            from verifier.models import load_model
 
             say(f"loading {source}")
             loaded_models[source] = load_model(source, device=device, allow_pickle=allow_pickle,
@@ -189,7 +189,6 @@ def _check_witness(result: VerifyResult, certificate: dict, folder: Path, loaded
     from safetensors import safe_open
 
     from verifier.images import file_sha256
-    from verifier.invert import empty_conditioning
 
     image_id, record = certificate["image"]["id"], certificate["witness"]
     path = folder / record["file"]
@@ -210,12 +209,23 @@ def _check_witness(result: VerifyResult, certificate: dict, folder: Path, loaded
                "the witness names this image's sha256 and the certificate's seeds" if recorded_image ==
                certificate["image"]["sha256"] and recorded_seeds == record["seeds"] else
                "the witness file belongs to another image or run")
-    empty = empty_conditioning(loaded.pipeline, loaded.device).float().cpu()
-    negative = tensors["negative_prompt_embeds"]
-    close = negative.shape == empty.shape and float((negative - empty).abs().max()) <= TOLERANCES["negative_abs"]
+    missing = [name for name in record["tensors"] + record["negative_tensors"] if name not in tensors]
+    if not result.add(image_id, "witness tensors", not missing,
+                      f"the file lacks {', '.join(missing)}" if missing else
+                      f"the file holds {', '.join(record['tensors'] + record['negative_tensors'])}"):
+        return None
+    empty = loaded.empty_conditioning().to("cpu").tensors()
+    _, negative = _conditionings(tensors, record)
+    close = set(negative.tensors()) == set(empty) and all(
+        tensor.shape == empty[name].shape and float((tensor - empty[name]).abs().max()) <= TOLERANCES["negative_abs"]
+        for name, tensor in negative.tensors().items())
     result.add(image_id, "witness negative", close,
                "the negative is the model's encoded empty prompt" if close else
                "the negative is not this model's encoded empty prompt")
+    wanted_kwargs = {key: list(value) for key, value in loaded.generation_kwargs(record["height"],
+                                                                                  record["width"]).items()}
+    result.add(image_id, "pipeline keywords", record["pipeline_kwargs"] == wanted_kwargs,
+               f"recorded {record['pipeline_kwargs']} vs this model's {wanted_kwargs}")
     control = certificate["control_witness"]
     if control is not None:
         control_path = folder / control["file"]
@@ -223,6 +233,16 @@ def _check_witness(result: VerifyResult, certificate: dict, folder: Path, loaded
         result.add(image_id, "control witness", control_sha == control["sha256"],
                    f"sha256 {control_sha[:12]} vs recorded {control['sha256'][:12]}")
     return {name: tensor.to(torch.float32) for name, tensor in tensors.items()}
+
+
+def _conditionings(tensors: dict, record: dict):
+    """(witness, negative) conditionings from a witness file's tensors, as the certificate names them."""
+    from verifier.models import Conditioning
+
+    witness = Conditioning.from_tensors({name: tensors[name] for name in record["tensors"]})
+    negative = Conditioning.from_tensors({name.removeprefix("negative_"): tensors[name]
+                                          for name in record["negative_tensors"]})
+    return witness, negative
 
 
 def _close(a: float | None, b: float | None, tolerance: float) -> bool:
@@ -377,12 +397,11 @@ def _regenerate(result: VerifyResult, image_id: str, name: str, loaded, metric, 
     """Regenerate ``wanted`` seeds from ``witness`` with the stock pipeline, compare their scores; return the images."""
     import numpy as np
 
-    from verifier.conditions import generate_from_witness
     from verifier.similarity import replicated
 
-    images = generate_from_witness(loaded.pipeline, witness["prompt_embeds"].to(loaded.device),
-                                   witness["negative_prompt_embeds"].to(loaded.device), wanted, scale,
-                                   record["num_inference_steps"], record["height"])[0]
+    condition, negative = _conditionings(witness, record)
+    images = loaded.generate(condition.to(loaded.device), negative.to(loaded.device), wanted, scale,
+                             record["num_inference_steps"], record["height"])[0]
     scores = metric(images, target)
     differences, largest = [], 0.0
     for seed, score in zip(wanted, scores):
@@ -418,20 +437,19 @@ def _config_for_metric(config: dict):
 
 
 def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict, image_path: Path) -> None:
-    from verifier.encode import encode_images
-    from verifier.error import prediction_error, timestep_grid
+    from verifier.error import prediction_error
     from verifier.images import prepare_image
 
     image_id = certificate["image"]["id"]
     record = certificate["prediction_error"]
-    if timestep_grid(loaded.pipeline.scheduler, len(record["timesteps"])) != record["timesteps"]:
+    if loaded.objective.grid(len(record["timesteps"])) != record["timesteps"]:
         result.add(image_id, "prediction error", False, "the recorded timestep grid is not this model's fixed grid")
         return
-    z0 = encode_images(loaded.pipeline, [prepare_image(image_path, certificate["witness"]["height"])], loaded.device)
+    z0 = loaded.encode_images([prepare_image(image_path, certificate["witness"]["height"])])
     measured = {}
-    for name, tensor in (("inverted", witness["prompt_embeds"]), ("empty", witness["negative_prompt_embeds"])):
+    for name, conditioning in zip(("inverted", "empty"), _conditionings(witness, certificate["witness"])):
         measured[name] = [float(v) for v in prediction_error(
-            loaded.pipeline, z0, tensor.to(loaded.device), timesteps=len(record["timesteps"]),
+            loaded, z0, conditioning.to(loaded.device), timesteps=len(record["timesteps"]),
             noise_draws=record["noise_draws"])[0]]
     differences, largest = [], 0.0
     for name in ("inverted", "empty"):

@@ -15,6 +15,9 @@ Version history:
 - 2: declared schema; per-generation similarity scores per guidance scale; verifier version, the
   schema version and the sha256 of similarity weights in the resume key; ``null`` for non-finite
   measurements; the never-seen twin control and the calibration a verdict used.
+- 3: model families (issue 7): the model's family, pipeline class, denoiser parameter count and
+  conditioning recipe; the witness names every tensor it holds (SDXL adds pooled embeddings) and
+  the pipeline's further keywords; witness variables are stored per name (``variables.<name>``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
@@ -71,9 +74,13 @@ class ModelRecord(_Strict):
     source: str
     kind: str
     fingerprint: str = PrefixedSha256
+    family: str = Field(description="The model family whose adapter measured it (verifier.registry.MODEL_FAMILIES)")
+    pipeline: str = Field(description="The diffusers pipeline class that regenerates a witness")
     resolution: int
     prediction_type: str
-    unet_parameters: int
+    denoiser_parameters: int
+    conditioning: dict[str, Any] = Field(
+        description="How the family builds its conditioning: encoders, features, micro-conditioning, empty prompt")
 
 
 class SimilarityWeights(_Strict):
@@ -166,8 +173,10 @@ class WitnessFile(_Strict):
 class WitnessRecord(_Strict):
     file: str
     sha256: str = Sha256
-    tensor: str
-    negative_tensor: str
+    tensors: list[str] = Field(description="Stock pipeline keywords stored in the witness file (prompt_embeds, ...)")
+    negative_tensors: list[str] = Field(description="The negative's keywords in the file (negative_prompt_embeds, ...)")
+    negative: str
+    pipeline_kwargs: dict[str, Any] = Field(description="Further keywords the family's pipeline gets (SDXL's sizes)")
     seeds: list[int]
     generator: str
     guidance_scales: list[float]

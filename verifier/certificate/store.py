@@ -83,17 +83,21 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_witness(path: Path, conditioning, empty, variables, metadata: dict) -> str:
-    """Save the witness as safetensors; return its sha256."""
+def write_witness(path: Path, conditioning, empty, variables: dict, metadata: dict) -> str:
+    """Save one image's witness (a ``Conditioning`` of batch 1), the negative it was generated with and the
+    inversion's variables as safetensors, keyed by the stock pipeline's keywords; return the file's sha256."""
     from safetensors.torch import save
 
     # clone(): in the hidden_states space the variables *are* the conditioning, and safetensors
     # refuses tensors that share memory.
-    data = save({
-        "prompt_embeds": conditioning.detach().float().cpu().clone()[None],
-        "negative_prompt_embeds": empty.detach().float().cpu().clone(),
-        "variables": variables.detach().float().cpu().clone()[None],
-    }, metadata={key: json.dumps(value) for key, value in metadata.items()})
+    def stored(tensor):
+        return tensor.detach().float().cpu().clone()
+
+    data = save(
+        {name: stored(tensor) for name, tensor in conditioning.tensors().items()}
+        | {f"negative_{name}": stored(tensor) for name, tensor in empty.tensors().items()}
+        | {f"variables.{name}": stored(tensor)[None] for name, tensor in variables.items()},
+        metadata={key: json.dumps(value) for key, value in metadata.items()})
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 

@@ -42,7 +42,7 @@ def run_guarded(action):
     from verifier.certificate.store import OutputFolderError
     from verifier.config import ConfigError
     from verifier.images import ImageInputError
-    from verifier.model import ModelLoadError
+    from verifier.models import ModelLoadError
     from verifier.similarity import SimilarityError
 
     try:

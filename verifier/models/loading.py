@@ -1,16 +1,21 @@
-"""Load the model under test, offline first, and fingerprint its weights.
+"""Load the model under test, offline first, detect its family and fingerprint its weights.
 
 MODEL may be:
 
-- a local diffusers folder (``model_index.json`` + ``vae/``, ``text_encoder/``, ``tokenizer/``,
-  ``unet/``, ``scheduler/``), loaded with ``local_files_only=True``;
-- a single ``.safetensors`` checkpoint (original Stable Diffusion layout) with ``model_config``, a
-  local diffusers folder of the same architecture that supplies configs and tokenizer;
+- a local diffusers folder (``model_index.json`` and the component folders its pipeline needs),
+  loaded with ``local_files_only=True``;
+- a single ``.safetensors`` checkpoint (original Stable Diffusion / SDXL layout) with
+  ``model_config``, a local diffusers folder of the same architecture that supplies configs and
+  tokenizers;
 - a hub id (``owner/name``), handed to diffusers: it works when the files are in the local
   Hugging Face cache or the hub is reachable; with ``HF_HUB_OFFLINE=1`` only the cache is used.
 
 Pickle checkpoints (``.ckpt``, ``.bin``, ``.pt``, ``.pth``) can run arbitrary code when loaded and
 are refused unless ``allow_pickle`` is set.
+
+The family is the pipeline class ``model_index.json`` names (the config folder's, for a single
+file); each family's adapter (``verifier.models.sd``, ``verifier.models.sdxl``) is registered in
+``verifier.registry.MODEL_FAMILIES``. An unknown pipeline class is refused, naming what is supported.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from verifier.models.base import ModelAdapter
+from verifier.objectives import ObjectiveError
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -40,36 +47,6 @@ def _dtype_argument(torch_dtype: torch.dtype) -> dict:
 
 class ModelLoadError(RuntimeError):
     """MODEL could not be loaded; the message says what was tried and what is missing."""
-
-
-@dataclass
-class LoadedModel:
-    """The pipeline under test and what a certificate records about it."""
-
-    pipeline: object
-    source: str
-    kind: str
-    fingerprint: str
-    device: torch.device
-    dtype: torch.dtype
-
-    @property
-    def resolution(self) -> int:
-        return int(self.pipeline.unet.config.sample_size) * int(self.pipeline.vae_scale_factor)
-
-    @property
-    def prediction_type(self) -> str:
-        return self.pipeline.scheduler.config.prediction_type
-
-    def describe(self) -> dict:
-        return {
-            "source": self.source,
-            "kind": self.kind,
-            "fingerprint": self.fingerprint,
-            "resolution": self.resolution,
-            "prediction_type": self.prediction_type,
-            "unet_parameters": sum(p.numel() for p in self.pipeline.unet.parameters()),
-        }
 
 
 def resolve_device(name: str) -> torch.device:
@@ -129,17 +106,29 @@ def _component_files(folder: Path) -> list[Path]:
     return files
 
 
-REQUIRED_COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+def detect_family(folder: Path, role: str = "MODEL") -> type:
+    """The adapter class of the family whose pipeline ``model_index.json`` names; unknown ones are refused."""
+    from verifier.registry import MODEL_FAMILIES
+
+    class_name = _model_index(folder).get("_class_name")
+    adapters = [MODEL_FAMILIES.get(name) for name in MODEL_FAMILIES.names()]
+    for adapter in adapters:
+        if adapter.pipeline_class == class_name:
+            return adapter
+    supported = ", ".join(f"{adapter.pipeline_class} ({adapter.family})" for adapter in adapters)
+    raise ModelLoadError(f"{role} {str(folder)!r}: model_index.json names the pipeline {class_name!r}, which verifier "
+                         f"does not support; supported: {supported}")
 
 
-def _check_components(folder: Path) -> None:
+def _check_components(folder: Path, adapter: type) -> None:
     """Name a missing component folder before diffusers reports it as a missing config.json."""
+    required = adapter.required_components
     declared = _components(_model_index(folder))
-    missing = [name for name in REQUIRED_COMPONENTS if name not in declared]
+    missing = [name for name in required if name not in declared]
     if missing:
-        raise ModelLoadError(f"MODEL {str(folder)!r}: model_index.json declares no {', '.join(missing)}; a Stable "
-                             f"Diffusion folder needs {', '.join(REQUIRED_COMPONENTS)}")
-    absent = [name for name in REQUIRED_COMPONENTS if not (folder / name).is_dir()]
+        raise ModelLoadError(f"MODEL {str(folder)!r}: model_index.json declares no {', '.join(missing)}; a "
+                             f"{adapter.pipeline_class} folder needs {', '.join(required)}")
+    absent = [name for name in required if not (folder / name).is_dir()]
     if absent:
         raise ModelLoadError(f"MODEL {str(folder)!r} lacks the component folder{'s' if len(absent) > 1 else ''} "
                              f"{', '.join(n + '/' for n in absent)} that model_index.json declares")
@@ -162,22 +151,22 @@ def _looks_local(text: str) -> bool:
     return text.startswith((".", "/", "~")) or Path(text).parent.is_dir()
 
 
-def _load_failure(error: Exception) -> str:
+def _load_failure(error: Exception, mismatch: str = "the folder mixes files of two models") -> str:
     """diffusers' and transformers' message, without hints that do not apply to verifier's users."""
     message = str(error)
     if "size mismatch" in message or "ignore_mismatched_sizes" in message:
-        first = next((line.strip() for line in message.splitlines() if "size mismatch" in line), message.splitlines()[0])
-        return (f"a component's weights do not fit its config.json ({first}); the folder mixes files of two "
-                "models")
+        first = next((line.strip() for line in message.splitlines() if "size mismatch" in line or "shape" in line),
+                     message.splitlines()[0])
+        return f"a component's weights do not fit its config.json ({first}); {mismatch}"
     return f"{type(error).__name__}: {message}"
 
 
 def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", allow_pickle: bool = False,
-               model_config: str | Path | None = None) -> LoadedModel:
-    """Load a Stable Diffusion 1.x/2.x pipeline for certification (frozen, eval mode, no progress bars)."""
+               model_config: str | Path | None = None) -> ModelAdapter:
+    """Load a supported pipeline for certification (frozen, eval mode, no progress bars) behind its adapter."""
+    import diffusers
     import diffusers.utils.logging
     import transformers.utils.logging
-    from diffusers import StableDiffusionPipeline
 
     # Loading bars would drown verifier's own progress lines on stderr.
     diffusers.utils.logging.disable_progress_bar()
@@ -191,15 +180,16 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", 
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(
-                f"MODEL {str(model)!r} is a folder without model_index.json: expected a diffusers Stable Diffusion folder "
-                "(model_index.json, vae/, text_encoder/, tokenizer/, unet/, scheduler/)"
+                f"MODEL {str(model)!r} is a folder without model_index.json: expected a diffusers pipeline folder "
+                "(model_index.json, vae/, text_encoder/, tokenizer/, unet/, scheduler/, ...)"
             )
-        _check_components(path)
+        adapter = detect_family(path)
+        _check_components(path, adapter)
         _check_pickle_free(path, allow_pickle)
         try:
-            pipeline = StableDiffusionPipeline.from_pretrained(
-                path, local_files_only=True, **_dtype_argument(torch_dtype), use_safetensors=None if allow_pickle else True,
-                safety_checker=None, requires_safety_checker=False,
+            pipeline = getattr(diffusers, adapter.pipeline_class).from_pretrained(
+                path, local_files_only=True, **_dtype_argument(torch_dtype),
+                use_safetensors=None if allow_pickle else True, **adapter.load_kwargs,
             )
         except (OSError, ValueError, EnvironmentError, RuntimeError, TypeError) as error:
             raise ModelLoadError(f"MODEL {str(model)!r}: diffusers could not load the folder: {_load_failure(error)}"
@@ -217,36 +207,26 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", 
                 f"MODEL {str(model)!r} is a file of unknown kind {suffix!r}: expected a diffusers folder, a .safetensors "
                 "checkpoint (with --model-config), or a hub id"
             )
-        if model_config is None or not Path(model_config).is_dir():
+        if model_config is None or not (Path(model_config) / "model_index.json").is_file():
             raise ModelLoadError(
                 f"MODEL {str(model)!r} is a single-file checkpoint: pass --model-config DIR, a local diffusers folder "
-                f"of the same architecture (configs + tokenizer); got {model_config!r}"
+                f"of the same architecture (model_index.json, configs + tokenizers); got {model_config!r}"
             )
+        adapter = detect_family(Path(model_config), role="--model-config")
         try:
-            pipeline = StableDiffusionPipeline.from_single_file(
+            pipeline = getattr(diffusers, adapter.pipeline_class).from_single_file(
                 str(path), config=str(model_config), local_files_only=True, **_dtype_argument(torch_dtype),
-                safety_checker=None, requires_safety_checker=False,
+                **adapter.load_kwargs,
             )
         except Exception as error:  # diffusers raises its own error kinds for foreign or partial checkpoints
             raise ModelLoadError(
-                f"MODEL {str(model)!r}: diffusers could not load it as a Stable Diffusion checkpoint with configs from "
-                f"--model-config {str(model_config)!r}: {type(error).__name__}: {error}") from None
+                f"MODEL {str(model)!r}: diffusers could not load it as a {adapter.pipeline_class} checkpoint with "
+                f"configs from --model-config {str(model_config)!r}: "
+                f"{_load_failure(error, 'the checkpoint is of another architecture than the config folder')}") from None
+        _check_fully_loaded(pipeline, f"MODEL {str(model)!r} with --model-config {str(model_config)!r}")
         kind, fingerprint = "single-file", fingerprint_files([path], path.parent)
     elif HUB_ID.match(str(model)) and not _looks_local(str(model)):
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-        try:
-            pipeline = StableDiffusionPipeline.from_pretrained(
-                str(model), **_dtype_argument(torch_dtype), local_files_only=offline, use_safetensors=None if allow_pickle else True,
-                safety_checker=None, requires_safety_checker=False,
-            )
-        except Exception as error:  # diffusers raises many kinds here (OSError, HTTP, connection)
-            where = "offline (HF_HUB_OFFLINE=1): it is not in the local Hugging Face cache" if offline else \
-                "the hub could not be reached or has no such model, and it is not in the local cache"
-            raise ModelLoadError(f"MODEL {str(model)!r} is not a local path; as a hub id it failed {where}. "
-                                 f"Pass a local diffusers folder instead. ({type(error).__name__}: {error})") from None
-        from huggingface_hub import snapshot_download
-
-        snapshot = Path(snapshot_download(str(model), local_files_only=True))
+        adapter, pipeline, snapshot = _load_from_hub(str(model), torch_dtype, allow_pickle)
         kind, fingerprint = "hub", fingerprint_files(_component_files(snapshot), snapshot)
     else:
         raise ModelLoadError(
@@ -255,12 +235,45 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", 
         )
     pipeline.to(target_device)
     pipeline.set_progress_bar_config(disable=True)
-    for component in (pipeline.unet, pipeline.vae, pipeline.text_encoder):
-        component.eval().requires_grad_(False)
-    prediction_type = pipeline.scheduler.config.prediction_type
-    from verifier.diffusion import PREDICTION_TYPES
+    for component in pipeline.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval().requires_grad_(False)
+    try:
+        return adapter(pipeline, source=str(model), kind=kind, fingerprint=fingerprint, device=target_device,
+                       dtype=torch_dtype)
+    except ObjectiveError as error:
+        raise ModelLoadError(f"MODEL {str(model)!r}: {error}") from None
 
-    if prediction_type not in PREDICTION_TYPES:
-        raise ModelLoadError(f"MODEL {str(model)!r}: scheduler prediction_type {prediction_type!r} is not supported "
-                             f"(expected one of {', '.join(PREDICTION_TYPES)})")
-    return LoadedModel(pipeline, str(model), kind, fingerprint, target_device, torch_dtype)
+
+def _check_fully_loaded(pipeline, what: str) -> None:
+    """diffusers' single-file loader leaves parameters the file lacks on the meta device without a word."""
+    for name, component in pipeline.components.items():
+        if isinstance(component, torch.nn.Module):
+            empty = [key for key, value in component.state_dict().items() if value.device.type == "meta"]
+            if empty:
+                raise ModelLoadError(
+                    f"{what}: the checkpoint lacks {len(empty)} of {name}'s tensors (e.g. {empty[0]}); it is "
+                    "incomplete, or of another architecture than the config folder")
+
+
+def _load_from_hub(model: str, torch_dtype: torch.dtype, allow_pickle: bool):
+    """(adapter class, pipeline, snapshot folder) of a hub id, from the local cache or the hub."""
+    import diffusers
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    try:
+        snapshot = Path(snapshot_download(model, allow_patterns=["model_index.json"], local_files_only=offline))
+        adapter = detect_family(snapshot)
+        pipeline = getattr(diffusers, adapter.pipeline_class).from_pretrained(
+            model, **_dtype_argument(torch_dtype), local_files_only=offline,
+            use_safetensors=None if allow_pickle else True, **adapter.load_kwargs,
+        )
+    except ModelLoadError:
+        raise
+    except Exception as error:  # diffusers and the hub client raise many kinds here (OSError, HTTP, connection)
+        where = "offline (HF_HUB_OFFLINE=1): it is not in the local Hugging Face cache" if offline else \
+            "the hub could not be reached or has no such model, and it is not in the local cache"
+        raise ModelLoadError(f"MODEL {model!r} is not a local path; as a hub id it failed {where}. "
+                             f"Pass a local diffusers folder instead. ({type(error).__name__}: {error})") from None
+    return adapter, pipeline, Path(snapshot_download(model, local_files_only=True))

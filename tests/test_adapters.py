@@ -1,0 +1,202 @@
+"""One adapter contract, parametrized over the model families, on tiny random components.
+
+As diffusers tests its pipelines: every family must build its conditioning exactly as its stock
+pipeline does, noise and target as its training scheduler does, give per-image results that do
+not depend on batch companions, and leave witnesses that the stock pipeline regenerates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest_images import write_images
+from tiny_models import build_tiny_pipeline
+from verifier.api import certify
+from verifier.config import VerifierConfig
+from verifier.models import Conditioning, ModelLoadError, load_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+FAST = VerifierConfig(inversion_steps=3, inversion_noise_draws=2, error_timesteps=3, error_noise_draws=2,
+                      generations=2, guidance_scales=(1.0, 2.0), sampling_steps=3, device="cpu")
+
+# name -> (family, prediction type, upcast attention): SD 1.x-like, SD 2.x-v-like, SDXL-like.
+VARIANTS = {
+    "sd-epsilon": ("sd", "epsilon", False),
+    "sd2-v": ("sd", "v_prediction", True),
+    "sdxl": ("sdxl", "epsilon", False),
+}
+PIPELINES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def variant(request, tmp_path_factory):
+    family, prediction_type, upcast = VARIANTS[request.param]
+    folder = build_tiny_pipeline(tmp_path_factory.mktemp(request.param) / "model", prediction_type=prediction_type,
+                                 family=family, upcast_attention=upcast)
+    return request.param, folder, load_model(folder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("images"), count=2)
+
+
+def _stock(folder, family: str):
+    import diffusers
+
+    pipeline = getattr(diffusers, PIPELINES[family]).from_pretrained(folder, local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _stock_encoding(pipeline, family: str, prompt: str) -> Conditioning:
+    """The conditioning the stock pipeline's own ``encode_prompt`` builds for ``prompt``."""
+    if family == "sd":
+        embeds, _ = pipeline.encode_prompt(prompt, "cpu", 1, False)
+        return Conditioning(prompt_embeds=embeds)
+    embeds, _, pooled, _ = pipeline.encode_prompt(prompt, device="cpu", num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+    return Conditioning(prompt_embeds=embeds, pooled_prompt_embeds=pooled)
+
+
+def _assert_same(mine: Conditioning, theirs: Conditioning) -> None:
+    assert set(mine.tensors()) == set(theirs.tensors())
+    for name, tensor in theirs.tensors().items():
+        torch.testing.assert_close(mine.tensors()[name].float(), tensor.float(), rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_family_and_native_resolution_come_from_the_model(variant):
+    name, _, adapter = variant
+    family, prediction_type, upcast = VARIANTS[name]
+    record = adapter.describe()
+    assert (record["family"], record["pipeline"]) == (family, PIPELINES[family])
+    assert record["prediction_type"] == prediction_type and adapter.resolution == 16
+    assert record["conditioning"]["upcast_attention"] is upcast
+    # The UNet's attention layers really compute their scores in float32 where the config asks.
+    attention = [m for m in adapter.denoiser().modules() if type(m).__name__ == "Attention"]
+    assert attention and all(m.upcast_attention is upcast for m in attention if m.is_cross_attention)
+
+
+def test_empty_conditioning_is_what_the_stock_pipeline_encodes(variant):
+    name, folder, adapter = variant
+    family = VARIANTS[name][0]
+    _assert_same(adapter.empty_conditioning(), _stock_encoding(_stock(folder, family), family, ""))
+
+
+def test_soft_tokens_holding_word_embeddings_reproduce_the_prompt(variant):
+    """Round trip: soft tokens set to the words' own embeddings give the stock encoding of those words
+    (per-token features and, for SDXL, the pooled embedding read at the EOS after them)."""
+    name, folder, adapter = variant
+    family = VARIANTS[name][0]
+    soft = {}
+    for key, (tokenizer, table) in adapter.text_inputs().items():
+        ids = tokenizer(["cat dog"], return_tensors="pt").input_ids  # BOS cat dog EOS
+        assert ids.shape[1] == 4
+        soft[key] = table(ids)[:, 1:3].detach()
+    _assert_same(adapter.encode_text(soft), _stock_encoding(_stock(folder, family), family, "cat dog"))
+
+
+def test_objective_matches_the_training_scheduler(variant):
+    """Noising and target against diffusers' DDPMScheduler built from the model's scheduler config, as the
+    training scripts build it."""
+    from diffusers import DDPMScheduler
+
+    _, folder, adapter = variant
+    training = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    generator = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(3, 4, 8, 8, generator=generator), torch.randn(3, 4, 8, 8, generator=generator)
+    timesteps = torch.tensor([10, 500, 990])
+    objective = adapter.objective
+    torch.testing.assert_close(objective.noisy(z0, noise, timesteps), training.add_noise(z0, noise, timesteps))
+    wanted = noise if training.config.prediction_type == "epsilon" else training.get_velocity(z0, noise, timesteps)
+    torch.testing.assert_close(objective.target(z0, noise, timesteps), wanted)
+    assert objective.num_train_timesteps == training.config.num_train_timesteps
+
+
+def test_results_do_not_depend_on_batch_companions(variant):
+    from verifier.error import prediction_error
+    from verifier.invert import invert
+    from verifier.spaces import TokenEmbeddingSpace
+
+    _, _, adapter = variant
+    rng = np.random.default_rng(0)
+    pixels = [rng.random((16, 16, 3), dtype=np.float32) for _ in range(2)]
+    z0 = adapter.encode_images(pixels)
+    torch.testing.assert_close(adapter.encode_images(pixels[1:]), z0[1:], rtol=1e-5, atol=1e-6)
+    space = TokenEmbeddingSpace(adapter, 4)
+    together = invert(adapter, space, z0, ["a" * 64, "b" * 64], steps=3, learning_rate=0.1, noise_draws=2, seed=0)
+    alone = invert(adapter, space, z0[1:], ["b" * 64], steps=3, learning_rate=0.1, noise_draws=2, seed=0)
+    for key in together.variables:
+        torch.testing.assert_close(alone.variables[key][0], together.variables[key][1], rtol=1e-4, atol=1e-6)
+    errors_together = prediction_error(adapter, z0, together.conditioning, timesteps=3, noise_draws=2)
+    errors_alone = prediction_error(adapter, z0[1:], alone.conditioning, timesteps=3, noise_draws=2)
+    torch.testing.assert_close(errors_alone[0], errors_together[1], rtol=1e-4, atol=1e-7)
+
+
+def test_witness_regenerates_through_the_stock_pipeline(variant, images, tmp_path):
+    """The closest generation, regenerated from the witness file with stock diffusers only."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    name, folder, adapter = variant
+    family = VARIANTS[name][0]
+    certificate = certify(adapter, images[:1], tmp_path / "out", FAST)[0]
+    witness = certificate["witness"]
+    expected = ["prompt_embeds"] + (["pooled_prompt_embeds"] if family == "sdxl" else [])
+    assert witness["tensors"] == sorted(expected)
+    assert witness["negative_tensors"] == [f"negative_{n}" for n in sorted(expected)]
+    assert certificate["model"]["family"] == family
+    tensors = load_file(tmp_path / "out" / witness["file"])
+    keywords = {key: tensors[key] for key in witness["tensors"] + witness["negative_tensors"]}
+    keywords |= {key: tuple(value) for key, value in witness["pipeline_kwargs"].items()}
+    image = _stock(folder, family)(
+        **keywords, guidance_scale=witness["closest_guidance_scale"], num_inference_steps=witness["num_inference_steps"],
+        height=witness["height"], width=witness["width"],
+        generator=torch.Generator("cpu").manual_seed(witness["closest_seed"]), output_type="np").images[0]
+    closest = np.asarray(Image.open(tmp_path / "out" / witness["closest_generation"]), dtype=np.float32) / 255
+    assert np.abs(image - closest).max() <= 1 / 255 + 1e-6
+
+
+def test_an_unknown_pipeline_class_is_named(tmp_path):
+    import json
+    import shutil
+
+    folder = build_tiny_pipeline(tmp_path / "model")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = "KandinskyPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match=r"names the pipeline 'KandinskyPipeline', which verifier does not "
+                                             r"support; supported: StableDiffusionPipeline \(sd\), "
+                                             r"StableDiffusionXLPipeline \(sdxl\)"):
+        load_model(folder, device="cpu")
+    shutil.rmtree(folder / "text_encoder")
+    index["_class_name"] = "StableDiffusionPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match=r"lacks the component folder text_encoder/"):
+        load_model(folder, device="cpu")
+
+
+def test_sdxl_folder_without_its_second_encoder_is_named(tmp_path):
+    import shutil
+
+    folder = build_tiny_pipeline(tmp_path / "model", family="sdxl")
+    shutil.rmtree(folder / "text_encoder_2")
+    with pytest.raises(ModelLoadError, match=r"lacks the component folder text_encoder_2/"):
+        load_model(folder, device="cpu")
+
+
+def test_sdxl_certificate_and_verify_agree(tmp_path, images):
+    """An SDXL run is re-checked by ``verify`` like any other: pooled embeddings and sizes included."""
+    from verifier.verify import verify
+
+    folder = build_tiny_pipeline(tmp_path / "model", family="sdxl")
+    out = tmp_path / "out"
+    certify(folder, images, out, replace(FAST, batch_size=2))
+    result = verify(out, model=folder, images=images, device="cpu", all_generations=True)
+    failures = [check for check in result.checks if not check.passed]
+    assert not failures, failures

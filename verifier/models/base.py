@@ -1,0 +1,221 @@
+"""The small interface every model family implements, and the conditioning that crosses the stages.
+
+The stages (encode, invert, measure, generate) see a model only through :class:`ModelAdapter` and
+its :class:`~verifier.objectives.Objective`; they never name a UNet, a text encoder, a tokenizer or
+a VAE. One file per family (``sd.py``, ``sdxl.py``) implements the interface, as diffusers keeps one
+pipeline file per family.
+
+:class:`Conditioning` is what a text encoder produces, with fields named after the stock pipeline's
+keyword arguments (``prompt_embeds``, ``pooled_prompt_embeds``): a witness is exactly what a third
+party passes to the stock pipeline to regenerate a replication, for every family.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditioning of a batch, one tensor per stock pipeline keyword (None where a family has none)."""
+
+    prompt_embeds: torch.Tensor  # (B, L, d): per-token features
+    pooled_prompt_embeds: torch.Tensor | None = None  # (B, p): SDXL's pooled text embedding
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "Conditioning":
+        return cls(**{f.name: tensors.get(f.name) for f in fields(cls)})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The present fields by keyword name (what a witness file stores)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> "Conditioning":
+        return Conditioning.from_tensors({name: function(tensor) for name, tensor in self.tensors().items()})
+
+    def __len__(self) -> int:
+        return int(self.prompt_embeds.shape[0])
+
+    def __getitem__(self, index: int | slice) -> "Conditioning":
+        """Rows of the batch; an integer keeps the batch dimension (one image's conditioning)."""
+        rows = slice(index, index + 1) if isinstance(index, int) else index
+        return self.map(lambda tensor: tensor[rows])
+
+    def expand(self, batch: int) -> "Conditioning":
+        """A one-row conditioning repeated for ``batch`` images."""
+        return self.map(lambda tensor: tensor.expand(batch, *tensor.shape[1:]))
+
+    def repeat_interleave(self, count: int) -> "Conditioning":
+        return self.map(lambda tensor: tensor.repeat_interleave(count, dim=0))
+
+    def to(self, *args, **kwargs) -> "Conditioning":
+        return self.map(lambda tensor: tensor.to(*args, **kwargs))
+
+    def pipeline_kwargs(self, negative: "Conditioning") -> dict[str, torch.Tensor]:
+        """Keyword arguments of the stock pipeline: these fields and the negative's, prefixed ``negative_``."""
+        return self.tensors() | {f"negative_{name}": tensor for name, tensor in negative.tensors().items()}
+
+
+class ModelAdapter(ABC):
+    """One model family's view of a loaded pipeline: exactly what the stages need.
+
+    ``pipeline`` is the stock diffusers pipeline (used only inside the adapter); ``objective`` the
+    training objective the prediction error is measured in.
+    """
+
+    family: str  # "sd", "sdxl"
+    pipeline_class: str  # the diffusers pipeline class that loads and regenerates this family
+    required_components: tuple[str, ...]  # component folders a diffusers folder of this family has
+    load_kwargs: dict  # extra keyword arguments of the pipeline's from_pretrained
+
+    def __init__(self, pipeline, *, source: str, kind: str, fingerprint: str, device: torch.device,
+                 dtype: torch.dtype):
+        self.pipeline = pipeline
+        self.source, self.kind, self.fingerprint = source, kind, fingerprint
+        self.device, self.dtype = device, dtype
+        self.objective = self._objective()
+
+    # -- what the model is -------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def resolution(self) -> int:
+        """The native image size (pixels) the denoiser was built for."""
+
+    @property
+    def prediction_type(self) -> str:
+        return self.objective.prediction_type
+
+    @abstractmethod
+    def _objective(self):
+        """The training objective (noising, target, timestep grid) of this model."""
+
+    @abstractmethod
+    def denoiser(self) -> torch.nn.Module:
+        """The network whose predictions are measured (for parameter counts and cost)."""
+
+    def describe(self) -> dict:
+        """What a certificate records about the model."""
+        return {
+            "source": self.source, "kind": self.kind, "fingerprint": self.fingerprint, "family": self.family,
+            "pipeline": self.pipeline_class, "resolution": self.resolution, "prediction_type": self.prediction_type,
+            "denoiser_parameters": sum(p.numel() for p in self.denoiser().parameters()),
+            "conditioning": self.conditioning_record(),
+        }
+
+    @abstractmethod
+    def conditioning_record(self) -> dict:
+        """How this family builds its conditioning (encoders, features, micro-conditioning, empty prompt)."""
+
+    # -- stage 2: images to latents ----------------------------------------------------------
+    @abstractmethod
+    def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Float RGB HWC images in [0, 1] at the model's resolution -> float32 latents (B, C, h, w)."""
+
+    # -- text conditioning -------------------------------------------------------------------
+    @abstractmethod
+    def text_inputs(self) -> dict[str, tuple[object, torch.nn.Embedding]]:
+        """(tokenizer, input embedding table) of each text encoder, by the name its soft tokens take."""
+
+    @abstractmethod
+    def _encode_ids(self, ids: dict[str, torch.Tensor]) -> Conditioning:
+        """Run the text encoders on token ids, building the conditioning as the stock pipeline does."""
+
+    def prompt_ids(self, soft_tokens: int = 0) -> dict[str, torch.Tensor]:
+        """Token ids (1, L) per text encoder: the empty prompt as the pipeline pads it, or, with
+        ``soft_tokens`` = n, a prompt of n placeholder tokens: BOS, n placeholders, EOS, padding.
+
+        The placeholders' embeddings are replaced by soft tokens; their ids only matter where an
+        encoder reads its pooled output at the EOS token (CLIP picks the first EOS, or in old
+        configs the largest id), so they are BOS, which is neither.
+        """
+        ids = {}
+        for name, (tokenizer, _) in self.text_inputs().items():
+            empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                              return_tensors="pt").input_ids
+            if soft_tokens:
+                length = empty.shape[1]
+                if soft_tokens + 2 > length:
+                    raise ValueError(f"inversion_tokens={soft_tokens} does not fit the tokenizer's {length} positions "
+                                     "with BOS and EOS")
+                bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+                empty = torch.tensor([[bos] * (1 + soft_tokens) + [eos] + [pad] * (length - soft_tokens - 2)])
+            ids[name] = empty.to(self.device)
+        return ids
+
+    def encode_text(self, soft_tokens: dict[str, torch.Tensor] | None = None) -> Conditioning:
+        """The empty prompt's conditioning or, with ``soft_tokens[name]`` (B, n, d) for each encoder, that of a
+        prompt of n soft tokens (written after BOS into the encoder's input embeddings); gradients flow to
+        the soft tokens."""
+        if not soft_tokens:
+            return self._encode_ids(self.prompt_ids())
+        batch, count = next(iter(soft_tokens.values())).shape[:2]
+        ids = self.prompt_ids(count)
+        with self._soft_tokens_written(soft_tokens):
+            return self._encode_ids({name: value.repeat(batch, 1) for name, value in ids.items()})
+
+    @contextlib.contextmanager
+    def _soft_tokens_written(self, soft_tokens: dict[str, torch.Tensor]):
+        tables = {name: table for name, (_, table) in self.text_inputs().items()}
+        handles = []
+
+        def writer(variables: torch.Tensor):
+            def replace(module, inputs, output):
+                output = output.clone()
+                output[:, 1 : 1 + variables.shape[1]] = variables.to(output.dtype)
+                return output
+            return replace
+
+        try:
+            for name, variables in soft_tokens.items():
+                handles.append(tables[name].register_forward_hook(writer(variables)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @torch.no_grad()
+    def empty_conditioning(self) -> Conditioning:
+        """The conditioning of the empty prompt (batch 1): the baseline of the error ratio and the
+        negative of every generation."""
+        return self.encode_text(None).map(lambda tensor: tensor.float())
+
+    # -- the denoiser ------------------------------------------------------------------------
+    @abstractmethod
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+        """The denoiser's output (float32, same shape as ``noisy``) in the objective's target form."""
+
+    # -- generation through the stock pipeline -----------------------------------------------
+    def generation_kwargs(self, height: int, width: int) -> dict:
+        """Extra keyword arguments the family's pipeline gets (none for SD)."""
+        return {}
+
+    @torch.no_grad()
+    def generate(self, witness: Conditioning, negative: Conditioning, seeds: list[int], guidance_scale: float,
+                 steps: int, resolution: int) -> np.ndarray:
+        """Stock-pipeline generations, one per seed per image; float (B, N, H, W, 3) in [0, 1].
+
+        Exactly what a third party runs to regenerate a replication:
+        ``pipe(**witness, **negative_, generator=torch.Generator('cpu').manual_seed(seed), ...)``.
+        """
+        batch = len(witness)
+        generators = [torch.Generator("cpu").manual_seed(seed) for _ in range(batch) for seed in seeds]
+        dtype = self.denoiser().dtype
+        output = self.pipeline(
+            **witness.to(dtype).pipeline_kwargs(negative.expand(batch).to(dtype)),
+            num_images_per_prompt=len(seeds), generator=generators, guidance_scale=guidance_scale,
+            num_inference_steps=steps, height=resolution, width=resolution, output_type="np",
+            **self.generation_kwargs(resolution, resolution),
+        )
+        images = np.asarray(output.images, dtype=np.float32)
+        return images.reshape(batch, len(seeds), *images.shape[1:])
+
+    def scheduler_record(self) -> dict:
+        """The sampling scheduler a witness is regenerated with."""
+        scheduler = self.pipeline.scheduler
+        return {"class": type(scheduler).__name__, "config": dict(scheduler.config)}
