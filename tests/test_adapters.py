@@ -118,21 +118,28 @@ def test_objective_matches_the_training_scheduler(variant):
     assert objective.num_train_timesteps == training.config.num_train_timesteps
 
 
-def test_results_do_not_depend_on_batch_companions(variant):
+@pytest.mark.parametrize("space_name", ["token_embeddings", "shared_token_embeddings", "hidden_states"])
+def test_results_do_not_depend_on_batch_companions(variant, space_name):
     from verifier.error import prediction_error
     from verifier.invert import invert
-    from verifier.spaces import TokenEmbeddingSpace
+    from verifier.registry import INVERSION_SPACES
 
     _, _, adapter = variant
     rng = np.random.default_rng(0)
     pixels = [rng.random((16, 16, 3), dtype=np.float32) for _ in range(2)]
     z0 = adapter.encode_images(pixels)
     torch.testing.assert_close(adapter.encode_images(pixels[1:]), z0[1:], rtol=1e-5, atol=1e-6)
-    space = TokenEmbeddingSpace(adapter, 4)
+    space = INVERSION_SPACES.get(space_name)(adapter, 4)
+    encoders = len(adapter.text_inputs())
+    assert len(space.initial(1)) == {"token_embeddings": encoders, "shared_token_embeddings": 1,
+                                     "hidden_states": len(adapter.empty_conditioning().tensors())}[space_name]
     together = invert(adapter, space, z0, ["a" * 64, "b" * 64], steps=3, learning_rate=0.1, noise_draws=2, seed=0)
     alone = invert(adapter, space, z0[1:], ["b" * 64], steps=3, learning_rate=0.1, noise_draws=2, seed=0)
     for key in together.variables:
-        torch.testing.assert_close(alone.variables[key][0], together.variables[key][1], rtol=1e-4, atol=1e-6)
+        # Adam divides by the root of tiny second moments, so float-order noise of a batched matmul can
+        # move a variable by ~1e-4; mixing images up would move it by the step size (0.1 x its scale).
+        torch.testing.assert_close(alone.variables[key][0], together.variables[key][1], rtol=1e-3,
+                                   atol=1e-3 * space.scales[key])
     errors_together = prediction_error(adapter, z0, together.conditioning, timesteps=3, noise_draws=2)
     errors_alone = prediction_error(adapter, z0[1:], alone.conditioning, timesteps=3, noise_draws=2)
     torch.testing.assert_close(errors_alone[0], errors_together[1], rtol=1e-4, atol=1e-7)

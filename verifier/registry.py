@@ -49,6 +49,7 @@ SIMILARITY_METRICS = Registry("similarity metric", {
 INVERSION_SPACES = Registry("inversion space", {
     "token_embeddings": "verifier.spaces:TokenEmbeddingSpace",
     "hidden_states": "verifier.spaces:HiddenStateSpace",
+    "shared_token_embeddings": "verifier.spaces:SharedTokenEmbeddingSpace",
 })
 
 # A family's adapter class names the diffusers pipeline class it loads (``pipeline_class``);

@@ -59,3 +59,31 @@ class HiddenStateSpace:
 
     def conditioning(self, variables: dict[str, torch.Tensor]) -> Conditioning:
         return Conditioning.from_tensors(variables)
+
+
+class SharedTokenEmbeddingSpace(TokenEmbeddingSpace):
+    """One set of soft tokens for every text encoder: free in the first encoder's input table and carried
+    into each other encoder's table by the least-squares linear map between the two tables, fitted once
+    over their shared vocabulary (SDXL's two CLIP tokenizers share theirs). With one encoder it is
+    ``token_embeddings``."""
+
+    name = "shared_token_embeddings"
+
+    def __init__(self, adapter: ModelAdapter, tokens: int):
+        super().__init__(adapter, tokens)
+        tables = {name: table.weight.detach().float() for name, (_, table) in adapter.text_inputs().items()}
+        self.first, *others = tables
+        self.maps: dict[str, torch.Tensor] = {}
+        for name in others:
+            if tables[name].shape[0] != tables[self.first].shape[0]:
+                raise ValueError(f"inversion_space 'shared_token_embeddings' needs text encoders with one vocabulary; "
+                                 f"{self.first} has {tables[self.first].shape[0]} tokens, {name} "
+                                 f"{tables[name].shape[0]}: use 'token_embeddings'")
+            self.maps[name] = torch.linalg.lstsq(tables[self.first], tables[name]).solution
+        self.base = {self.first: self.base[self.first]}
+        self.scales = {self.first: self.scales[self.first]}
+
+    def conditioning(self, variables: dict[str, torch.Tensor]) -> Conditioning:
+        shared = variables[self.first]
+        mapped = {name: shared @ matrix.to(shared.device) for name, matrix in self.maps.items()}
+        return self.adapter.encode_text({self.first: shared} | mapped)

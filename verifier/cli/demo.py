@@ -15,7 +15,7 @@ from verifier.cli.options import build, config_options, print_table
 @click.option("--out", default="verifier-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for certificates and report.")
 @click.option("--model", "model_name", default="reference-32px", show_default=True,
-              type=click.Choice(["reference-32px", "fixture-16px"]), help="Which shipped reference model.")
+              type=click.Choice(REFERENCE_MODELS), help="Which shipped reference model.")
 @config_options
 def demo(out, model_name, config_file, **overrides):
     """Certify the shipped reference model's images and compare with its ground truth.

@@ -16,7 +16,8 @@ Soft tokens go into both encoders, each with its own variables (``tokens`` for `
 The empty prompt is the **encoded empty string** for both the error ratio's baseline and the
 negative of every generation, passed to the pipeline explicitly, so the model's
 ``force_zeros_for_empty_prompt`` (which would swap in zeros when no negative is given) does not
-apply; it is recorded. The fp16 VAE is run in float32 where its config says ``force_upcast``, as
+apply; it is recorded. The alternative, zeros (``empty_prompt = "zeros"``), is kept for the
+measurement that chose between them (``benchmarks/sdxl_choices.py``; README, Decisions). The fp16 VAE is run in float32 where its config says ``force_upcast``, as
 the pipeline does when decoding.
 """
 
@@ -37,6 +38,9 @@ class StableDiffusionXLAdapter(ModelAdapter):
     pipeline_class = "StableDiffusionXLPipeline"
     required_components = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")
     load_kwargs: dict = {}
+    EMPTY_PROMPTS = {"encoded": "the encoded empty string, passed explicitly as the negative",
+                     "zeros": "zeros (as force_zeros_for_empty_prompt), passed explicitly as the negative"}
+    empty_prompt = "encoded"
 
     def _objective(self):
         return DDPMObjective(self.pipeline.scheduler, self.device)
@@ -60,8 +64,7 @@ class StableDiffusionXLAdapter(ModelAdapter):
                 "prompt_embeds": "hidden_states[-2] of text_encoder and text_encoder_2, concatenated",
                 "pooled_prompt_embeds": "text_encoder_2 text_embeds",
                 "add_time_ids": self.add_time_ids(),
-                "soft_tokens": "separate variables per encoder (tokens, tokens_2)",
-                "empty_prompt": "the encoded empty string, passed explicitly as the negative",
+                "empty_prompt": self.EMPTY_PROMPTS[self.empty_prompt],
                 "force_zeros_for_empty_prompt": bool(self.pipeline.config.get("force_zeros_for_empty_prompt", True)),
                 "upcast_attention": bool(self.pipeline.unet.config.get("upcast_attention", False))}
 
@@ -81,6 +84,10 @@ class StableDiffusionXLAdapter(ModelAdapter):
         second = self.pipeline.text_encoder_2(ids["tokens_2"], output_hidden_states=True)
         prompt_embeds = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
         return Conditioning(prompt_embeds=prompt_embeds, pooled_prompt_embeds=second[0])
+
+    def empty_conditioning(self) -> Conditioning:
+        encoded = super().empty_conditioning()
+        return encoded.map(torch.zeros_like) if self.empty_prompt == "zeros" else encoded
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
         unet = self.pipeline.unet

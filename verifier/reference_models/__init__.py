@@ -6,6 +6,7 @@ local_files_only=True)`` loads them without any verifier code. They were built b
 ``benchmarks/reference_model/train.py`` (see the README there for commands, runtimes and figures).
 
 - ``reference-32px``: 32x32 images, the yardstick of ``verifier demo`` and of published figures.
+- ``reference-v-32px``: 32x32 images, v-prediction (the SD 2.x objective), smaller UNet.
 - ``fixture-16px``: 16x16 images, a few memorized and held-out images, loads in well under a second
   for tests.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-REFERENCE_MODELS = ("reference-32px", "fixture-16px")
+REFERENCE_MODELS = ("reference-32px", "fixture-16px", "reference-v-32px")
 
 
 def reference_model_path(name: str = "reference-32px") -> Path:
