@@ -207,3 +207,20 @@ def test_sdxl_certificate_and_verify_agree(tmp_path, images):
     result = verify(out, model=folder, images=images, device="cpu", all_generations=True)
     failures = [check for check in result.checks if not check.passed]
     assert not failures, failures
+
+
+def test_sd2_v_model_is_certified_at_its_native_768_px(tmp_path, images):
+    """An SD 2.x-v-like model (v-prediction, attention upcast, latents 96 x 96, VAE factor 8) runs at 768 px."""
+    folder = build_tiny_pipeline(tmp_path / "model", prediction_type="v_prediction", upcast_attention=True,
+                                 latent_size=96, vae_levels=4)
+    adapter = load_model(folder, device="cpu")
+    assert adapter.resolution == 768
+    config = replace(FAST, inversion_steps=1, inversion_noise_draws=1, error_timesteps=2, error_noise_draws=1,
+                     generations=1, guidance_scales=(2.0,), sampling_steps=2)
+    certificate = certify(adapter, images[:1], tmp_path / "out", config)[0]
+    assert certificate["image"]["preprocessing"]["resolution"] == certificate["witness"]["height"] == 768
+    assert certificate["model"]["prediction_type"] == "v_prediction"
+    assert certificate["model"]["conditioning"]["upcast_attention"] is True
+    from PIL import Image
+
+    assert Image.open(tmp_path / "out" / certificate["witness"]["closest_generation"]).size == (768, 768)

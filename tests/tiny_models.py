@@ -31,23 +31,25 @@ def _clip_config(tokenizer, hidden: int):
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
-def _vae():
+def _vae(levels: int = 2):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=16,
-                         mid_block_add_attention=False)
+                         down_block_types=("DownEncoderBlock2D",) * levels,
+                         up_block_types=("UpDecoderBlock2D",) * levels,
+                         block_out_channels=(8,) + (16,) * (levels - 1), layers_per_block=1, norm_num_groups=8,
+                         sample_size=16, mid_block_add_attention=False)
 
 
 def build_tiny_pipeline(folder: Path, prediction_type: str = "epsilon", seed: int = 0, family: str = "sd",
-                        upcast_attention: bool = False) -> Path:
+                        upcast_attention: bool = False, latent_size: int = 8, vae_levels: int = 2) -> Path:
     """Save a random 16-px pipeline of ``family`` (VAE x2, 2-layer CLIPs, 2-level UNet) as a diffusers folder.
 
     ``sd`` is SD 1.x-like (one CLIP, padding with EOS, DDIM) or, with ``upcast_attention`` and
     v-prediction, SD 2.x-like (padding with "!", as SD 2's tokenizer does); ``sdxl`` has two CLIP
     encoders (16 and 32 wide, the second with a projection, padding with "!"), a UNet with ``text_time`` added
-    conditioning and an Euler scheduler, as SDXL base.
+    conditioning and an Euler scheduler, as SDXL base. The native resolution is ``latent_size`` x
+    ``2 ** (vae_levels - 1)`` (16 px by default; 96 and 4 give SD 2.x-v's 768 px).
     """
     from diffusers import DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -55,7 +57,7 @@ def build_tiny_pipeline(folder: Path, prediction_type: str = "epsilon", seed: in
     torch.manual_seed(seed)
     schedule = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                     prediction_type=prediction_type, steps_offset=1)
-    unet_shape = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+    unet_shape = dict(sample_size=latent_size, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
                       down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                       up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=8, norm_num_groups=8,
                       upcast_attention=upcast_attention)
@@ -64,7 +66,7 @@ def build_tiny_pipeline(folder: Path, prediction_type: str = "epsilon", seed: in
 
         tokenizer = _tokenizer(folder / "tokenizer-src", pad_token="!" if upcast_attention else None)
         text_encoder = CLIPTextModel(_clip_config(tokenizer, 16))
-        vae = _vae()
+        vae = _vae(vae_levels)
         unet = UNet2DConditionModel(cross_attention_dim=16, **unet_shape)
         scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **schedule)
         pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -78,7 +80,7 @@ def build_tiny_pipeline(folder: Path, prediction_type: str = "epsilon", seed: in
         text_encoder = CLIPTextModel(_clip_config(tokenizer, 16))
         # Two widths, as SDXL's 768 and 1280: diffusers' single-file loader tells the encoders apart by width.
         text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer_2, 32))
-        vae = _vae()
+        vae = _vae(vae_levels)
         unet = UNet2DConditionModel(cross_attention_dim=16 + 32, addition_embed_type="text_time",
                                     addition_time_embed_dim=4, projection_class_embeddings_input_dim=32 + 6 * 4,
                                     **unet_shape)

@@ -9,6 +9,7 @@ import click
 
 from verifier.cli import EXIT_FOUND, EXIT_OK, main, progress, run_guarded
 from verifier.cli.options import build, config_options, print_table
+from verifier.reference_models import REFERENCE_MODELS
 
 
 @main.command()
