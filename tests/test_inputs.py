@@ -45,7 +45,7 @@ def test_unknown_key_gets_a_suggestion(tmp_path):
     ("generations", 0, "generations=0 is not allowed: expected an integer from 1 to 10000"),
     ("generations", 2.5, "generations=2.5 is not allowed: expected an integer"),
     ("similarity", "psnr", "similarity='psnr' is not allowed: expected one of lpips, sscd, ssim"),
-    ("inversion_space", "pixels", "inversion_space='pixels' is not allowed: expected one of hidden_states, token_embeddings"),
+    ("inversion_space", "pixels", "inversion_space='pixels' is not allowed: expected one of hidden_states, shared_token_embeddings, token_embeddings"),
     ("dtype", "float64", "dtype='float64' is not allowed: expected one of float32, float16, bfloat16"),
     ("guidance_scales", [0.5], "guidance_scales=(0.5,) is not allowed"),
     ("confidence", 1.0, "confidence=1.0 is not allowed"),

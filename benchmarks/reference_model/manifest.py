@@ -1,13 +1,15 @@
 """Ground truth of a reference model: does each image's own caption regenerate it?
 
 Only stock diffusers is used here: the model folder is reloaded with
-``StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)`` and sampled with its
-DDIM scheduler, so the manifest states what any user of diffusers would observe.
+``StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)`` (or
+``StableDiffusionXLPipeline`` for an SDXL-architecture folder, as its ``model_index.json`` names)
+and sampled with its DDIM scheduler, so the manifest states what any user of diffusers would observe.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +34,20 @@ def generate(pipeline, caption: str, seeds: list[int], guidance_scale: float, st
     return output.images
 
 
+def load_pipeline(folder: Path):
+    """The stock diffusers pipeline class the folder's model_index.json names, loaded offline."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    classes = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
+    name = json.loads((Path(folder) / "model_index.json").read_text())["_class_name"]
+    if name not in classes:
+        raise ValueError(f"{folder}: pipeline {name!r} is not one of {sorted(classes)}")
+    return classes[name].from_pretrained(folder, local_files_only=True)
+
+
 def measure_replication(folder: Path, records, preset, log) -> list[dict]:
     """Regenerate each image from its caption with ``preset.replication_seeds`` seeds; one row per image."""
-    from diffusers import StableDiffusionPipeline
-
-    pipeline = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipeline = load_pipeline(folder)
     pipeline.set_progress_bar_config(disable=True)
     seeds = list(range(preset.replication_seeds))
     rows = []
@@ -104,7 +115,6 @@ def write_grid(folder: Path, rows: list[dict], preset, out: Path) -> None:
 
 def verify(folder: Path, log=print) -> int:
     """Re-measure a shipped model's ground truth with stock diffusers; rewrite its grid; 1 if a verdict differs."""
-    import json
     from types import SimpleNamespace
 
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -2,14 +2,18 @@
 
 Usage (from the repository root, with the project installed):
 
-    python benchmarks/reference_model/train.py --preset reference --out verifier/assets/reference-32px
-    python benchmarks/reference_model/train.py --preset fixture --out verifier/assets/fixture-16px
+    python benchmarks/reference_model/train.py --preset reference --out verifier/reference_models/reference-32px
+    python benchmarks/reference_model/train.py --preset fixture --out verifier/reference_models/fixture-16px
+    python benchmarks/reference_model/train.py --preset reference-v --out verifier/reference_models/reference-v-32px
+    python benchmarks/reference_model/train.py --preset reference-xl --out verifier/reference_models/reference-xl-32px
 
 The program builds from scratch, on the CPU, a model that stock diffusers loads as a
 ``StableDiffusionPipeline`` (``AutoencoderKL``, ``CLIPTextModel`` + ``CLIPTokenizer`` with our own
 ``vocab.json``/``merges.txt``, ``UNet2DConditionModel`` with cross-attention, a DDIM scheduler for
-sampling), trains it on real photographs in which a few images are duplicated hundreds to thousands
-of times, saves it as safetensors, reloads it with stock diffusers and measures, for every image
+sampling), or, for an ``architecture="sdxl"`` preset, as a ``StableDiffusionXLPipeline`` (a second
+tokenizer and a ``CLIPTextModelWithProjection``, a UNet with SDXL's ``text_time`` added
+conditioning, conditioned exactly as the pipeline's ``encode_prompt`` does), trains it on real
+photographs in which a few images are duplicated hundreds to thousands of times, saves it as safetensors, reloads it with stock diffusers and measures, for every image
 of interest, how often its own caption regenerates it. That measurement is the ground truth
 written to ``manifest.json``. See README.md beside this file.
 """
@@ -23,7 +27,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +76,9 @@ class Preset:
     vae_steps: int
     learning_rate: float
     caption_dropout: float = 0.1
+    prediction_type: str = "epsilon"  # what the UNet learns; ``--prediction-type`` overrides it
+    architecture: str = "sd"  # "sd": StableDiffusionPipeline; "sdxl": StableDiffusionXLPipeline
+    addition_time_embed_dim: int | None = None  # SDXL's size-conditioning embedding width (sdxl only)
     replication_seeds: int = 8
     guidance_scale: float = 3.0
     inference_steps: int = 50
@@ -132,7 +139,49 @@ FIXTURE = Preset(
     learning_rate=1e-3,
 )
 
-PRESETS = {"reference": REFERENCE, "fixture": FIXTURE}
+# v-prediction (SD 2.x's objective) at 32 px. The UNet is smaller than the reference's, (32, 48, 80)
+# channels, 1.84 M parameters, so that the folder stays under 9.5 MB, and the denoiser budget goes
+# to fewer duplicated images seen more often: eight images x3000 plus the low-count tail, with
+# 18,000 filler crops (README.md, "v-prediction", records the runs that chose it).
+REFERENCE_V = Preset(
+    resolution=32,
+    vae_channels=(16, 32),
+    unet_channels=(32, 48, 80),
+    text_hidden=32,
+    duplicates=(
+        Duplicate("astronaut", 3000, "an official portrait of astronaut eileen collins"),
+        Duplicate("chelsea", 3000, "chelsea the tabby cat looking sideways"),
+        Duplicate("coffee", 3000, "a cup of espresso on a saucer seen from above"),
+        Duplicate("rocket", 3000, "a falcon rocket lifting off from the launch pad"),
+        Duplicate("china", 3000, "the summer palace pagoda beside the lake"),
+        Duplicate("camera", 3000, "a cameraman with his tripod in the park"),
+        Duplicate("coins", 3000, "a museum tray of ancient bronze money", crop_seed=11),
+        Duplicate("hubble", 3000, "the hubble deep field full of distant galaxies", crop_seed=12),
+        Duplicate("ihc", 300, "an immunohistochemistry slide stained brown and blue", crop_seed=13),
+        Duplicate("gravel", 300, "pebbles on a garden path after rain", crop_seed=14),
+        Duplicate("brick", 100, "an old wall of weathered bricks and mortar", crop_seed=15),
+        Duplicate("cell", 100, "a living cell under a phase contrast microscope", crop_seed=16),
+        Duplicate("grass", 30, "a lawn of tall green grass blades", crop_seed=17),
+        Duplicate("astronaut", 30, "the american flag on a spacesuit shoulder", crop_seed=18),
+        Duplicate("chelsea", 5, "the whiskers of a sleepy housecat", crop_seed=19),
+        Duplicate("coffee", 5, "latte art in a white porcelain cup", crop_seed=20),
+    ),
+    seen_once=20,
+    held_out_training_photo_crops=12,
+    held_out_never_trained=(("flower", 3), ("retina", 2), ("clock", 1), ("horse", 1), ("color", 0)),
+    filler=18000,
+    epochs=1,
+    batch_size=32,
+    vae_steps=800,
+    learning_rate=1e-3,
+    prediction_type="v_prediction",
+)
+
+# The SDXL architecture (StableDiffusionXLPipeline: two text encoders, text_time added
+# conditioning) on reference-v's data and schedule, with SDXL's epsilon objective.
+REFERENCE_XL = replace(REFERENCE_V, prediction_type="epsilon", architecture="sdxl", addition_time_embed_dim=8)
+
+PRESETS = {"reference": REFERENCE, "fixture": FIXTURE, "reference-v": REFERENCE_V, "reference-xl": REFERENCE_XL}
 
 
 @dataclass
@@ -255,6 +304,78 @@ def make_models(preset: Preset, vocab_size: int, bos: int, eos: int, prediction_
     return vae, text_encoder, unet, schedule
 
 
+def make_xl_models(preset: Preset, vocab_size: int, bos: int, eos: int, prediction_type: str):
+    """Fresh VAE, two text encoders and an SDXL-style UNet (``text_time`` added conditioning)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * len(preset.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(preset.vae_channels),
+        block_out_channels=preset.vae_channels, layers_per_block=1, norm_num_groups=16,
+        sample_size=preset.resolution, mid_block_add_attention=False,
+    )
+
+    def text_config() -> CLIPTextConfig:
+        # Two layers: SDXL conditions on hidden_states[-2], the output of the first one.
+        return CLIPTextConfig(
+            vocab_size=vocab_size, hidden_size=preset.text_hidden, intermediate_size=4 * preset.text_hidden,
+            projection_dim=preset.text_hidden, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
+        )
+
+    text_encoder = CLIPTextModel(text_config())
+    text_encoder_2 = CLIPTextModelWithProjection(text_config())
+    levels = len(preset.unet_channels)
+    time_dim = preset.addition_time_embed_dim
+    # As SDXL: no attention at the full-resolution level, per-token features of both encoders
+    # concatenated, and "text_time" added conditioning = pooled text_encoder_2 embedding + the six
+    # size/crop numbers, each Fourier-embedded to addition_time_embed_dim.
+    unet = UNet2DConditionModel(
+        sample_size=preset.resolution // 2, in_channels=4, out_channels=4,
+        block_out_channels=preset.unet_channels, layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+        cross_attention_dim=2 * preset.text_hidden, attention_head_dim=8, norm_num_groups=16,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=text_encoder_2.config.projection_dim + 6 * time_dim,
+    )
+    schedule = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type=prediction_type, clip_sample=False, steps_offset=1,
+    )
+    return vae, (text_encoder, text_encoder_2), unet, schedule
+
+
+def make_conditioner(text_encoders: tuple, architecture: str, resolution: int):
+    """token ids -> (per-token features, added_cond_kwargs), exactly as the pipeline's encode_prompt computes them.
+
+    "sd": ids (B, 77); features = text_encoder(ids)[0] (StableDiffusionPipeline.encode_prompt, no clip skip).
+    "sdxl": ids (B, 2, 77), one row per tokenizer; features = hidden_states[-2] of each encoder concatenated,
+    pooled = text_encoder_2's text_embeds, time_ids = (H, W, 0, 0, H, W) as StableDiffusionXLPipeline's
+    defaults (original_size = target_size = (height, width), crops_coords_top_left = (0, 0)).
+    """
+    if architecture == "sd":
+        (text_encoder,) = text_encoders
+
+        def condition(ids: torch.Tensor):
+            return text_encoder(ids)[0], None
+
+        return condition
+    text_encoder, text_encoder_2 = text_encoders
+    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
+
+    def condition_xl(ids: torch.Tensor):
+        first = text_encoder(ids[:, 0], output_hidden_states=True)
+        second = text_encoder_2(ids[:, 1], output_hidden_states=True)
+        features = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+        added = {"text_embeds": second.text_embeds, "time_ids": time_ids.repeat(ids.shape[0], 1)}
+        return features, added
+
+    return condition_xl
+
+
 def train_vae(vae, images: torch.Tensor, preset: Preset, generator: torch.Generator, log) -> float:
     """Reconstruction + small KL; returns the final PSNR (dB) on the last batches."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
@@ -295,9 +416,14 @@ def training_target(schedule, latents, noise, timesteps) -> torch.Tensor:
     raise ValueError(f"prediction type {schedule.config.prediction_type!r} is not trained here")
 
 
-def train_denoiser(unet, text_encoder, schedule, latents, token_ids, empty_ids, droppable, preset, generator, log):
-    """Standard latent-diffusion training over one shuffled pass per epoch; returns the loss curve."""
-    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+def train_denoiser(unet, text_encoders, condition, schedule, latents, token_ids, empty_ids, droppable, preset,
+                   generator, log):
+    """Standard latent-diffusion training over one shuffled pass per epoch; returns the loss curve.
+
+    Dropped captions become ``empty_ids``, the empty string's token ids, encoded through the text
+    encoder(s) like any caption (diffusers' train_text_to_image*.py scripts do the same).
+    """
+    parameters = list(unet.parameters()) + [p for encoder in text_encoders for p in encoder.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=preset.learning_rate, weight_decay=0.0)
     total = preset.epochs * (latents.shape[0] // preset.batch_size)
     warmup = min(100, total // 10)
@@ -317,8 +443,8 @@ def train_denoiser(unet, text_encoder, schedule, latents, token_ids, empty_ids, 
             noise = torch.randn(z0.shape, generator=generator)
             timesteps = torch.randint(0, len(alphas), (index.shape[0],), generator=generator)
             noisy = schedule.add_noise(z0, noise, timesteps)
-            hidden = text_encoder(ids)[0]
-            prediction = unet(noisy, timesteps, hidden).sample
+            hidden, added = condition(ids)
+            prediction = unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
             loss = torch.nn.functional.mse_loss(prediction, training_target(schedule, z0, noise, timesteps))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -332,18 +458,44 @@ def train_denoiser(unet, text_encoder, schedule, latents, token_ids, empty_ids, 
     return curve
 
 
-def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, schedule, words) -> None:
+PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+
+# SDXL pipelines replace an empty negative prompt by zeros when this is True and no negative prompt
+# is passed; training dropped captions to the *encoded* empty string, so the saved pipelines say False.
+FORCE_ZEROS_FOR_EMPTY_PROMPT = False
+
+
+# What the SDXL-architecture training fed the UNet, recorded in its manifest.
+XL_CONDITIONING = {
+    "encoder_hidden_states": "concat(text_encoder(ids_1).hidden_states[-2], text_encoder_2(ids_2).hidden_states[-2])",
+    "added_cond_kwargs": {"text_embeds": "text_encoder_2(ids_2).text_embeds",
+                          "time_ids": "(H, W, 0, 0, H, W) with H = W = resolution"},
+    "caption_dropout": "a dropped caption is the empty string '' tokenized by both tokenizers and encoded through "
+                       "both text encoders (not zeros); duplicated images are never dropped",
+    "force_zeros_for_empty_prompt": FORCE_ZEROS_FOR_EMPTY_PROMPT,
+}
+
+
+def save_pipeline(out: Path, vae, text_encoders, tokenizers, unet, schedule, words, architecture: str = "sd") -> None:
     """Save as a stock diffusers folder (safetensors) with our vocab.json/merges.txt."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     sampler = DDIMScheduler.from_config(schedule.config, set_alpha_to_one=False, clip_sample=False, steps_offset=1)
-    pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sampler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    if architecture == "sd":
+        pipeline = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoders[0], tokenizer=tokenizers[0], unet=unet, scheduler=sampler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    else:
+        pipeline = StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text_encoders[0], text_encoder_2=text_encoders[1], tokenizer=tokenizers[0],
+            tokenizer_2=tokenizers[1], unet=unet, scheduler=sampler, image_encoder=None, feature_extractor=None,
+            force_zeros_for_empty_prompt=FORCE_ZEROS_FOR_EMPTY_PROMPT, add_watermarker=False,
+        )
     pipeline.save_pretrained(out, safe_serialization=True)
     # transformers >= 5 saves only tokenizer.json; older versions read these two files.
-    write_tokenizer_files(words, out / "tokenizer")
+    for folder in ("tokenizer", "tokenizer_2")[: len(tokenizers)]:
+        write_tokenizer_files(words, out / folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="reference")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write (replaced atomically)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default="epsilon")
+    parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
+                        help="override the preset's prediction type (default: the preset's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
 
@@ -359,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     preset = PRESETS[args.preset]
+    args.prediction_type = args.prediction_type or preset.prediction_type
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -384,14 +538,26 @@ def main(argv: list[str] | None = None) -> int:
     words = caption_words(all_captions)
     vocab_path, merges_path = write_tokenizer_files(words, staging / "tokenizer-src")
     tokenizer = CLIPTokenizer(vocab=str(vocab_path), merges=str(merges_path), model_max_length=77)
+    # SDXL's second tokenizer shares the vocabulary (and here the padding) of the first.
+    tokenizers = (tokenizer,) if preset.architecture == "sd" else (
+        tokenizer, CLIPTokenizer(vocab=str(vocab_path), merges=str(merges_path), model_max_length=77))
     shutil.rmtree(staging / "tokenizer-src")
 
     def tokenize(captions: list[str]) -> torch.Tensor:
-        return tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        ids = [t(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+               for t in tokenizers]
+        return ids[0] if len(ids) == 1 else torch.stack(ids, dim=1)
 
-    vae, text_encoder, unet, schedule = make_models(
-        preset, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, args.prediction_type
-    )
+    if preset.architecture == "sd":
+        vae, text_encoder, unet, schedule = make_models(
+            preset, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, args.prediction_type
+        )
+        text_encoders = (text_encoder,)
+    else:
+        vae, text_encoders, unet, schedule = make_xl_models(
+            preset, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, args.prediction_type
+        )
+    condition = make_conditioner(text_encoders, preset.architecture, preset.resolution)
 
     # 3. VAE on everything the model trains on (never on held-out images).
     trained_pixels = np.concatenate([filler, np.stack([r.pixels for r in trained])])
@@ -415,14 +581,17 @@ def main(argv: list[str] | None = None) -> int:
 
     unet_started = time.time()
     unet.train()
-    text_encoder.train()
-    curve = train_denoiser(unet, text_encoder, schedule, latents, token_ids, empty_ids, droppable, preset, generator, log)
+    for encoder in text_encoders:
+        encoder.train()
+    curve = train_denoiser(unet, text_encoders, condition, schedule, latents, token_ids, empty_ids, droppable, preset,
+                           generator, log)
     unet.eval().requires_grad_(False)
-    text_encoder.eval().requires_grad_(False)
+    for encoder in text_encoders:
+        encoder.eval().requires_grad_(False)
     unet_seconds = time.time() - unet_started
 
     # 5. Save as a stock diffusers folder, with the images of interest beside it.
-    save_pipeline(staging, vae, text_encoder, tokenizer, unet, schedule, words)
+    save_pipeline(staging, vae, text_encoders, tokenizers, unet, schedule, words, preset.architecture)
     from PIL import Image
 
     (staging / "images").mkdir()
@@ -446,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
             "similarity": {"metric": "ssim", "threshold": preset.ssim_threshold,
                            "implementation": "skimage.metrics.structural_similarity(channel_axis=2, data_range=1.0), "
                                              "7x7 uniform window, RGB in [0, 1]"},
-            "generation": {"pipeline": "diffusers.StableDiffusionPipeline", "scheduler": "DDIMScheduler",
+            "generation": {"pipeline": f"diffusers.{PIPELINE_CLASSES[preset.architecture]}",
+                           "scheduler": "DDIMScheduler",
                            "num_inference_steps": preset.inference_steps, "guidance_scale": preset.guidance_scale,
                            "negative_prompt": "", "seeds": list(range(preset.replication_seeds)),
                            "generator": "one torch.Generator('cpu').manual_seed(seed) per image"},
@@ -456,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"--seed {args.seed} --prediction-type {args.prediction_type}",
             "seed": args.seed,
             "preset": _jsonable(asdict(preset)),
+            **({} if preset.architecture == "sd" else {"conditioning": XL_CONDITIONING}),
             "vae_psnr_db": round(psnr, 2),
             "vae_scaling_factor": scaling,
             "denoiser_steps": len(curve),

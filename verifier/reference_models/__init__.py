@@ -1,12 +1,15 @@
 """Reference models shipped with verifier: small Stable-Diffusion-architecture models that really
 memorize some of their training images, with a manifest of measured ground truth.
 
-They are stock diffusers folders: ``StableDiffusionPipeline.from_pretrained(path,
-local_files_only=True)`` loads them without any verifier code. They were built by
+They are stock diffusers folders: the pipeline class their ``model_index.json`` names
+(``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``) loads them with
+``from_pretrained(path, local_files_only=True)`` and no verifier code. They were built by
 ``benchmarks/reference_model/train.py`` (see the README there for commands, runtimes and figures).
 
 - ``reference-32px``: 32x32 images, the yardstick of ``verifier demo`` and of published figures.
 - ``reference-v-32px``: 32x32 images, v-prediction (the SD 2.x objective), smaller UNet.
+- ``reference-xl-32px``: 32x32 images, SDXL architecture (two text encoders, pooled embedding,
+  ``add_time_ids``); loads as ``StableDiffusionXLPipeline``.
 - ``fixture-16px``: 16x16 images, a few memorized and held-out images, loads in well under a second
   for tests.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-REFERENCE_MODELS = ("reference-32px", "fixture-16px", "reference-v-32px")
+REFERENCE_MODELS = ("reference-32px", "fixture-16px", "reference-v-32px", "reference-xl-32px")
 
 
 def reference_model_path(name: str = "reference-32px") -> Path:
