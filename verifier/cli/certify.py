@@ -24,9 +24,13 @@ from verifier.cli.options import FAIL_LEVELS, build, config_options, print_table
 def certify(model, images, out, allow_pickle, model_config, sign_key, config_file, **overrides):
     """Certify IMAGES (files, folders, CSV/JSONL manifests) against MODEL.
 
+    MODEL is a diffusers folder of a supported family (StableDiffusionPipeline: SD 1.x/2.x;
+    StableDiffusionXLPipeline: SDXL), detected from its model_index.json.
+
     \b
     Examples:
       verifier certify ./my-sd-model photos/ --out certs/
+      verifier certify ./my-sdxl-model photos/ --out certs/
       verifier certify ./model.safetensors --model-config ./sd15-configs protected.csv --out certs/
       verifier certify ./model photos/ --out certs/ --config configs/sd15.toml --fail-on rarely_reproduced
     """
