@@ -143,36 +143,12 @@ FIXTURE = Preset(
 # channels, 1.84 M parameters, so that the folder stays under 9.5 MB, and the denoiser budget goes
 # to fewer duplicated images seen more often: eight images x3000 plus the low-count tail, with
 # 18,000 filler crops (README.md, "v-prediction", records the runs that chose it).
-REFERENCE_V = Preset(
-    resolution=32,
-    vae_channels=(16, 32),
+REFERENCE_V = replace(
+    REFERENCE,
     unet_channels=(32, 48, 80),
-    text_hidden=32,
-    duplicates=(
-        Duplicate("astronaut", 3000, "an official portrait of astronaut eileen collins"),
-        Duplicate("chelsea", 3000, "chelsea the tabby cat looking sideways"),
-        Duplicate("coffee", 3000, "a cup of espresso on a saucer seen from above"),
-        Duplicate("rocket", 3000, "a falcon rocket lifting off from the launch pad"),
-        Duplicate("china", 3000, "the summer palace pagoda beside the lake"),
-        Duplicate("camera", 3000, "a cameraman with his tripod in the park"),
-        Duplicate("coins", 3000, "a museum tray of ancient bronze money", crop_seed=11),
-        Duplicate("hubble", 3000, "the hubble deep field full of distant galaxies", crop_seed=12),
-        Duplicate("ihc", 300, "an immunohistochemistry slide stained brown and blue", crop_seed=13),
-        Duplicate("gravel", 300, "pebbles on a garden path after rain", crop_seed=14),
-        Duplicate("brick", 100, "an old wall of weathered bricks and mortar", crop_seed=15),
-        Duplicate("cell", 100, "a living cell under a phase contrast microscope", crop_seed=16),
-        Duplicate("grass", 30, "a lawn of tall green grass blades", crop_seed=17),
-        Duplicate("astronaut", 30, "the american flag on a spacesuit shoulder", crop_seed=18),
-        Duplicate("chelsea", 5, "the whiskers of a sleepy housecat", crop_seed=19),
-        Duplicate("coffee", 5, "latte art in a white porcelain cup", crop_seed=20),
-    ),
-    seen_once=20,
-    held_out_training_photo_crops=12,
-    held_out_never_trained=(("flower", 3), ("retina", 2), ("clock", 1), ("horse", 1), ("color", 0)),
+    duplicates=tuple(replace(duplicate, count=count) for duplicate, count in
+                     zip(REFERENCE.duplicates, (3000,) * 8 + (300, 300, 100, 100, 30, 30, 5, 5))),
     filler=18000,
-    epochs=1,
-    batch_size=32,
-    vae_steps=800,
     learning_rate=1e-3,
     prediction_type="v_prediction",
 )

@@ -28,12 +28,13 @@ import contextlib
 import numpy as np
 import torch
 
-from verifier.models.base import Conditioning, ModelAdapter
-from verifier.models.sd import _vae_latents
-from verifier.objectives import DDPMObjective
+from verifier.models.base import Conditioning
+from verifier.models.sd import StableDiffusionAdapter, _vae_latents
 
 
-class StableDiffusionXLAdapter(ModelAdapter):
+class StableDiffusionXLAdapter(StableDiffusionAdapter):
+    """SDXL: SD's UNet, VAE and DDPM objective, with two text encoders and added conditioning."""
+
     family = "sdxl"
     pipeline_class = "StableDiffusionXLPipeline"
     required_components = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")
@@ -41,16 +42,6 @@ class StableDiffusionXLAdapter(ModelAdapter):
     EMPTY_PROMPTS = {"encoded": "the encoded empty string, passed explicitly as the negative",
                      "zeros": "zeros (as force_zeros_for_empty_prompt), passed explicitly as the negative"}
     empty_prompt = "encoded"
-
-    def _objective(self):
-        return DDPMObjective(self.pipeline.scheduler, self.device)
-
-    @property
-    def resolution(self) -> int:
-        return int(self.pipeline.unet.config.sample_size) * int(self.pipeline.vae_scale_factor)
-
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipeline.unet
 
     def add_time_ids(self, height: int | None = None, width: int | None = None) -> list[int]:
         """original size + crop top-left + target size, the pipeline's defaults at the image size."""
