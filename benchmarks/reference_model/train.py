@@ -246,18 +246,26 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def make_models(preset: Preset, vocab_size: int, bos: int, eos: int, prediction_type: str):
-    """Fresh VAE, text encoder, UNet and the DDPM training schedule."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def make_vae(preset: Preset):
+    """A fresh VAE (x2 per level, no mid-block attention); built first, so the seeded weights after it
+    do not depend on the architecture."""
+    from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * len(preset.vae_channels),
         up_block_types=("UpDecoderBlock2D",) * len(preset.vae_channels),
         block_out_channels=preset.vae_channels, layers_per_block=1, norm_num_groups=16,
         sample_size=preset.resolution, mid_block_add_attention=False,
     )
+
+
+def make_models(preset: Preset, vocab_size: int, bos: int, eos: int, prediction_type: str):
+    """Fresh VAE, text encoder, UNet and the DDPM training schedule."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae = make_vae(preset)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=vocab_size, hidden_size=preset.text_hidden, intermediate_size=4 * preset.text_hidden,
         projection_dim=preset.text_hidden, num_hidden_layers=2, num_attention_heads=4,
@@ -282,16 +290,10 @@ def make_models(preset: Preset, vocab_size: int, bos: int, eos: int, prediction_
 
 def make_xl_models(preset: Preset, vocab_size: int, bos: int, eos: int, prediction_type: str):
     """Fresh VAE, two text encoders and an SDXL-style UNet (``text_time`` added conditioning)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * len(preset.vae_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(preset.vae_channels),
-        block_out_channels=preset.vae_channels, layers_per_block=1, norm_num_groups=16,
-        sample_size=preset.resolution, mid_block_add_attention=False,
-    )
+    vae = make_vae(preset)
 
     def text_config() -> CLIPTextConfig:
         # Two layers: SDXL conditions on hidden_states[-2], the output of the first one.
