@@ -41,7 +41,7 @@ class VerifierConfig:
     inversion_space: str = "token_embeddings"
     inversion_tokens: int = 8
     inversion_steps: int = 60
-    inversion_learning_rate: float = 0.1  # relative to the space's scale (see verifier.invert)
+    inversion_learning_rate: float = 0.1  # relative to each variable's scale (see verifier.spaces)
     inversion_noise_draws: int = 4
     batch_size: int = 16
 

@@ -12,7 +12,7 @@ CONFIG_OPTIONS = [
     click.option("--dtype", default=None, help="float32 (default), float16 or bfloat16."),
     click.option("--similarity", default=None, help="ssim (default), lpips or sscd."),
     click.option("--similarity-threshold", type=float, default=None, help="Override the metric's default threshold."),
-    click.option("--inversion-space", default=None, help="token_embeddings (default) or hidden_states."),
+    click.option("--inversion-space", default=None, help="token_embeddings (default), shared_token_embeddings or hidden_states."),
     click.option("--inversion-steps", type=int, default=None, help="Adam steps per image."),
     click.option("--generations", type=int, default=None, help="Seeds per guidance scale."),
     click.option("--batch-size", type=int, default=None, help="Images per batch (does not change results)."),
