@@ -224,3 +224,22 @@ def test_sd2_v_model_is_certified_at_its_native_768_px(tmp_path, images):
     from PIL import Image
 
     assert Image.open(tmp_path / "out" / certificate["witness"]["closest_generation"]).size == (768, 768)
+
+
+def test_the_stages_reach_a_model_only_through_its_adapter():
+    """No stage touches a pipeline component: a new family joins by writing an adapter, not by editing them."""
+    import ast
+    from pathlib import Path
+
+    import verifier
+
+    # ("scheduler" is also a field of the run's record, so it is caught through "pipeline" instead.)
+    components = {"unet", "transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae",
+                  "pipeline"}
+    stages = ("api.py", "invert.py", "error.py", "control.py", "conditions.py", "spaces.py", "verify.py",
+              "calibration.py")
+    package = Path(verifier.__file__).parent
+    for stage in stages:
+        tree = ast.parse((package / stage).read_text())
+        touched = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)} & components
+        assert not touched, f"{stage} reaches into the pipeline: {sorted(touched)}"
