@@ -77,6 +77,8 @@ def test_family_and_native_resolution_come_from_the_model(variant):
     assert (record["family"], record["pipeline"]) == (family, PIPELINES[family])
     assert record["prediction_type"] == prediction_type and adapter.resolution == 16
     assert record["conditioning"]["upcast_attention"] is upcast
+    assert record["objective"] == {"name": "ddpm", "prediction_type": prediction_type, "num_train_timesteps": 1000,
+                                   "training_timesteps": "uniform"}
     # The UNet's attention layers really compute their scores in float32 where the config asks.
     attention = [m for m in adapter.denoiser().modules() if type(m).__name__ == "Attention"]
     assert attention and all(m.upcast_attention is upcast for m in attention if m.is_cross_attention)

@@ -15,8 +15,8 @@ Version history:
 - 2: declared schema; per-generation similarity scores per guidance scale; verifier version, the
   schema version and the sha256 of similarity weights in the resume key; ``null`` for non-finite
   measurements; the never-seen twin control and the calibration a verdict used.
-- 3: model families (issue 7): the model's family, pipeline class, denoiser parameter count and
-  conditioning recipe; the witness names every tensor it holds (SDXL adds pooled embeddings) and
+- 3: model families (issue 7): the model's family, pipeline class, denoiser parameter count,
+  training objective and conditioning recipe; the witness names every tensor it holds (SDXL adds pooled embeddings) and
   the pipeline's further keywords; witness variables are stored per name (``variables.<name>``).
 """
 
@@ -79,6 +79,8 @@ class ModelRecord(_Strict):
     resolution: int
     prediction_type: str
     denoiser_parameters: int
+    objective: dict[str, Any] = Field(
+        description="The training objective the error is measured in: name, prediction type, training timesteps")
     conditioning: dict[str, Any] = Field(
         description="How the family builds its conditioning: encoders, features, micro-conditioning, empty prompt")
 

@@ -105,7 +105,7 @@ class ModelAdapter(ABC):
             "source": self.source, "kind": self.kind, "fingerprint": self.fingerprint, "family": self.family,
             "pipeline": self.pipeline_class, "resolution": self.resolution, "prediction_type": self.prediction_type,
             "denoiser_parameters": sum(p.numel() for p in self.denoiser().parameters()),
-            "conditioning": self.conditioning_record(),
+            "objective": self.objective.describe(), "conditioning": self.conditioning_record(),
         }
 
     @abstractmethod
