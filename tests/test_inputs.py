@@ -209,6 +209,25 @@ def test_hub_id_offline_says_so(monkeypatch, tmp_path):
         load_model("someone/some-model", device="cpu")
 
 
+def test_hub_id_in_the_local_cache_loads_offline(monkeypatch, tmp_path, tiny_model):
+    """A hub id whose snapshot is in the Hugging Face cache loads offline, fingerprinted like its folder."""
+    import shutil
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    # huggingface_hub reads its cache folder at import; point the already imported constant at ours.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    revision = "0" * 40
+    repo = tmp_path / "hub" / "models--someone--tiny-model"
+    shutil.copytree(tiny_model, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    from_hub = load_model("someone/tiny-model", device="cpu")
+    assert (from_hub.kind, from_hub.family) == ("hub", "sd")
+    assert from_hub.fingerprint == load_model(tiny_model, device="cpu").fingerprint
+
+
 def test_single_file_checkpoint_loads_with_a_local_config_folder(tmp_path, tiny_model):
     import torch
     from ldm_checkpoint import write_single_file

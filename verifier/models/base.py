@@ -80,6 +80,7 @@ class ModelAdapter(ABC):
         self.source, self.kind, self.fingerprint = source, kind, fingerprint
         self.device, self.dtype = device, dtype
         self.objective = self._objective()
+        self._prompt_ids: dict[int, dict[str, torch.Tensor]] = {}  # inversion encodes every step: tokenize once
 
     # -- what the model is -------------------------------------------------------------------
     @property
@@ -134,6 +135,8 @@ class ModelAdapter(ABC):
         encoder reads its pooled output at the EOS token (CLIP picks the first EOS, or in old
         configs the largest id), so they are BOS, which is neither.
         """
+        if soft_tokens in self._prompt_ids:
+            return self._prompt_ids[soft_tokens]
         ids = {}
         for name, (tokenizer, _) in self.text_inputs().items():
             empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -146,6 +149,7 @@ class ModelAdapter(ABC):
                 bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
                 empty = torch.tensor([[bos] * (1 + soft_tokens) + [eos] + [pad] * (length - soft_tokens - 2)])
             ids[name] = empty.to(self.device)
+        self._prompt_ids[soft_tokens] = ids
         return ids
 
     def encode_text(self, soft_tokens: dict[str, torch.Tensor] | None = None) -> Conditioning:

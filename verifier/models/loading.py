@@ -276,4 +276,4 @@ def _load_from_hub(model: str, torch_dtype: torch.dtype, allow_pickle: bool):
             "the hub could not be reached or has no such model, and it is not in the local cache"
         raise ModelLoadError(f"MODEL {model!r} is not a local path; as a hub id it failed {where}. "
                              f"Pass a local diffusers folder instead. ({type(error).__name__}: {error})") from None
-    return adapter, pipeline, Path(snapshot_download(model, local_files_only=True))
+    return adapter, pipeline, snapshot  # the same snapshot folder, now holding every file from_pretrained fetched
