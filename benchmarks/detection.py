@@ -134,11 +134,14 @@ def print_model(result: dict, config) -> None:
         if ratios:
             print(f"error ratio, {group:24s} min {min(ratios):.3f}  median {statistics.median(ratios):.3f}  "
                   f"max {max(ratios):.3f}")
-    evaluations = denoiser_evaluations(config)
-    print(f"denoiser evaluations per verdict: {evaluations['total']} "
-          f"({evaluations['inversion_forward_backward']} forward+backward for inversion, "
-          f"{evaluations['error_forward']} forward for the error, {evaluations['sampling_forward']} forward for "
-          f"sampling) + {_control_evaluations(certificates):.0f} per image on average for the control")
+    planned = denoiser_evaluations(config)
+    spent = [c["budget"]["denoiser_evaluations_spent"]["sampling_forward"] for c in certificates]
+    extended = sum(value > planned["sampling_forward"] for value in spent)
+    print(f"denoiser evaluations per verdict: {planned['inversion_forward_backward']} forward+backward for "
+          f"inversion, {planned['error_forward']} forward for the error, {statistics.mean(spent):.0f} forward for "
+          f"sampling on average ({planned['sampling_forward']} at the first look; {extended} of {len(spent)} images "
+          f"sampled further, max {max(spent)}) + {_control_evaluations(certificates):.0f} per image on average for "
+          f"the control")
     per_image = [s / len(certificates) for s in result["seconds"]]
     spread = f" (min {min(per_image):.2f}, max {max(per_image):.2f} over {len(per_image)} runs)" \
         if len(per_image) > 1 else ""

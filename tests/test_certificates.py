@@ -95,7 +95,7 @@ def test_reader_names_an_older_schema_version(run, tmp_path):
     path = tmp_path / "old.json"
     shutil.copy(run / f"{MEMORIZED}.json", path)
     _edit(path, lambda c: c["schema"].update(version=1))
-    with pytest.raises(CertificateFormatError, match="has schema version 1; this verifier reads version 3"):
+    with pytest.raises(CertificateFormatError, match="has schema version 1; this verifier reads version 4"):
         read_certificate(path)
 
 
@@ -104,8 +104,8 @@ def test_reader_names_an_older_schema_version(run, tmp_path):
 def test_verify_passes_an_untouched_run_through_the_cli(run):
     result = CliRunner().invoke(main, ["verify", str(run), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    for check in ("schema", "image", "model", "witness", "verdict", "generations at guidance 3", "prediction error",
-                  "summary"):
+    for check in ("schema", "image", "model", "witness", "verdict", "sequential sampling", "generations at guidance 3",
+                  "prediction error", "summary"):
         assert f" {check} " in result.output
     assert "FAIL" not in result.output
 
@@ -174,6 +174,22 @@ def test_tamper_edited_similarity_score(copy):
         c["conditions"]["similarity"]["margin"] = c["conditions"]["similarity"]["value"] - 0.7
     _edit(copy / f"{MEMORIZED}.json", raise_score)
     _fail(verify(_only(copy, MEMORIZED), device="cpu"), "generations at guidance 3", "regenerated vs")
+
+
+def test_tamper_sampling_past_a_settled_rate(copy):
+    """Seeds added after the rate was settled (to wash out or pile up replications) break the stopping rule,
+    even with the seeds, counts and bounds made consistent."""
+    def more_seeds(c):
+        scale = c["conditions"]["probability"]["per_scale"][0]
+        scale["scores"] = scale["scores"] * 2
+        scale["generations"] *= 2
+        scale["replications"] *= 2
+        scale["look"] = 1
+        seed = c["config"]["seed"]
+        c["witness"]["seeds"] = [seed * 1_000_003 + index for index in range(scale["generations"])]
+    _edit(copy / f"{MEMORIZED}.json", more_seeds)
+    _fail(verify(_only(copy, MEMORIZED), device="cpu"), "sequential sampling",
+          "are not what the stopping rule prescribes on the recorded scores (16 at guidance 1, 16 at guidance 3)")
 
 
 def test_tamper_edited_witness(copy):
@@ -287,7 +303,8 @@ def test_decide_never_turns_a_non_finite_measurement_into_a_clean_verdict(value)
 
     for ratio, scores in ((value, np.full(16, 0.9)), (0.2, np.array([value] + [0.9] * 15)), (value, np.zeros(16))):
         decision = decide(error_ratio=ratio, scores_by_scale={3.0: scores}, metric=SSIM(), threshold=0.7,
-                          max_error_ratio=0.5, min_rate=0.25, confidence=0.95)
+                          max_error_ratio=0.5, min_rate=0.25, confidence=0.95,
+                          looks=[16])
         assert decision.verdict == "inconclusive", decision.reason
         assert "measurement failed" in decision.reason
         assert "not finite" in decision.reason or f"error ratio is {value}" in decision.reason

@@ -148,7 +148,7 @@ def test_clopper_pearson_bounds():
 ])
 def test_verdict_table(ratio, scores, verdict):
     decision = decide(error_ratio=ratio, scores_by_scale={3.0: np.array(scores)}, metric=SSIM(), threshold=0.7,
-                      max_error_ratio=0.5, min_rate=0.5, confidence=0.95)
+                      max_error_ratio=0.5, min_rate=0.5, confidence=0.95, looks=[16])
     assert decision.verdict == verdict
     assert decision.conditions["existence"]["pass"] == (ratio <= 0.5)
     if verdict == "not_memorized":

@@ -37,7 +37,9 @@ from verifier.certificate.store import (
     png_bytes, prepare_output_folder, reusable_certificate, run_key, summary, write_witness,
 )
 from verifier.calibration import check_calibration, read_calibration, threshold_sources
-from verifier.conditions import DEFAULT_EXISTENCE_SOURCE, decide, inversion_problems, needs_control, redecide
+from verifier.conditions import (
+    DEFAULT_EXISTENCE_SOURCE, decide, inversion_problems, needs_control, redecide, sampling_looks, scale_to_extend,
+)
 from verifier.control import TWIN, ControlRun, run_controls
 from verifier.config import VerifierConfig
 from verifier.error import prediction_error
@@ -45,6 +47,7 @@ from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect
 from verifier.invert import invert
 from verifier.models import Conditioning, ModelAdapter, load_model
 from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
+from verifier.sampling import sample
 from verifier.similarity import replicated
 
 
@@ -69,11 +72,12 @@ def _environment(model: ModelAdapter) -> dict:
     }
 
 
-def denoiser_evaluations(config: VerifierConfig, guidance_scales: Sequence[float] | None = None) -> dict:
+def denoiser_evaluations(config: VerifierConfig, generations: dict[float, int] | None = None) -> dict:
     """Hardware-independent cost of one image's verdict (or of its control, which samples at one scale),
-    in denoiser evaluations."""
-    scales = config.guidance_scales if guidance_scales is None else guidance_scales
-    sampling = sum(config.generations * config.sampling_steps * (2 if g > 1 else 1) for g in scales)
+    in denoiser evaluations: the first look's plan, or with ``generations`` (seeds per guidance scale)
+    what was spent. Guidance above 1 costs two evaluations per step (conditional and unconditional)."""
+    generations = generations or {scale: config.generations for scale in config.guidance_scales}
+    sampling = sum(count * config.sampling_steps * (2 if scale > 1 else 1) for scale, count in generations.items())
     inversion = config.inversion_steps * config.inversion_noise_draws
     error = 2 * config.error_timesteps * config.error_noise_draws
     return {"inversion_forward_backward": inversion, "error_forward": error, "sampling_forward": sampling,
@@ -185,12 +189,15 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
     empty = loaded.empty_conditioning()
     record = RunRecord(
         model=loaded.describe(), config=config.to_dict(), environment=_environment(loaded),
-        seeds=[config.seed * 1_000_003 + index for index in range(config.generations)], calibration=calibration,
+        seeds=[config.seed * 1_000_003 + index
+               for index in range(sampling_looks(config.generations, config.sampling_doublings)[-1])],
+        calibration=calibration,
         grid=loaded.objective.grid(config.error_timesteps), resolution=resolution,
         scheduler=loaded.scheduler_record(),
         budget={"inversion_space": config.inversion_space, "inversion_tokens": config.inversion_tokens,
                 "inversion_steps": config.inversion_steps, "inversion_noise_draws": config.inversion_noise_draws,
                 "restarts": 1, "generations_per_scale": config.generations,
+                "sampling_looks": sampling_looks(config.generations, config.sampling_doublings),
                 "guidance_scales": list(config.guidance_scales), "sampling_steps": config.sampling_steps,
                 "denoiser_evaluations": denoiser_evaluations(config)},
         witness_tensors=sorted(empty.tensors()),
@@ -225,18 +232,25 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
     empty_error = prediction_error(model, z0, empty.expand(len(batch)),
                                    timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
     clock["error_s"] = time.time() - tick
-    # 5. Generate from the witness and score each generation against its image.
-    tick = time.time()
-    generations = {scale: model.generate(inversion.conditioning, empty, seeds, scale, config.sampling_steps, resolution)
-                   for scale in config.guidance_scales}
-    scores = [{scale: metric(generations[scale][index], pixels[index]) for scale in config.guidance_scales}
-              for index in range(len(batch))]
     ratios = [float(inverted_error[index].mean() / empty_error[index].mean()) for index in range(len(batch))]
+    # 5. Generate from the witness and score each generation against its image; double the seeds where
+    #    the first look leaves the probability condition undecided.
+    tick = time.time()
+    looks = sampling_looks(config.generations, config.sampling_doublings)
+
+    def extend(index: int, scores_so_far: dict[float, np.ndarray], look: int) -> float | None:
+        return scale_to_extend(scores_so_far, look, existence_holds=ratios[index] <= run.thresholds.existence,
+                               metric=metric, threshold=run.thresholds.similarity,
+                               min_rate=config.probability_min_rate, confidence=config.confidence, looks=looks)
+
+    sampled = sample(model, inversion.conditioning, empty, pixels, metric, seeds=seeds, looks=looks,
+                     scales=config.guidance_scales, steps=config.sampling_steps, resolution=resolution, extend=extend)
+    scores = sampled.scores
     clock["generate_s"] = time.time() - tick
     # 5b. Where a witness replicates its image but the error ratio stayed high, run the control.
     tick = time.time()
-    controls = _controls(model, run.space, metric, run.thresholds, batch, pixels, scores, ratios, empty, seeds,
-                         config, resolution)
+    controls = _controls(model, run.space, metric, run.thresholds, batch, pixels, scores, ratios, empty,
+                         seeds[:looks[0]], config, resolution)
     clock["control_s"] = time.time() - tick
     timings = {key: (round(value / len(batch), 4) if key.endswith("_s") else value)
                for key, value in clock.items()} | {"note": "seconds: this image's share of its batch"}
@@ -253,11 +267,13 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
             problems=inversion_problems(loss_first_last),
             control=None if control is None else {"guidance_scale": control.guidance_scale,
                                                   "scores": list(control.scores), "error_ratio": control.error_ratio},
-            existence_source=run.thresholds.existence_source, similarity_source=run.thresholds.similarity_source)
-        best_scale, best_seed = _closest(scores[index], metric, seeds)
-        atomic_write_bytes(run.out / f"{image.id}.closest.png",
-                           png_bytes(generations[best_scale][index][seeds.index(best_seed)]))
-        metadata = {"space": config.inversion_space, "seeds": seeds, "image_sha256": image.sha256}
+            looks=looks, existence_source=run.thresholds.existence_source,
+            similarity_source=run.thresholds.similarity_source)
+        best_scale, best_seed, best_generation = sampled.closest[index]
+        atomic_write_bytes(run.out / f"{image.id}.closest.png", png_bytes(best_generation))
+        used = sampled.seeds_used(index)
+        image_seeds = seeds[:max(used.values())]
+        metadata = {"space": config.inversion_space, "seeds": image_seeds, "image_sha256": image.sha256}
         witness_sha = write_witness(run.out / f"{image.id}.witness.safetensors", inversion.conditioning[index], empty,
                                     {name: value[index] for name, value in inversion.variables.items()}, metadata)
         control_witness = None if control is None else {
@@ -265,11 +281,12 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
             "sha256": write_witness(run.out / f"{image.id}.control.safetensors", control.witness, empty,
                                     control.variables, metadata | {"control": TWIN})}
         certificate = _certificate(
-            run.record, image, decision, witness_sha, best_scale, best_seed, timings, run.keys[image.id],
+            run.record, image, decision, witness_sha, image_seeds, best_scale, best_seed, timings, run.keys[image.id],
             error={"inverted": inverted_error[index], "empty": empty_error[index], "ratio": ratios[index],
                    "loss_first_last": loss_first_last, "noise_draws": config.error_noise_draws},
             control_witness=control_witness,
-            control_cost=None if control is None else denoiser_evaluations(config, [control.guidance_scale]))
+            spent=denoiser_evaluations(config, used),
+            control_cost=None if control is None else denoiser_evaluations(config, {control.guidance_scale: looks[0]}))
         atomic_write_json(run.out / f"{image.id}.json", certificate)
         if run.signer is not None:
             sign_file(run.signer, run.out / f"{image.id}.json")
@@ -345,9 +362,9 @@ class RunRecord:
     generation_kwargs: dict  # the family's further pipeline keywords (SDXL's sizes)
 
 
-def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: str, best_scale: float,
-                 best_seed: int, timings: dict, key: str, error: dict, control_witness: dict | None,
-                 control_cost: dict | None) -> dict:
+def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: str, seeds: list[int],
+                 best_scale: float, best_seed: int, timings: dict, key: str, error: dict,
+                 control_witness: dict | None, spent: dict, control_cost: dict | None) -> dict:
     """One image's certificate, validated against the schema."""
     return validated("certificate", {
         "schema": certificate_tag(),
@@ -371,7 +388,7 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
             "negative_tensors": [f"negative_{name}" for name in run.witness_tensors],
             "negative": "the empty prompt's conditioning",
             "pipeline_kwargs": run.generation_kwargs,
-            "seeds": run.seeds, "generator": "torch.Generator('cpu').manual_seed(seed), one per image",
+            "seeds": seeds, "generator": "torch.Generator('cpu').manual_seed(seed), one per image",
             "guidance_scales": run.config["guidance_scales"], "num_inference_steps": run.config["sampling_steps"],
             "height": run.resolution, "width": run.resolution, "scheduler": run.scheduler,
             "closest_generation": f"{image.id}.closest.png",
@@ -379,20 +396,9 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
         },
         "control_witness": control_witness,
         "calibration": run.calibration,
-        "budget": run.budget | {"control_denoiser_evaluations": control_cost},
+        "budget": run.budget | {"denoiser_evaluations_spent": spent, "control_denoiser_evaluations": control_cost},
         "config": run.config,
         "environment": run.environment,
         "timings": timings,
         "run_key": key,
     })
-
-
-def _closest(scores: dict[float, np.ndarray], metric, seeds: list[int]) -> tuple[float, int]:
-    """(guidance scale, seed) of the generation most similar to the image (non-finite scores never win)."""
-    best = None
-    for scale, values in scores.items():
-        signed = np.where(np.isfinite(values), values if metric.higher_is_similar else -values, -np.inf)
-        index = int(np.argmax(signed))
-        if best is None or signed[index] > best[0]:
-            best = (signed[index], scale, seeds[index])
-    return best[1], best[2]

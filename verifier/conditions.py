@@ -8,9 +8,13 @@
   or a threshold calibrated on the model's own non-members), or, where the ratio stays higher but
   the witness replicates the image, the witness replicates its image significantly more often than
   a control witness replicates the image's never-seen twin (``verifier.control``).
-- **Probability**: the replication rate over ``generations`` independent seeds, at the best
-  guidance scale, with an exact one-sided Clopper-Pearson bound; the bound's level is
-  Bonferroni-corrected for the number of guidance scales tried.
+- **Probability**: the replication rate over independent seeds at the best guidance scale, with
+  exact one-sided Clopper-Pearson bounds. Sampling is sequential (``sampling_looks``): every scale
+  gets ``generations`` seeds at the first look; where that leaves the condition undecided (the
+  bounds straddle the minimum rate and the existence condition holds), the best scale's seeds
+  double, up to ``sampling_doublings`` times. The looks are made valid together by a union bound
+  (``look_confidences``): half the error rate goes to the first look, the other half is split
+  evenly over the later looks, and each look's share is divided among the guidance scales.
 
 Verdicts (exactly one):
 
@@ -65,6 +69,31 @@ def _condition(value: float | None, threshold: float, passed: bool, higher_passe
     return {"value": value, "threshold": threshold, "margin": margin, "pass": bool(passed), **details}
 
 
+def sampling_looks(generations: int, doublings: int) -> list[int]:
+    """Seeds per guidance scale at each look: ``generations``, then doubled ``doublings`` times."""
+    return [generations * 2**look for look in range(doublings + 1)]
+
+
+def look_confidences(confidence: float, scales: int, looks: int) -> list[float]:
+    """The one-sided confidence of each (guidance scale, look) bound, so that all hold together.
+
+    Union bound: the error rate ``1 - confidence`` is split over every bound a run may compute. With a
+    single look it is divided among the scales (Bonferroni, as a fixed-sample test); with later looks
+    half goes to the first look (where most images stop) and half is shared evenly by the later ones.
+    """
+    alpha = 1.0 - confidence
+    if looks == 1:
+        return [1.0 - alpha / scales]
+    later = looks - 1
+    return [1.0 - alpha / (2 * scales)] + [1.0 - alpha / (2 * scales * later)] * later
+
+
+def undecided(replications: int, generations: int, look_confidence: float, min_rate: float) -> bool:
+    """The look cannot tell the rate from the minimum: some replications, and the bounds straddle it."""
+    lower, upper = clopper_pearson(replications, generations, look_confidence)
+    return replications > 0 and lower < min_rate <= upper
+
+
 def witness_specificity(witness_replications: int, control_replications: int, generations: int,
                         confidence: float) -> tuple[float, bool]:
     """One-sided Fisher exact test: does the witness replicate its image more often than the control its twin?
@@ -84,11 +113,14 @@ def needs_control(error_ratio: float, replications: int, max_error_ratio: float)
     return replications > 0 and math.isfinite(error_ratio) and error_ratio > max_error_ratio
 
 
+SEQUENTIAL_METHOD = ("seeds double at the best guidance scale while the bounds straddle the minimum rate; "
+                     "union bound over scales and looks: half the error rate at the first look, half shared "
+                     "by the later looks")
 DEFAULT_EXISTENCE_SOURCE = "config existence_max_error_ratio (default 0.5: README, Decisions)"
 
 
 def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metric, threshold: float,
-           max_error_ratio: float, min_rate: float, confidence: float,
+           max_error_ratio: float, min_rate: float, confidence: float, looks: list[int],
            problems: tuple[str, ...] = (), control: dict | None = None,
            existence_source: str = DEFAULT_EXISTENCE_SOURCE, similarity_source: str | None = None) -> Decision:
     """Apply the three conditions to one image's measurements (see the module's verdict table).
@@ -96,27 +128,17 @@ def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metr
     ``metric`` needs ``name``, ``higher_is_similar``, ``threshold_source`` and ``weights``.
     ``control`` is the never-seen twin's measurement (``guidance_scale``, ``scores``, ``error_ratio``;
     see ``verifier.control``), or None where it was not needed.
+    ``looks`` are the planned seeds per scale at each look (``sampling_looks``); each scale's bounds
+    hold at the confidence of the look its seed count ended at.
     ``problems`` are failures found upstream (a diverged inversion); any problem, or any measurement
     that is NaN or infinite, makes the verdict ``inconclusive`` with the reason: a broken
     measurement never becomes a clean verdict.
     """
-    scales = sorted(scores_by_scale)
-    per_scale_confidence = 1.0 - (1.0 - confidence) / len(scales)
     problems = list(problems)
-    per_scale = []
-    for scale in scales:
-        scores = np.asarray(scores_by_scale[scale], dtype=np.float64)
-        if not np.isfinite(scores).all():
-            problems.append(f"{int((~np.isfinite(scores)).sum())} similarity scores at guidance {scale:g} are not finite")
-        hits = replicated(metric, scores, threshold) & np.isfinite(scores)
-        k, n = int(hits.sum()), int(hits.size)
-        lower, upper = clopper_pearson(k, n, per_scale_confidence)
-        per_scale.append({"guidance_scale": float(scale), "replications": k, "generations": n, "rate": k / n,
-                          "lower_bound": lower, "upper_bound": upper,
-                          "scores": [_finite(value) for value in scores]})
+    per_scale = _per_scale(scores_by_scale, metric, threshold, confidence, looks, problems)
     if not math.isfinite(error_ratio):
         problems.append(f"the error ratio is {error_ratio}")
-    best = max(per_scale, key=lambda s: (s["replications"], -s["guidance_scale"]))
+    best = _best(per_scale)
     finite_scores = [v for s in per_scale for v in s["scores"] if v is not None]
     best_score = (max(finite_scores) if metric.higher_is_similar else min(finite_scores)) if finite_scores else None
     replications = sum(s["replications"] for s in per_scale)
@@ -138,13 +160,57 @@ def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metr
     probability = _condition(best["lower_bound"], min_rate, best["lower_bound"] >= min_rate, True,
                              measure="one-sided Clopper-Pearson lower bound on the replication rate at the best "
                                      "guidance scale",
-                             confidence=confidence, per_scale_confidence=per_scale_confidence,
+                             confidence=confidence, looks=list(looks),
+                             look_confidences=look_confidences(confidence, len(per_scale), len(looks)),
+                             sequential=SEQUENTIAL_METHOD,
                              best_guidance_scale=best["guidance_scale"], rate=best["rate"],
                              upper_bound=best["upper_bound"], per_scale=per_scale)
     conditions = {"similarity": similarity, "existence": existence, "probability": probability}
     verdict, reason = _verdict(problems, conditions, best, replications, error_ratio, max_error_ratio, min_rate,
                                confidence)
     return Decision(verdict, reason, conditions)
+
+
+def _per_scale(scores_by_scale: dict[float, np.ndarray], metric, threshold: float, confidence: float,
+               looks: list[int], problems: list[str]) -> list[dict]:
+    """Each scale's replications and bounds at the confidence of the look its seed count ended at."""
+    confidences = look_confidences(confidence, len(scores_by_scale), len(looks))
+    per_scale = []
+    for scale in sorted(scores_by_scale):
+        scores = np.asarray(scores_by_scale[scale], dtype=np.float64)
+        if not np.isfinite(scores).all():
+            problems.append(f"{int((~np.isfinite(scores)).sum())} similarity scores at guidance {scale:g} are not finite")
+        hits = replicated(metric, scores, threshold) & np.isfinite(scores)
+        k, n = int(hits.sum()), int(hits.size)
+        if n not in looks:
+            problems.append(f"{n} generations at guidance {scale:g} is not one of the planned looks {looks}")
+        look = looks.index(n) if n in looks else len(looks) - 1
+        lower, upper = clopper_pearson(k, n, confidences[look])
+        per_scale.append({"guidance_scale": float(scale), "replications": k, "generations": n, "rate": k / n,
+                          "look": look, "confidence": confidences[look], "lower_bound": lower, "upper_bound": upper,
+                          "scores": [_finite(value) for value in scores]})
+    return per_scale
+
+
+def _best(per_scale: list[dict]) -> dict:
+    """The scale with the highest lower bound (with equal seed counts: the most replications); ties: lowest scale."""
+    return max(per_scale, key=lambda s: (s["lower_bound"], s["replications"], -s["guidance_scale"]))
+
+
+def scale_to_extend(scores_by_scale: dict[float, np.ndarray], look: int, *, existence_holds: bool, metric,
+                    threshold: float, min_rate: float, confidence: float, looks: list[int]) -> float | None:
+    """The guidance scale whose seeds should double after ``look``, or None where sampling can stop.
+
+    Sampling goes on only where the verdict rests on the rate: the existence condition holds by the
+    error ratio, the best scale is the one at this look, and its bounds straddle the minimum rate
+    (``undecided``). Everywhere else one more look could not change the verdict's kind.
+    """
+    if not existence_holds:
+        return None
+    best = _best(_per_scale(scores_by_scale, metric, threshold, confidence, looks, []))
+    if best["look"] != look or not undecided(best["replications"], best["generations"], best["confidence"], min_rate):
+        return None
+    return best["guidance_scale"]
 
 
 def _control_record(control: dict | None, best: dict, metric, threshold: float, confidence: float,
@@ -218,12 +284,9 @@ def inversion_problems(loss_first_last: list[float | None]) -> tuple[str, ...]:
     return ()
 
 
-def redecide(certificate: dict) -> Decision:
-    """The decision that follows from a certificate's own recorded numbers and the thresholds it names
-    (its calibration's, else its config's).
-
-    Used to check a certificate before a resumed run reuses it, and by ``verify``.
-    """
+def _recorded_inputs(certificate: dict) -> dict:
+    """``decide``'s arguments as a certificate records them, with the thresholds it names (its
+    calibration's, else its config's)."""
     from verifier.calibration import threshold_sources
     from verifier.registry import SIMILARITY_METRICS
 
@@ -243,10 +306,42 @@ def redecide(certificate: dict) -> Decision:
               for s in certificate["conditions"]["probability"]["per_scale"]}
     ratio = certificate["prediction_error"]["ratio"]
     control = certificate["conditions"]["existence"]["control"]
-    return decide(error_ratio=float("nan") if ratio is None else ratio, scores_by_scale=scores, metric=metric,
-                  threshold=threshold, max_error_ratio=max_ratio, min_rate=config["probability_min_rate"],
-                  confidence=config["confidence"],
-                  problems=inversion_problems(certificate["prediction_error"]["inversion_loss_first_last"]),
-                  control=None if control is None else {key: control[key] for key in
-                                                        ("guidance_scale", "scores", "error_ratio")},
-                  existence_source=existence_source, similarity_source=similarity_source)
+    return dict(error_ratio=float("nan") if ratio is None else ratio, scores_by_scale=scores, metric=metric,
+                threshold=threshold, max_error_ratio=max_ratio, min_rate=config["probability_min_rate"],
+                confidence=config["confidence"],
+                looks=sampling_looks(config["generations"], config["sampling_doublings"]),
+                problems=inversion_problems(certificate["prediction_error"]["inversion_loss_first_last"]),
+                control=None if control is None else {key: control[key] for key in
+                                                      ("guidance_scale", "scores", "error_ratio")},
+                existence_source=existence_source, similarity_source=similarity_source)
+
+
+def redecide(certificate: dict) -> Decision:
+    """The decision that follows from a certificate's own recorded numbers and the thresholds it names.
+
+    Used to check a certificate before a resumed run reuses it, and by ``verify``.
+    """
+    return decide(**_recorded_inputs(certificate))
+
+
+def replayed_generations(certificate: dict) -> dict[float, int]:
+    """Seeds per guidance scale that the sequential rule prescribes, replayed on the recorded scores.
+
+    ``verify`` compares them with the recorded counts: sampling that went on after the rate was
+    settled, or stopped while it was undecided, would bias the bounds.
+    """
+    inputs = _recorded_inputs(certificate)
+    scores, looks = inputs["scores_by_scale"], inputs["looks"]
+    ratio = inputs["error_ratio"]
+    counts = {scale: looks[0] for scale in scores}
+    for look in range(len(looks) - 1):
+        if any(len(scores[scale]) < counts[scale] for scale in scores):
+            break  # fewer recorded than the rule asks for: the caller's comparison says so
+        scale = scale_to_extend({scale: scores[scale][:counts[scale]] for scale in scores}, look,
+                                existence_holds=math.isfinite(ratio) and ratio <= inputs["max_error_ratio"],
+                                metric=inputs["metric"], threshold=inputs["threshold"], min_rate=inputs["min_rate"],
+                                confidence=inputs["confidence"], looks=looks)
+        if scale is None:
+            break
+        counts[scale] = looks[look + 1]
+    return counts

@@ -55,7 +55,8 @@ class VerifierConfig:
     # Similarity and probability: generations from the witness.
     similarity: str = "ssim"
     similarity_threshold: float | None = None  # None: the metric's own documented default
-    generations: int = 16
+    generations: int = 16  # seeds per guidance scale at the first look
+    sampling_doublings: int = 3  # where the first look leaves the rate undecided, double the best scale's seeds
     guidance_scales: tuple[float, ...] = (1.0, 3.0)
     sampling_steps: int = 25
     probability_min_rate: float = 0.25
@@ -87,6 +88,10 @@ class VerifierConfig:
             ("similarity_threshold", self.similarity_threshold is None or finite(self.similarity_threshold),
              "a finite number, or unset for the metric's default"),
             ("generations", 1 <= self.generations <= MAX_GENERATIONS, f"an integer from 1 to {MAX_GENERATIONS}"),
+            ("sampling_doublings", 0 <= self.sampling_doublings <= 10
+             and self.generations * 2**self.sampling_doublings <= MAX_GENERATIONS,
+             f"an integer from 0 to 10 with generations x 2^sampling_doublings at most {MAX_GENERATIONS} "
+             "(0: a fixed-sample test)"),
             ("guidance_scales", 1 <= len(self.guidance_scales) <= 16
              and all(finite(g) and 1 <= g <= MAX_GUIDANCE for g in self.guidance_scales)
              and len(set(self.guidance_scales)) == len(self.guidance_scales),

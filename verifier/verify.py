@@ -6,8 +6,9 @@ The recipe, per certificate:
 1. read it against the declared schema;
 2. re-hash the image (from ``--images`` by sha256, else the recorded path) and the model's files;
 3. check the witness file's sha256 and that its negative is the model's own empty prompt;
-4. check the certificate's internal arithmetic (means, ratio, rates, the run key) and that its
-   verdict follows from its own numbers under its config's thresholds;
+4. check the certificate's internal arithmetic (means, ratio, rates, the run key), that its seeds
+   per guidance scale are what the sequential stopping rule prescribes on its recorded scores, and
+   that its verdict follows from its own numbers under its config's thresholds;
 5. regenerate, with the stock pipeline, every generation the verdict rests on (each replicating
    seed and the closest one; every seed with ``all_generations``; and where the never-seen twin
    control ran, the control's replicating seeds or its closest one), re-measure their similarity,
@@ -287,9 +288,26 @@ def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
                            certificate["environment"].get("verifier"), weights_sha)
         if expected != certificate["run_key"]:
             problems.append("the run key does not match the recorded model, config, image and verifier version")
-        if len(certificate["witness"]["seeds"]) != config.generations:
-            problems.append("the number of seeds is not the config's generations")
+        used = max(scale["generations"] for scale in certificate["conditions"]["probability"]["per_scale"])
+        if certificate["witness"]["seeds"] != [config.seed * 1_000_003 + index for index in range(used)]:
+            problems.append(f"the seeds are not the first {used} of the run seed's sequence")
     result.add(image_id, "arithmetic", not problems, "; ".join(problems) or "means, ratio, config and run key agree")
+    if config is not None:
+        _check_sampling_rule(result, certificate)
+
+
+def _check_sampling_rule(result: VerifyResult, certificate: dict) -> None:
+    """The seeds per guidance scale are what the sequential rule prescribes on the recorded scores."""
+    from verifier.conditions import replayed_generations
+
+    image_id = certificate["image"]["id"]
+    recorded = {s["guidance_scale"]: s["generations"] for s in certificate["conditions"]["probability"]["per_scale"]}
+    prescribed = replayed_generations(certificate)
+    described = ", ".join(f"{count} at guidance {scale:g}" for scale, count in sorted(recorded.items()))
+    result.add(image_id, "sequential sampling", recorded == prescribed,
+               f"seeds per scale ({described}) follow the stopping rule" if recorded == prescribed else
+               f"seeds per scale ({described}) are not what the stopping rule prescribes on the recorded scores ("
+               + ", ".join(f"{count} at guidance {scale:g}" for scale, count in sorted(prescribed.items())) + ")")
 
 
 def _check_calibration(result: VerifyResult, certificate: dict, calibration_file: str | Path | None) -> None:

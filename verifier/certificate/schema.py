@@ -18,6 +18,10 @@ Version history:
 - 3: model families (issue 7): the model's family, pipeline class, denoiser parameter count,
   training objective and conditioning recipe; the witness names every tensor it holds (SDXL adds pooled embeddings) and
   the pipeline's further keywords; witness variables are stored per name (``variables.<name>``).
+- 4: sequential sampling (issue 9): each scale's bounds hold at the confidence of the look its seed
+  count ended at (``look``, ``confidence``); the probability condition records the planned ``looks``,
+  their confidences and the method; the witness lists the seeds actually used; the budget records the
+  denoiser evaluations spent on this image.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
@@ -131,6 +135,8 @@ class ScaleResult(_Strict):
     replications: int = Field(ge=0)
     generations: int = Field(ge=1)
     rate: float = Field(ge=0, le=1)
+    look: int = Field(ge=0, description="The look this scale's seeds ended at (0: the first)")
+    confidence: float = Field(gt=0, lt=1, description="One-sided confidence of this scale's bounds at that look")
     lower_bound: float = Field(ge=0, le=1)
     upper_bound: float = Field(ge=0, le=1)
     scores: list[Optional[float]] = Field(description="Similarity of each seed's generation, in seed order")
@@ -142,8 +148,10 @@ class ProbabilityCondition(_Strict):
     margin: float
     passed: bool = Field(alias="pass")
     measure: str
-    confidence: float
-    per_scale_confidence: float
+    confidence: float = Field(description="Confidence of every bound together (union bound over scales and looks)")
+    looks: list[int] = Field(min_length=1, description="Seeds per scale at each planned look")
+    look_confidences: list[float] = Field(min_length=1, description="Each look's one-sided confidence per scale")
+    sequential: str = Field(description="When sampling goes on, and how the error rate is split over the looks")
     best_guidance_scale: float
     rate: float = Field(ge=0, le=1)
     upper_bound: float = Field(ge=0, le=1)

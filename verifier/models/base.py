@@ -47,6 +47,10 @@ class Conditioning:
         rows = slice(index, index + 1) if isinstance(index, int) else index
         return self.map(lambda tensor: tensor[rows])
 
+    def select(self, rows: list[int]) -> "Conditioning":
+        """The given rows of the batch, in that order."""
+        return self.map(lambda tensor: tensor[rows])
+
     def expand(self, batch: int) -> "Conditioning":
         """A one-row conditioning repeated for ``batch`` images."""
         return self.map(lambda tensor: tensor.expand(batch, *tensor.shape[1:]))

@@ -1,0 +1,72 @@
+"""Stage 5: generate from each witness with the stock pipeline and score every generation, look by look.
+
+1. **First look**: every guidance scale gets the first ``looks[0]`` seeds.
+2. **Later looks**: ``extend`` names, per image, the scale whose seeds should double (the probability
+   condition is still undecided there; see ``conditions.scale_to_extend``) or None; that scale gets
+   the next seeds of the sequence, up to ``looks[-1]``.
+
+Seeds are one fixed sequence shared by every image and scale: a scale that ended at n seeds used the
+first n, so a generation depends only on (witness, seed, scale), never on which look or batch made it.
+Only each image's closest generation is kept, so memory does not grow with the number of seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from verifier.models.base import Conditioning, ModelAdapter
+
+
+@dataclass
+class Sampled:
+    """What sampling measured for a batch of images."""
+
+    scores: list[dict[float, np.ndarray]]  # per image, per scale: similarity of each seed's generation, in seed order
+    closest: list[tuple[float, int, np.ndarray]]  # per image: (scale, seed, generation) most similar to the image
+
+    def seeds_used(self, index: int) -> dict[float, int]:
+        return {scale: len(values) for scale, values in self.scores[index].items()}
+
+
+def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pixels: list[np.ndarray], metric, *,
+           seeds: list[int], looks: list[int], scales: tuple[float, ...], steps: int, resolution: int,
+           extend: Callable[[int, dict[float, np.ndarray], int], float | None]) -> Sampled:
+    """Generate and score, look by look; ``extend(image index, its scores so far, look)`` picks a scale or None.
+
+    The closest generation is the most similar one; ties go to the earlier look, then to the order of
+    ``scales``, then to the lower seed.
+    """
+    count = len(pixels)
+    scores: list[dict[float, np.ndarray]] = [{} for _ in range(count)]
+    closest: list[tuple[float, float, int, np.ndarray] | None] = [None] * count
+    sign = 1.0 if metric.higher_is_similar else -1.0
+
+    def generate(indices: list[int], scale: float, first: int, last: int) -> None:
+        images = model.generate(witnesses.select(indices), empty, seeds[first:last], scale, steps, resolution)
+        for row, index in enumerate(indices):
+            values = np.asarray(metric(images[row], pixels[index]), dtype=np.float64)
+            scores[index][scale] = np.concatenate([scores[index].get(scale, np.empty(0)), values])
+            signed = np.where(np.isfinite(values), sign * values, -np.inf)  # a non-finite score never wins
+            best = int(np.argmax(signed))
+            if closest[index] is None or signed[best] > closest[index][0]:
+                closest[index] = (float(signed[best]), scale, seeds[first + best], images[row][best])
+
+    # 1. First look: every scale, every image.
+    for scale in scales:
+        generate(list(range(count)), scale, 0, looks[0])
+    # 2. Later looks: double the seeds where the condition is undecided.
+    for look in range(1, len(looks)):
+        wanted: dict[float, list[int]] = {}
+        for index in range(count):
+            scale = extend(index, scores[index], look - 1)
+            if scale is not None:
+                wanted.setdefault(scale, []).append(index)
+        if not wanted:
+            break
+        for scale in scales:
+            if scale in wanted:
+                generate(wanted[scale], scale, looks[look - 1], looks[look])
+    return Sampled(scores=scores, closest=[(scale, seed, image) for _, scale, seed, image in closest])
