@@ -9,8 +9,9 @@ verifier's defaults (or --config), then prints per model:
   duplicates / never trained);
 - the AUC with which each continuous score separates memorized from never-trained images:
   ``1 - error ratio`` (higher = more memorized) and the replication rate;
-- denoiser evaluations per verdict (hardware independent; the never-seen twin control's, where it
-  ran, averaged over the images) and wall time per image, on this machine;
+- denoiser evaluations per verdict (hardware independent: what each image spent, sequential
+  sampling and the never-seen twin control included, averaged over the images) and wall time per
+  image, on this machine;
 
 and one line per model at the end (the README's per-family table).
 
@@ -111,6 +112,12 @@ def _control_evaluations(certificates: list[dict]) -> float:
         certificates)
 
 
+def _evaluations_per_verdict(certificates: list[dict]) -> float:
+    """Denoiser evaluations each image actually spent (sequential sampling, control), averaged."""
+    return statistics.mean(c["budget"]["denoiser_evaluations_spent"]["total"]
+                           + (c["budget"]["control_denoiser_evaluations"] or {}).get("total", 0) for c in certificates)
+
+
 def print_model(result: dict, config) -> None:
     from verifier.api import denoiser_evaluations
 
@@ -151,7 +158,7 @@ def print_model(result: dict, config) -> None:
 def print_summary(results: list[dict]) -> None:
     """One line per model: family, the scored verdicts that agree, AUCs, cost."""
     print(f"\n{'model':22s} {'family':7s} {'prediction':13s} {'memorized->memorized':>21s} "
-          f"{'never->not_memorized':>21s} {'AUC ratio':>10s} {'AUC rate':>9s} {'s/image':>8s}")
+          f"{'never->not_memorized':>21s} {'AUC ratio':>10s} {'AUC rate':>9s} {'evals/verdict':>14s} {'s/image':>8s}")
     for result in results:
         model = result["certificates"][0]["model"]
         table = _table(result)
@@ -161,7 +168,7 @@ def print_summary(results: list[dict]) -> None:
         print(f"{result['name']:22s} {model['family']:7s} {model['prediction_type']:13s} "
               f"{memorized['memorized']:>10d}/{sum(memorized.values()):<10d} "
               f"{never['not_memorized']:>10d}/{sum(never.values()):<10d} {aucs[0]:>10.3f} {aucs[1]:>9.3f} "
-              f"{per_image:>8.2f}")
+              f"{_evaluations_per_verdict(result['certificates']):>14.0f} {per_image:>8.2f}")
 
 
 if __name__ == "__main__":

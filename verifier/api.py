@@ -14,7 +14,9 @@ The recipe, top to bottom (method.md section 3): ``certify`` = ``open_run`` (ste
 7. write the run's summary and report.
 
 Images are processed in batches of ``config.batch_size``; each image has its own variables and
-random streams, so its certificate does not depend on which images shared its batch.
+random streams, so its certificate does not depend on which images shared its batch. Under
+``accelerate launch -m verifier certify ...`` each process certifies every N-th image still to do,
+and the main process writes the summary and report after every process has finished.
 """
 
 from __future__ import annotations
@@ -103,21 +105,47 @@ def certify(model: str | Path | ModelAdapter, images: Sequence[str | Path], out:
     certificate and the summary get an ``.sig`` signature file.
     """
     config = config or VerifierConfig()
-    say = progress or (lambda message: None)
+    processes = _processes(config.device)
+    say = _rank_prefixed(progress or (lambda message: None), processes)
     started = time.time()
-    # 0-1. Check every input and the output folder, load the model, claim the folder, reuse what is done.
-    run = open_run(model, images, Path(out), config, allow_pickle=allow_pickle, model_config=model_config,
-                   sign_key=sign_key, say=say)
+    # One device per process: accelerate's (cuda:<local rank>) where the config leaves it to us.
+    device = str(processes.device) if processes.num_processes > 1 and config.device == "auto" else config.device
+    # 0-1. Check every input and the output folder, load the model, claim the folder (the main process
+    #      first), reuse what is done; every process sees the same finished set before any writes.
+    with processes.main_process_first():
+        run = open_run(model, images, Path(out), config, allow_pickle=allow_pickle, model_config=model_config,
+                       sign_key=sign_key, say=say, device=device)
     certificates = run.resume(say)
-    # 2-6. Certify the rest, batch by batch.
-    for first in range(0, len(run.todo), config.batch_size):
-        for certificate in certify_batch(run, run.todo[first : first + config.batch_size]):
+    processes.wait_for_everyone()
+    # 2-6. Certify this process's share of the rest, batch by batch.
+    share = run.todo[processes.process_index :: processes.num_processes]
+    for first in range(0, len(share), config.batch_size):
+        for certificate in certify_batch(run, share[first : first + config.batch_size]):
             certificates[certificate["image"]["id"]] = certificate
             say(f"{certificate['image']['id']}: {certificate['verdict']} (error ratio "
                 f"{_number(certificate['prediction_error']['ratio'])}, "
                 f"{certificate['conditions']['probability']['rate']:.2f} replication rate)")
-    # 7. The run's summary and report.
-    return finish_run(run, certificates, time.time() - started)
+    # 7. Once every process has finished, the main process writes the run's summary and report.
+    processes.wait_for_everyone()
+    if processes.num_processes > 1:
+        certificates = run.collect()
+    return finish_run(run, certificates, time.time() - started, write=processes.is_main_process)
+
+
+def _processes(device: str):
+    """This process's place among those ``accelerate launch`` started (one process without it).
+
+    Processes that compute on the CPU talk over gloo: accelerate picks its CPU backend only when told.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()))
+
+
+def _rank_prefixed(say: Callable[[str], None], processes) -> Callable[[str], None]:
+    if processes.num_processes == 1:
+        return say
+    return lambda message: say(f"[process {processes.process_index + 1}/{processes.num_processes}] {message}")
 
 
 def _number(value: float | None) -> str:
@@ -161,9 +189,21 @@ class Run:
             say(f"resuming: {len(finished)} images already certified in {self.out}")
         return finished
 
+    def collect(self) -> dict[str, dict]:
+        """Every image's certificate as written to ``out`` (by any process), checked as a resume checks it."""
+        certificates = {}
+        for image in self.protected:
+            certificate, why = reusable_certificate(self.out, image.id, self.keys[image.id],
+                                                    lambda c: redecide(c).verdict)
+            if certificate is None:
+                raise RuntimeError(f"{image.id}: no usable certificate in {self.out} after every process "
+                                   f"finished ({why}); run the same command again to resume")
+            certificates[image.id] = certificate
+        return certificates
+
 
 def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: bool, model_config,
-             sign_key, say: Callable[[str], None]) -> Run:
+             sign_key, say: Callable[[str], None], device: str | None = None) -> Run:
     """Steps 0-1: check every input and ``out`` before loading anything, load the model, claim ``out``."""
     signer = load_private_key(sign_key) if sign_key is not None else None
     protected = collect_images(list(images), exclude=out)
@@ -174,7 +214,7 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
     calibration_file = read_calibration(config.calibration) if config.calibration else None
 
     loaded = model if isinstance(model, ModelAdapter) else load_model(
-        model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
+        model, device=device or config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
     calibration = check_calibration(config.calibration, *calibration_file, loaded.fingerprint, config, weights_sha) \
         if calibration_file else None
     config_values = config.fingerprint_dict() | {"similarity_weights_sha256": weights_sha,
@@ -294,9 +334,13 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
     return written
 
 
-def finish_run(run: Run, certificates: dict[str, dict], seconds: float) -> list[dict]:
-    """Step 7: the summary (signed with the run's key, if any) and the report; the certificates in input order."""
+def finish_run(run: Run, certificates: dict[str, dict], seconds: float, write: bool = True) -> list[dict]:
+    """Step 7: the summary (signed with the run's key, if any) and the report; the certificates in input order.
+
+    With ``write`` False (a process other than the main one) nothing is written."""
     ordered = [certificates[image.id] for image in run.protected]
+    if not write:
+        return ordered
     atomic_write_json(run.out / SUMMARY_FILE, summary(ordered, run.record.model, run.record.config, seconds))
     if run.signer is not None:
         sign_file(run.signer, run.out / SUMMARY_FILE)

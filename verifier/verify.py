@@ -184,11 +184,10 @@ def _check_image(result: VerifyResult, certificate: dict, by_hash: dict[str, Pat
 
 
 def _check_witness(result: VerifyResult, certificate: dict, folder: Path, loaded) -> dict | None:
-    import json
-
     import torch
     from safetensors import safe_open
 
+    from verifier.certificate.store import witness_metadata
     from verifier.images import file_sha256
 
     image_id, record = certificate["image"]["id"], certificate["witness"]
@@ -202,9 +201,8 @@ def _check_witness(result: VerifyResult, certificate: dict, folder: Path, loaded
         return None
     with safe_open(str(path), framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        metadata = handle.metadata() or {}
-    recorded_image = json.loads(metadata.get("image_sha256", "null"))
-    recorded_seeds = json.loads(metadata.get("seeds", "null"))
+        metadata = witness_metadata(handle.metadata())
+    recorded_image, recorded_seeds = metadata.get("image_sha256"), metadata.get("seeds")
     result.add(image_id, "witness metadata",
                recorded_image == certificate["image"]["sha256"] and recorded_seeds == record["seeds"],
                "the witness names this image's sha256 and the certificate's seeds" if recorded_image ==

@@ -83,6 +83,9 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+WITNESS_METADATA = "verifier"
+
+
 def write_witness(path: Path, conditioning, empty, variables: dict, metadata: dict) -> str:
     """Save one image's witness (a ``Conditioning`` of batch 1), the negative it was generated with and the
     inversion's variables as safetensors, keyed by the stock pipeline's keywords; return the file's sha256."""
@@ -97,9 +100,20 @@ def write_witness(path: Path, conditioning, empty, variables: dict, metadata: di
         {name: stored(tensor) for name, tensor in conditioning.tensors().items()}
         | {f"negative_{name}": stored(tensor) for name, tensor in empty.tensors().items()}
         | {f"variables.{name}": stored(tensor)[None] for name, tensor in variables.items()},
-        metadata={key: json.dumps(value) for key, value in metadata.items()})
+        # One metadata entry: safetensors writes several in hash-map order, which changes from one
+        # process to the next, and the file's sha256 with it.
+        metadata={WITNESS_METADATA: json.dumps(metadata, sort_keys=True)})
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
+
+
+def witness_metadata(file_metadata: dict | None) -> dict:
+    """What ``write_witness`` recorded beside the tensors (empty where the file holds none)."""
+    try:
+        value = json.loads((file_metadata or {}).get(WITNESS_METADATA, "{}"))
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def run_key(model_fingerprint: str, config_values: dict, image_sha256: str, verifier_version: str | None,

@@ -33,6 +33,7 @@ def certify(model, images, out, allow_pickle, model_config, sign_key, config_fil
       verifier certify ./my-sdxl-model photos/ --out certs/
       verifier certify ./model.safetensors --model-config ./sd15-configs protected.csv --out certs/
       verifier certify ./model photos/ --out certs/ --config configs/sd15.toml --fail-on rarely_reproduced
+      accelerate launch --num_processes 4 -m verifier certify ./model photos/ --out certs/
     """
     config = run_guarded(lambda: build(config_file, **overrides))
 
@@ -43,7 +44,10 @@ def certify(model, images, out, allow_pickle, model_config, sign_key, config_fil
                               model_config=model_config, sign_key=sign_key, progress=progress)
 
     certificates = run_guarded(certify_all)
-    print_table(certificates)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under `accelerate launch`, one table for the run
+        print_table(certificates)
+        click.echo(f"{len(certificates)} certificates in {out}; report: {Path(out) / 'report.html'}")
     failing = [c for c in certificates if c["verdict"] in FAIL_LEVELS[config.fail_on]]
-    click.echo(f"{len(certificates)} certificates in {out}; report: {Path(out) / 'report.html'}")
     sys.exit(EXIT_FOUND if failing else EXIT_OK)
