@@ -21,7 +21,8 @@ Version history:
 - 4: sequential sampling (issue 9): each scale's bounds hold at the confidence of the look its seed
   count ended at (``look``, ``confidence``); the probability condition records the planned ``looks``,
   their confidences and the method; the witness lists the seeds actually used; the budget records the
-  denoiser evaluations spent on this image.
+  denoiser evaluations spent on this image. Witness files keep their metadata (space, seeds, image
+  sha256) in one sorted JSON entry, ``verifier``, so that the same witness is the same bytes.
 """
 
 from __future__ import annotations
