@@ -43,7 +43,7 @@ def invert(adapter: ModelAdapter, space, z0: torch.Tensor, image_hashes: list[st
                                   for name, value in variables.items()])
     batch = z0.shape[0]
     z_repeated = z0.repeat_interleave(noise_draws, dim=0)
-    curve = torch.empty(batch, steps)
+    curve = torch.empty(batch, steps, device=device)  # copied to the host once, not every step
     for step in range(steps):
         timesteps = torch.cat([objective.sample_timesteps(g, noise_draws) for g in generators]).to(device)
         noise = torch.cat([torch.randn((noise_draws, *z0.shape[1:]), generator=g) for g in generators]).to(device)
@@ -53,8 +53,8 @@ def invert(adapter: ModelAdapter, space, z0: torch.Tensor, image_hashes: list[st
         optimizer.zero_grad(set_to_none=True)
         per_image.sum().backward()
         optimizer.step()
-        curve[:, step] = per_image.detach().cpu()
+        curve[:, step] = per_image.detach()
     variables = {name: value.detach() for name, value in variables.items()}
     with torch.no_grad():
         conditioning = space.conditioning(variables).map(lambda tensor: tensor.float())
-    return Inversion(variables, conditioning, curve)
+    return Inversion(variables, conditioning, curve.cpu())
