@@ -111,10 +111,12 @@ def certify(model: str | Path | ModelAdapter, images: Sequence[str | Path], out:
     # One device per process: accelerate's (cuda:<local rank>) where the config leaves it to us.
     device = str(processes.device) if processes.num_processes > 1 and config.device == "auto" else config.device
     # 0-1. Check every input and the output folder, load the model, claim the folder (the main process
-    #      first), reuse what is done; every process sees the same finished set before any writes.
+    #      first), reuse what is done; every process has opened the run (which clears a killed run's
+    #      temporaries) before any resumes, and sees the same finished set before any writes.
     with processes.main_process_first():
         run = open_run(model, images, Path(out), config, allow_pickle=allow_pickle, model_config=model_config,
                        sign_key=sign_key, say=say, device=device)
+    processes.wait_for_everyone()
     certificates = run.resume(say)
     processes.wait_for_everyone()
     # 2-6. Certify this process's share of the rest, batch by batch.
