@@ -49,7 +49,7 @@ from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect
 from verifier.invert import invert
 from verifier.models import Conditioning, ModelAdapter, load_model
 from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
-from verifier.sampling import sample
+from verifier.sampling import sample, seed_sequence
 from verifier.similarity import replicated
 
 
@@ -231,8 +231,7 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
     empty = loaded.empty_conditioning()
     record = RunRecord(
         model=loaded.describe(), config=config.to_dict(), environment=_environment(loaded),
-        seeds=[config.seed * 1_000_003 + index
-               for index in range(sampling_looks(config.generations, config.sampling_doublings)[-1])],
+        seeds=seed_sequence(config.seed, sampling_looks(config.generations, config.sampling_doublings)[-1]),
         calibration=calibration,
         grid=loaded.objective.grid(config.error_timesteps), resolution=resolution,
         scheduler=loaded.scheduler_record(),

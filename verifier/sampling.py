@@ -20,6 +20,11 @@ import numpy as np
 from verifier.models.base import Conditioning, ModelAdapter
 
 
+def seed_sequence(run_seed: int, count: int) -> list[int]:
+    """The first ``count`` seeds of a run: one sequence for every image, scale and look."""
+    return [run_seed * 1_000_003 + index for index in range(count)]
+
+
 @dataclass
 class Sampled:
     """What sampling measured for a batch of images."""

@@ -254,6 +254,7 @@ def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
     """Numbers that follow from other recorded numbers, and the run key, must agree exactly."""
     from verifier.certificate.store import run_key
     from verifier.config import ConfigError, VerifierConfig
+    from verifier.sampling import seed_sequence
 
     image_id = certificate["image"]["id"]
     error = certificate["prediction_error"]
@@ -287,7 +288,7 @@ def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
         if expected != certificate["run_key"]:
             problems.append("the run key does not match the recorded model, config, image and verifier version")
         used = max(scale["generations"] for scale in certificate["conditions"]["probability"]["per_scale"])
-        if certificate["witness"]["seeds"] != [config.seed * 1_000_003 + index for index in range(used)]:
+        if certificate["witness"]["seeds"] != seed_sequence(config.seed, used):
             problems.append(f"the seeds are not the first {used} of the run seed's sequence")
     result.add(image_id, "arithmetic", not problems, "; ".join(problems) or "means, ratio, config and run key agree")
     if config is not None:
@@ -301,11 +302,14 @@ def _check_sampling_rule(result: VerifyResult, certificate: dict) -> None:
     image_id = certificate["image"]["id"]
     recorded = {s["guidance_scale"]: s["generations"] for s in certificate["conditions"]["probability"]["per_scale"]}
     prescribed = replayed_generations(certificate)
-    described = ", ".join(f"{count} at guidance {scale:g}" for scale, count in sorted(recorded.items()))
+
+    def described(counts: dict[float, int]) -> str:
+        return ", ".join(f"{count} at guidance {scale:g}" for scale, count in sorted(counts.items()))
+
     result.add(image_id, "sequential sampling", recorded == prescribed,
-               f"seeds per scale ({described}) follow the stopping rule" if recorded == prescribed else
-               f"seeds per scale ({described}) are not what the stopping rule prescribes on the recorded scores ("
-               + ", ".join(f"{count} at guidance {scale:g}" for scale, count in sorted(prescribed.items())) + ")")
+               f"seeds per scale ({described(recorded)}) follow the stopping rule" if recorded == prescribed else
+               f"seeds per scale ({described(recorded)}) are not what the stopping rule prescribes on the recorded "
+               f"scores ({described(prescribed)})")
 
 
 def _check_calibration(result: VerifyResult, certificate: dict, calibration_file: str | Path | None) -> None:
