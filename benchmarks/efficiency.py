@@ -86,6 +86,8 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    if args.images < 1 or args.runs < 1:
+        parser.error(f"--images {args.images} and --runs {args.runs} must both be at least 1")
 
     config = VerifierConfig(device=args.device)
     folder = reference_model_path(args.model)

@@ -44,6 +44,9 @@ def test_unknown_key_gets_a_suggestion(tmp_path):
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("generations", 0, "generations=0 is not allowed: expected an integer from 1 to 10000"),
     ("generations", 2.5, "generations=2.5 is not allowed: expected an integer"),
+    ("sampling_doublings", -1, "sampling_doublings=-1 is not allowed: expected an integer from 0 to 10"),
+    ("sampling_doublings", 10, "sampling_doublings=10 is not allowed: expected an integer from 0 to 10 with "
+                               "generations x 2"),  # 16 x 2^10 seeds would pass the cap
     ("similarity", "psnr", "similarity='psnr' is not allowed: expected one of lpips, sscd, ssim"),
     ("inversion_space", "pixels", "inversion_space='pixels' is not allowed: expected one of hidden_states, shared_token_embeddings, token_embeddings"),
     ("dtype", "float64", "dtype='float64' is not allowed: expected one of float32, float16, bfloat16"),
