@@ -217,6 +217,7 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
 
     loaded = model if isinstance(model, ModelAdapter) else load_model(
         model, device=device or config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
+    loaded.configure_objective(config.error_form, config.flow_timestep_density)
     calibration = check_calibration(config.calibration, *calibration_file, loaded.fingerprint, config, weights_sha) \
         if calibration_file else None
     config_values = config.fingerprint_dict() | {"similarity_weights_sha256": weights_sha,

@@ -27,6 +27,8 @@ FAIL_ON_LEVELS = ("memorized", "rarely_reproduced", "never")
 MAX_STEPS, MAX_DRAWS, MAX_BATCH, MAX_GENERATIONS, MAX_GUIDANCE = 100_000, 1024, 4096, 10_000, 100.0
 MAX_SEED = 2**32 - 1
 DTYPES = ("float32", "float16", "bfloat16")
+ERROR_FORMS = ("native", "x0")  # how verifier.objectives measures the prediction error
+TIMESTEP_DENSITIES = ("logit_normal", "uniform")  # flow-matching training densities (verifier.objectives)
 
 
 class ConfigError(ValueError):
@@ -48,6 +50,8 @@ class VerifierConfig:
     # Prediction error: a fixed timestep grid and noise draws shared by every image.
     error_timesteps: int = 10
     error_noise_draws: int = 4
+    error_form: str = "native"  # native: the model's training loss; x0: the error of the clean latent it implies
+    flow_timestep_density: str = "logit_normal"  # flow-matching models: the training density the grid follows
 
     # Existence: the inverted conditioning must lower the model's error well below the empty prompt's.
     existence_max_error_ratio: float = 0.5
@@ -83,6 +87,9 @@ class VerifierConfig:
             ("batch_size", 1 <= self.batch_size <= MAX_BATCH, f"an integer from 1 to {MAX_BATCH}"),
             ("error_timesteps", 1 <= self.error_timesteps <= 1000, "an integer from 1 to 1000"),
             ("error_noise_draws", 1 <= self.error_noise_draws <= MAX_DRAWS, f"an integer from 1 to {MAX_DRAWS}"),
+            ("error_form", self.error_form in ERROR_FORMS, f"one of {', '.join(ERROR_FORMS)}"),
+            ("flow_timestep_density", self.flow_timestep_density in TIMESTEP_DENSITIES,
+             f"one of {', '.join(TIMESTEP_DENSITIES)}"),
             ("existence_max_error_ratio", finite(self.existence_max_error_ratio) and 0 < self.existence_max_error_ratio <= 1,
              "a number in (0, 1]"),
             ("similarity_threshold", self.similarity_threshold is None or finite(self.similarity_threshold),

@@ -1,6 +1,7 @@
 """Stage 4: the model's prediction error on an image, under a given conditioning.
 
-Measured in the model's own training loss (its objective's target) on a fixed grid of timesteps
+Measured in the model's own training loss (its objective's target; or, with ``error_form = x0``, on the
+clean latent the prediction implies) on a fixed grid of timesteps
 with noise draws that every image shares (common random numbers): two images' errors, or one
 image's errors in two runs, differ only through the images and conditionings, not through luck.
 The per-timestep curve is kept for the certificate.
@@ -18,10 +19,10 @@ COMMON_NOISE_SEED = 20240509
 
 def denoising_error(adapter: ModelAdapter, z0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
                     conditioning: Conditioning) -> torch.Tensor:
-    """Per-sample mean squared error of the denoiser's prediction against its objective's target; shape (N,)."""
+    """Per-sample mean squared error of the denoiser's prediction in its objective's error form; shape (N,)."""
     objective = adapter.objective
     prediction = adapter.predict(objective.noisy(z0, noise, timesteps), timesteps, conditioning)
-    return (prediction - objective.target(z0, noise, timesteps)).pow(2).flatten(1).mean(dim=1)
+    return objective.loss(prediction, z0, noise, timesteps)
 
 
 def common_noise(shape: tuple[int, ...], draws: int, count: int) -> torch.Tensor:

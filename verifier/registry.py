@@ -57,4 +57,6 @@ INVERSION_SPACES = Registry("inversion space", {
 MODEL_FAMILIES = Registry("model family", {
     "sd": "verifier.models.sd:StableDiffusionAdapter",
     "sdxl": "verifier.models.sdxl:StableDiffusionXLAdapter",
+    "sd3": "verifier.models.sd3:StableDiffusion3Adapter",
+    "flux": "verifier.models.flux:FluxAdapter",
 })

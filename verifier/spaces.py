@@ -1,6 +1,7 @@
 """Inversion spaces: the free variables of each image, and how they become a conditioning.
 
-- ``token_embeddings``: a prompt of n soft tokens (BOS, n free input embeddings, EOS, padding) in
+- ``token_embeddings``: a prompt of n soft tokens (BOS where the tokenizer has one, n free input
+  embeddings, EOS, padding) in
   every text encoder the family has, passed through the frozen encoders, so the conditioning is one
   the encoders can really produce (method.md, "existence");
 - ``hidden_states``: the conditioning's tensors themselves (per-token features and, where the
@@ -21,7 +22,8 @@ from verifier.models.base import Conditioning, ModelAdapter
 
 
 class TokenEmbeddingSpace:
-    """Soft token embeddings after BOS in each text encoder, through the frozen encoders."""
+    """Soft token embeddings after BOS (first, in encoders without one) in each text encoder, through the
+    frozen encoders."""
 
     name = "token_embeddings"
 
@@ -34,7 +36,8 @@ class TokenEmbeddingSpace:
         for name, (_, table) in adapter.text_inputs().items():
             # Start from the empty prompt's own token embeddings at those positions (EOS, then padding).
             with torch.no_grad():
-                self.base[name] = table(empty[name]).float()[:, 1 : 1 + tokens]
+                offset = adapter.soft_token_offset(name)
+                self.base[name] = table(empty[name]).float()[:, offset : offset + tokens]
             # Adam moves each entry by about lr per step: scale it to the embedding table's spread.
             self.scales[name] = float(table.weight.float().std())
 

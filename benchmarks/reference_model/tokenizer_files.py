@@ -76,3 +76,26 @@ def write_tokenizer_files(words: list[str], folder: Path) -> tuple[Path, Path]:
     lines = ["#version: 0.2"] + [f"{left} {right}" for left, right in merges]
     merges_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return vocab_path, merges_path
+
+
+T5_SPECIAL = ("<pad>", "</s>", "<unk>")  # T5's ids 0, 1, 2
+
+
+def build_t5_tokenizer(words: list[str], max_length: int = 512):
+    """A T5-style tokenizer (``T5TokenizerFast``): a SentencePiece-like Unigram model whose pieces are
+    ``<pad>``, ``</s>``, ``<unk>``, every lower-case letter and digit (so any such text tokenizes), and one
+    piece per word of ``words`` (so every caption word is one token); ``</s>`` is appended as T5 does."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [(token, 0.0) for token in T5_SPECIAL] + [("▁", -2.0)]
+    pieces += [(character, -10.0) for character in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    pieces += [("▁" + word, -1.0) for word in dict.fromkeys(words)]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                             special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0, model_max_length=max_length)

@@ -166,7 +166,8 @@ class Conditions(_Strict):
 
 
 class PredictionError(_Strict):
-    timesteps: list[int]
+    timesteps: list[int | float] = Field(description="The model's input timesteps of the fixed grid: integers for DDPM "
+                                         "models, sigma x num_train_timesteps for flow-matching models")
     noise_draws: int
     inverted: list[Optional[float]]
     empty: list[Optional[float]]

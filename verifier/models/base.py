@@ -73,7 +73,7 @@ class ModelAdapter(ABC):
     training objective the prediction error is measured in.
     """
 
-    family: str  # "sd", "sdxl"
+    family: str  # "sd", "sdxl", "sd3", "flux"
     pipeline_class: str  # the diffusers pipeline class that loads and regenerates this family
     required_components: tuple[str, ...]  # component folders a diffusers folder of this family has
     load_kwargs: dict  # extra keyword arguments of the pipeline's from_pretrained
@@ -97,8 +97,13 @@ class ModelAdapter(ABC):
         return self.objective.prediction_type
 
     @abstractmethod
-    def _objective(self):
-        """The training objective (noising, target, timestep grid) of this model."""
+    def _objective(self, error_form: str = "native", timestep_density: str = "logit_normal"):
+        """The training objective (noising, target, timestep grid) of this model, measuring its error in
+        ``error_form``; ``timestep_density`` is the training density of flow-matching families."""
+
+    def configure_objective(self, error_form: str, timestep_density: str) -> None:
+        """Measure the error as a run's config says (``error_form``, ``flow_timestep_density``)."""
+        self.objective = self._objective(error_form, timestep_density)
 
     @abstractmethod
     def denoiser(self) -> torch.nn.Module:
@@ -131,35 +136,47 @@ class ModelAdapter(ABC):
     def _encode_ids(self, ids: dict[str, torch.Tensor]) -> Conditioning:
         """Run the text encoders on token ids, building the conditioning as the stock pipeline does."""
 
+    def sequence_length(self, name: str) -> int:
+        """Positions the pipeline pads text encoder ``name``'s prompt to (the tokenizer's length by default)."""
+        return int(self.text_inputs()[name][0].model_max_length)
+
+    def soft_token_offset(self, name: str) -> int:
+        """Where encoder ``name``'s soft tokens start: after BOS (CLIP), or first where there is none (T5)."""
+        return 0 if self.text_inputs()[name][0].bos_token_id is None else 1
+
     def prompt_ids(self, soft_tokens: int = 0) -> dict[str, torch.Tensor]:
         """Token ids (1, L) per text encoder: the empty prompt as the pipeline pads it, or, with
-        ``soft_tokens`` = n, a prompt of n placeholder tokens: BOS, n placeholders, EOS, padding.
+        ``soft_tokens`` = n, a prompt of n placeholder tokens: BOS (where the tokenizer has one),
+        n placeholders, EOS, padding.
 
         The placeholders' embeddings are replaced by soft tokens; their ids only matter where an
         encoder reads its pooled output at the EOS token (CLIP picks the first EOS, or in old
-        configs the largest id), so they are BOS, which is neither.
+        configs the largest id), so they are BOS (or, without one, padding), which is neither.
         """
         if soft_tokens in self._prompt_ids:
             return self._prompt_ids[soft_tokens]
         ids = {}
         for name, (tokenizer, _) in self.text_inputs().items():
-            empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            length = self.sequence_length(name)
+            empty = tokenizer([""], padding="max_length", max_length=length, truncation=True,
                               return_tensors="pt").input_ids
             if soft_tokens:
-                length = empty.shape[1]
-                if soft_tokens + 2 > length:
-                    raise ValueError(f"inversion_tokens={soft_tokens} does not fit the tokenizer's {length} positions "
-                                     "with BOS and EOS")
-                bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-                empty = torch.tensor([[bos] * (1 + soft_tokens) + [eos] + [pad] * (length - soft_tokens - 2)])
+                offset = self.soft_token_offset(name)
+                if soft_tokens + offset + 1 > length:
+                    raise ValueError(f"inversion_tokens={soft_tokens} does not fit {name}'s {length} positions "
+                                     f"with {'BOS and ' if offset else ''}EOS")
+                eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+                placeholder = tokenizer.bos_token_id if offset else pad
+                empty = torch.tensor([[placeholder] * (offset + soft_tokens) + [eos]
+                                      + [pad] * (length - offset - soft_tokens - 1)])
             ids[name] = empty.to(self.device)
         self._prompt_ids[soft_tokens] = ids
         return ids
 
     def encode_text(self, soft_tokens: dict[str, torch.Tensor] | None = None) -> Conditioning:
         """The empty prompt's conditioning or, with ``soft_tokens[name]`` (B, n, d) for each encoder, that of a
-        prompt of n soft tokens (written after BOS into the encoder's input embeddings); gradients flow to
-        the soft tokens."""
+        prompt of n soft tokens (written into the encoder's input embeddings at ``soft_token_offset``);
+        gradients flow to the soft tokens."""
         if not soft_tokens:
             return self._encode_ids(self.prompt_ids())
         batch, count = next(iter(soft_tokens.values())).shape[:2]
@@ -172,16 +189,16 @@ class ModelAdapter(ABC):
         tables = {name: table for name, (_, table) in self.text_inputs().items()}
         handles = []
 
-        def writer(variables: torch.Tensor):
+        def writer(variables: torch.Tensor, offset: int):
             def replace(module, inputs, output):
                 output = output.clone()
-                output[:, 1 : 1 + variables.shape[1]] = variables.to(output.dtype)
+                output[:, offset : offset + variables.shape[1]] = variables.to(output.dtype)
                 return output
             return replace
 
         try:
             for name, variables in soft_tokens.items():
-                handles.append(tables[name].register_forward_hook(writer(variables)))
+                handles.append(tables[name].register_forward_hook(writer(variables, self.soft_token_offset(name))))
             yield
         finally:
             for handle in handles:
@@ -199,6 +216,10 @@ class ModelAdapter(ABC):
         """The denoiser's output (float32, same shape as ``noisy``) in the objective's target form."""
 
     # -- generation through the stock pipeline -----------------------------------------------
+    def guidance_kwargs(self, guidance_scale: float) -> dict:
+        """The pipeline keyword a guidance scale goes to: classifier-free guidance against the negative."""
+        return {"guidance_scale": guidance_scale}
+
     def generation_kwargs(self, height: int, width: int) -> dict:
         """Extra keyword arguments the family's pipeline gets (none for SD)."""
         return {}
@@ -214,9 +235,12 @@ class ModelAdapter(ABC):
         batch = len(witness)
         generators = [torch.Generator("cpu").manual_seed(seed) for _ in range(batch) for seed in seeds]
         dtype = self.denoiser().dtype
+        # One row per (image, seed), repeated here: SD3's and Flux's pipelines do not repeat embeddings
+        # passed in for num_images_per_prompt, and SD's repeat gives the same rows.
+        rows = witness.repeat_interleave(len(seeds))
         output = self.pipeline(
-            **witness.to(dtype).pipeline_kwargs(negative.expand(batch).to(dtype)),
-            num_images_per_prompt=len(seeds), generator=generators, guidance_scale=guidance_scale,
+            **rows.to(dtype).pipeline_kwargs(negative.expand(len(rows)).to(dtype)),
+            num_images_per_prompt=1, generator=generators, **self.guidance_kwargs(guidance_scale),
             num_inference_steps=steps, height=resolution, width=resolution, output_type="np",
             **self.generation_kwargs(resolution, resolution),
         )
@@ -227,3 +251,27 @@ class ModelAdapter(ABC):
         """The sampling scheduler a witness is regenerated with."""
         scheduler = self.pipeline.scheduler
         return {"class": type(scheduler).__name__, "config": dict(scheduler.config)}
+
+
+def input_table(text_encoder) -> torch.nn.Embedding:
+    """The embedding module a text encoder really calls on its token ids (where a hook sees every call).
+
+    T5's encoder calls its own ``encoder.embed_tokens``, a module distinct from the ``shared`` table that
+    ``get_input_embeddings()`` returns (the weights are tied, the modules are not).
+    """
+    inner = getattr(text_encoder, "encoder", None)
+    if inner is not None and isinstance(getattr(inner, "embed_tokens", None), torch.nn.Embedding):
+        return inner.embed_tokens
+    return text_encoder.get_input_embeddings()
+
+
+def vae_latents(vae, images: list[np.ndarray], device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The latents a pipeline's denoiser works on, for float RGB HWC images in [0, 1]: the VAE posterior
+    mean, minus the VAE's ``shift_factor`` where it has one (SD3, Flux), times its ``scaling_factor``;
+    float32 (B, C, h, w)."""
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(device=device, dtype=dtype or vae.dtype)
+    latents = vae.encode(pixels * 2.0 - 1.0).latent_dist.mean
+    shift = vae.config.get("shift_factor")
+    if shift is not None:
+        latents = latents - shift
+    return (latents * vae.config.scaling_factor).float()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from verifier.models.base import Conditioning, ModelAdapter
+from verifier.models.base import Conditioning, ModelAdapter, vae_latents
 from verifier.objectives import DDPMObjective
 
 
@@ -22,8 +22,8 @@ class StableDiffusionAdapter(ModelAdapter):
     # verifier compares images itself; the pipeline's safety checker would black out replications.
     load_kwargs = {"safety_checker": None, "requires_safety_checker": False}
 
-    def _objective(self):
-        return DDPMObjective(self.pipeline.scheduler, self.device)
+    def _objective(self, error_form: str = "native", timestep_density: str = "logit_normal"):
+        return DDPMObjective(self.pipeline.scheduler, self.device, error_form=error_form)  # DDPM trains uniformly
 
     @property
     def resolution(self) -> int:
@@ -41,7 +41,7 @@ class StableDiffusionAdapter(ModelAdapter):
     @torch.no_grad()
     def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
         """VAE posterior mean x scaling factor (the deterministic latent)."""
-        return _vae_latents(self.pipeline.vae, images, self.device)
+        return vae_latents(self.pipeline.vae, images, self.device)
 
     def text_inputs(self) -> dict:
         return {"tokens": (self.pipeline.tokenizer, self.pipeline.text_encoder.get_input_embeddings())}
@@ -53,10 +53,3 @@ class StableDiffusionAdapter(ModelAdapter):
         unet = self.pipeline.unet
         return unet(noisy.to(unet.dtype), timesteps,
                     encoder_hidden_states=conditioning.prompt_embeds.to(unet.dtype)).sample.float()
-
-
-def _vae_latents(vae, images: list[np.ndarray], device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """VAE posterior mean x scaling factor for float RGB HWC images in [0, 1]; float32 (B, C, h, w)."""
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(device=device, dtype=dtype or vae.dtype)
-    posterior = vae.encode(pixels * 2.0 - 1.0).latent_dist
-    return (posterior.mean * vae.config.scaling_factor).float()

@@ -28,8 +28,8 @@ import contextlib
 import numpy as np
 import torch
 
-from verifier.models.base import Conditioning
-from verifier.models.sd import StableDiffusionAdapter, _vae_latents
+from verifier.models.base import Conditioning, vae_latents
+from verifier.models.sd import StableDiffusionAdapter
 
 
 class StableDiffusionXLAdapter(StableDiffusionAdapter):
@@ -64,7 +64,7 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
         vae = self.pipeline.vae
         upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
         with _float32(vae) if upcast else contextlib.nullcontext():
-            return _vae_latents(vae, images, self.device)
+            return vae_latents(vae, images, self.device)
 
     def text_inputs(self) -> dict:
         return {"tokens": (self.pipeline.tokenizer, self.pipeline.text_encoder.get_input_embeddings()),
