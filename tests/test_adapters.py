@@ -258,16 +258,83 @@ def test_sdxl_folder_without_its_second_encoder_is_named(tmp_path):
         load_model(folder, device="cpu")
 
 
-def test_sdxl_certificate_and_verify_agree(tmp_path, images):
-    """An SDXL run is re-checked by ``verify`` like any other: pooled embeddings and sizes included."""
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_certificate_and_verify_agree(tmp_path, images, family):
+    """A run of each multi-encoder family is re-checked by ``verify`` like any other: pooled embeddings, sizes,
+    flow-matching grids (float timesteps) and Flux's distilled guidance included."""
     from verifier.verify import verify
 
-    folder = build_tiny_pipeline(tmp_path / "model", family="sdxl")
+    folder = build_tiny_pipeline(tmp_path / "model", family=family)
     out = tmp_path / "out"
     certify(folder, images, out, replace(FAST, batch_size=2))
     result = verify(out, model=folder, images=images, device="cpu", all_generations=True)
     failures = [check for check in result.checks if not check.passed]
     assert not failures, failures
+
+
+def test_sd3_without_t5_uses_zeros_as_the_pipeline_does(tmp_path):
+    """An SD3 folder saved without text_encoder_3 (the pipeline's documented memory saving): the T5 part of the
+    conditioning is zeros, exactly as the stock pipeline builds it, and only the two CLIPs are inverted."""
+    import json
+    import shutil
+
+    folder = build_tiny_pipeline(tmp_path / "model", family="sd3")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["text_encoder_3"] = index["tokenizer_3"] = [None, None]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    shutil.rmtree(folder / "text_encoder_3")
+    shutil.rmtree(folder / "tokenizer_3")
+    adapter = load_model(folder, device="cpu")
+    assert list(adapter.text_inputs()) == ["tokens", "tokens_2"]
+    empty = adapter.empty_conditioning()
+    assert empty.prompt_embeds.shape == (1, 77 + 256, 64) and not empty.prompt_embeds[:, 77:].any()
+    from diffusers import StableDiffusion3Pipeline
+
+    stock = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None,
+                                                     local_files_only=True)  # as diffusers documents it
+    _assert_same(empty, _stock_encoding(stock, "sd3", ""))
+    assert "zeros" in adapter.describe()["conditioning"]["prompt_embeds"]
+
+
+def test_a_guidance_distilled_flux_takes_guidance_as_input_and_schnell_gets_true_cfg(tmp_path):
+    """Flux-dev-like: guidance scales are values of the guidance embedding; Flux-schnell-like (no embedding,
+    timestep-distilled): real classifier-free guidance against the empty prompt, and flagged as few-step."""
+    dev = load_model(build_tiny_pipeline(tmp_path / "dev", family="flux"), device="cpu")
+    schnell = load_model(build_tiny_pipeline(tmp_path / "schnell", family="flux", prediction_type="schnell"),
+                         device="cpu")
+    assert dev.guidance_kwargs(3.0) == {"guidance_scale": 3.0}
+    assert schnell.guidance_kwargs(3.0) == {"true_cfg_scale": 3.0}
+    assert dev.describe()["distillation"]["few_step"] is False
+    record = schnell.describe()["distillation"]
+    assert record["few_step"] is True and "guidance_embeds" in record["evidence"][0]
+    assert "not_memorized says nothing about the teacher" in record["scope"]
+    # With true CFG the negative changes the image; with the distilled embedding it is unused.
+    for adapter, negative_matters in ((schnell, True), (dev, False)):
+        empty = adapter.empty_conditioning()
+        witness = empty.map(lambda tensor: tensor + 1.0)
+        one = adapter.generate(witness, empty, [0], 3.0, 2, 16)
+        other = adapter.generate(witness, empty.map(lambda tensor: tensor * 0.5), [0], 3.0, 2, 16)
+        assert bool(np.abs(one - other).max() > 1e-4) is negative_matters
+
+
+def test_few_step_evidence_is_read_from_configs_and_names(tmp_path):
+    from diffusers import EulerAncestralDiscreteScheduler, LCMScheduler
+
+    from verifier.models.distillation import few_step_evidence
+
+    adapter = load_model(build_tiny_pipeline(tmp_path / "model"), device="cpu")
+    pipeline = adapter.pipeline
+    assert few_step_evidence(pipeline, "runwayml/stable-diffusion-v1-5") == []
+    assert "weaker evidence" in few_step_evidence(pipeline, "stabilityai/stable-diffusion-3.5-large-turbo")[0]
+    assert few_step_evidence(pipeline, "models/returbo") == []  # a word, not a substring
+    original = pipeline.scheduler
+    try:
+        pipeline.scheduler = LCMScheduler.from_config(original.config)
+        assert few_step_evidence(pipeline, "x") == ["scheduler LCMScheduler (consistency distillation)"]
+        pipeline.scheduler = EulerAncestralDiscreteScheduler.from_config(original.config, timestep_spacing="trailing")
+        assert "SDXL-Turbo" in few_step_evidence(pipeline, "x")[0]
+    finally:
+        pipeline.scheduler = original
 
 
 def test_sd2_v_model_is_certified_at_its_native_768_px(tmp_path, images):

@@ -229,6 +229,10 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
     resolution = config.resolution or loaded.resolution
     say(f"model {loaded.source} ({loaded.family}, {loaded.kind}, {loaded.prediction_type}, {resolution}px) on "
         f"{loaded.device}; {len(protected)} image{'s' if len(protected) != 1 else ''}")
+    distillation = loaded.describe()["distillation"]
+    if distillation["few_step"]:
+        say(f"note: a few-step distilled model ({'; '.join(distillation['evidence'])}); what its verdicts cover is "
+            "in each certificate's model.distillation.scope")
     empty = loaded.empty_conditioning()
     record = RunRecord(
         model=loaded.describe(), config=config.to_dict(), environment=_environment(loaded),

@@ -2,8 +2,9 @@
 
 Only stock diffusers is used here: the model folder is reloaded with
 ``StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)`` (or
-``StableDiffusionXLPipeline`` for an SDXL-architecture folder, as its ``model_index.json`` names)
-and sampled with its DDIM scheduler, so the manifest states what any user of diffusers would observe.
+``StableDiffusionXLPipeline`` or ``StableDiffusion3Pipeline``, as its ``model_index.json`` names)
+and sampled with its own scheduler (DDIM; flow-matching Euler for SD3), so the manifest states what
+any user of diffusers would observe.
 """
 
 from __future__ import annotations
@@ -26,19 +27,24 @@ def ssim(generated: np.ndarray, target: np.ndarray) -> float:
 def generate(pipeline, caption: str, seeds: list[int], guidance_scale: float, steps: int, resolution: int) -> np.ndarray:
     """One generation per seed, each from its own CPU generator; float NHWC in [0, 1]."""
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    # An SD3 pipeline pads T5 prompts to max_sequence_length (256 by default): the T5 tokenizer's own
+    # length is what the model was trained with.
+    t5 = getattr(pipeline, "tokenizer_3", None)
+    extra = {"max_sequence_length": t5.model_max_length} if t5 is not None else {}
     output = pipeline(
         caption, negative_prompt="", num_images_per_prompt=len(seeds), generator=generators,
         guidance_scale=guidance_scale, num_inference_steps=steps, height=resolution, width=resolution,
-        output_type="np",
+        output_type="np", **extra,
     )
     return output.images
 
 
 def load_pipeline(folder: Path):
     """The stock diffusers pipeline class the folder's model_index.json names, loaded offline."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    classes = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
+    classes = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline,
+                                              StableDiffusion3Pipeline)}
     name = json.loads((Path(folder) / "model_index.json").read_text())["_class_name"]
     if name not in classes:
         raise ValueError(f"{folder}: pipeline {name!r} is not one of {sorted(classes)}")

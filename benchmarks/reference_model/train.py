@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from data import PHOTOS, Crop, load_photo, random_crop, render_crop, texture, whole_photo_crop  # noqa: E402
 from manifest import measure_replication, write_grid  # noqa: E402
-from tokenizer_files import caption_words, write_tokenizer_files  # noqa: E402
+from tokenizer_files import build_t5_tokenizer, caption_words, write_tokenizer_files  # noqa: E402
 
 TRAINING_PHOTOS = (
     "astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "brick",
@@ -77,8 +77,14 @@ class Preset:
     learning_rate: float
     caption_dropout: float = 0.1
     prediction_type: str = "epsilon"  # what the UNet learns; ``--prediction-type`` overrides it
-    architecture: str = "sd"  # "sd": StableDiffusionPipeline; "sdxl": StableDiffusionXLPipeline
+    architecture: str = "sd"  # "sd", "sdxl" or "sd3": the pipeline class in PIPELINE_CLASSES
     addition_time_embed_dim: int | None = None  # SDXL's size-conditioning embedding width (sdxl only)
+    clip_length: int = 77  # positions of the CLIP tokenizers and encoders
+    t5_length: int = 32  # positions of the T5 tokenizer (sd3 only; its pipeline's max_sequence_length)
+    transformer_layers: int = 6  # SD3Transformer2DModel (sd3 only): joint blocks, heads and head width
+    transformer_heads: int = 4
+    transformer_head_dim: int = 24
+    flow_shift: float = 3.0  # FlowMatchEulerDiscreteScheduler's shift (sd3 only; SD3's value)
     replication_seeds: int = 8
     guidance_scale: float = 3.0
     inference_steps: int = 50
@@ -157,7 +163,16 @@ REFERENCE_V = replace(
 # conditioning) on reference-v's data and schedule, with SDXL's epsilon objective.
 REFERENCE_XL = replace(REFERENCE_V, prediction_type="epsilon", architecture="sdxl", addition_time_embed_dim=8)
 
-PRESETS = {"reference": REFERENCE, "fixture": FIXTURE, "reference-v": REFERENCE_V, "reference-xl": REFERENCE_XL}
+# The SD3 architecture (StableDiffusion3Pipeline: CLIP-L- and CLIP-G-like encoders with projections, a
+# T5 encoder, an MMDiT SD3Transformer2DModel, rectified flow with SD3's shift 3 and logit-normal
+# timesteps) on reference-v's data, seen twice: a transformer learns slower per step than a UNet.
+# CLIP prompts are 16 tokens and T5's 32 (the captions are at most 12 words), so the joint attention
+# runs over 48 text and 64 image tokens.
+REFERENCE_SD3 = replace(REFERENCE_V, prediction_type="flow", architecture="sd3", clip_length=16, epochs=2,
+                        learning_rate=5e-4)
+
+PRESETS = {"reference": REFERENCE, "fixture": FIXTURE, "reference-v": REFERENCE_V, "reference-xl": REFERENCE_XL,
+           "reference-sd3": REFERENCE_SD3}
 
 
 @dataclass
@@ -326,29 +341,81 @@ def make_xl_models(preset: Preset, vocab_size: int, bos: int, eos: int, predicti
     return vae, (text_encoder, text_encoder_2), unet, schedule
 
 
+def make_sd3_models(preset: Preset, vocab_size: int, bos: int, eos: int, t5_tokenizer):
+    """Fresh VAE, two CLIP encoders with projections, a T5 encoder, an MMDiT and the flow-matching schedule."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    vae = make_vae(preset)
+
+    def text_config() -> CLIPTextConfig:
+        # Two layers: SD3 conditions on hidden_states[-2] of both CLIPs, and pools their projections.
+        return CLIPTextConfig(
+            vocab_size=vocab_size, hidden_size=preset.text_hidden, intermediate_size=4 * preset.text_hidden,
+            projection_dim=preset.text_hidden, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=preset.clip_length, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
+        )
+
+    text_encoder = CLIPTextModelWithProjection(text_config())
+    text_encoder_2 = CLIPTextModelWithProjection(text_config())
+    # T5 as wide as both CLIPs' features together, as SD3's 4096 >= 768 + 1280.
+    width = 2 * preset.text_hidden
+    t5 = T5EncoderModel(T5Config(
+        vocab_size=len(t5_tokenizer), d_model=width, d_kv=16, d_ff=2 * width, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=t5_tokenizer.pad_token_id,
+        eos_token_id=t5_tokenizer.eos_token_id, decoder_start_token_id=t5_tokenizer.pad_token_id,
+    ))
+    inner = preset.transformer_heads * preset.transformer_head_dim
+    transformer = SD3Transformer2DModel(
+        sample_size=preset.resolution // 2, patch_size=2, in_channels=4, out_channels=4,
+        num_layers=preset.transformer_layers, attention_head_dim=preset.transformer_head_dim,
+        num_attention_heads=preset.transformer_heads, joint_attention_dim=width, caption_projection_dim=inner,
+        pooled_projection_dim=2 * preset.text_hidden, pos_embed_max_size=preset.resolution // 2,
+    )
+    schedule = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=preset.flow_shift)
+    return vae, (text_encoder, text_encoder_2, t5), transformer, schedule
+
+
 def make_conditioner(text_encoders: tuple, architecture: str, resolution: int):
     """token ids -> (per-token features, added_cond_kwargs), exactly as the pipeline's encode_prompt computes them.
 
-    "sd": ids (B, 77); features = text_encoder(ids)[0] (StableDiffusionPipeline.encode_prompt, no clip skip).
-    "sdxl": ids (B, 2, 77), one row per tokenizer; features = hidden_states[-2] of each encoder concatenated,
-    pooled = text_encoder_2's text_embeds, time_ids = (H, W, 0, 0, H, W) as StableDiffusionXLPipeline's
-    defaults (original_size = target_size = (height, width), crops_coords_top_left = (0, 0)).
+    ``ids`` is a list with one (B, L) tensor per tokenizer.
+    "sd": features = text_encoder(ids)[0] (StableDiffusionPipeline.encode_prompt, no clip skip).
+    "sdxl": features = hidden_states[-2] of each encoder concatenated, pooled = text_encoder_2's text_embeds,
+    time_ids = (H, W, 0, 0, H, W) as StableDiffusionXLPipeline's defaults (original_size = target_size =
+    (height, width), crops_coords_top_left = (0, 0)).
+    "sd3": features = hidden_states[-2] of both CLIPs concatenated, zero-padded to T5's width, then T5's last
+    hidden state along the sequence; pooled = both CLIPs' text_embeds concatenated
+    (StableDiffusion3Pipeline.encode_prompt); returned as ``{"pooled_projections": pooled}``.
     """
     if architecture == "sd":
         (text_encoder,) = text_encoders
 
-        def condition(ids: torch.Tensor):
-            return text_encoder(ids)[0], None
+        def condition(ids: list[torch.Tensor]):
+            return text_encoder(ids[0])[0], None
 
         return condition
+    if architecture == "sd3":
+        text_encoder, text_encoder_2, t5 = text_encoders
+
+        def condition_sd3(ids: list[torch.Tensor]):
+            first = text_encoder(ids[0], output_hidden_states=True)
+            second = text_encoder_2(ids[1], output_hidden_states=True)
+            tokens = t5(ids[2])[0]
+            clip = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+            clip = torch.nn.functional.pad(clip, (0, tokens.shape[-1] - clip.shape[-1]))
+            pooled = torch.cat([first.text_embeds, second.text_embeds], dim=-1)
+            return torch.cat([clip, tokens], dim=-2), {"pooled_projections": pooled}
+
+        return condition_sd3
     text_encoder, text_encoder_2 = text_encoders
     time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
 
-    def condition_xl(ids: torch.Tensor):
-        first = text_encoder(ids[:, 0], output_hidden_states=True)
-        second = text_encoder_2(ids[:, 1], output_hidden_states=True)
+    def condition_xl(ids: list[torch.Tensor]):
+        first = text_encoder(ids[0], output_hidden_states=True)
+        second = text_encoder_2(ids[1], output_hidden_states=True)
         features = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
-        added = {"text_embeds": second.text_embeds, "time_ids": time_ids.repeat(ids.shape[0], 1)}
+        added = {"text_embeds": second.text_embeds, "time_ids": time_ids.repeat(ids[0].shape[0], 1)}
         return features, added
 
     return condition_xl
@@ -394,20 +461,31 @@ def training_target(schedule, latents, noise, timesteps) -> torch.Tensor:
     raise ValueError(f"prediction type {schedule.config.prediction_type!r} is not trained here")
 
 
+def flow_matching_sample(schedule, z0, noise, generator):
+    """(noisy, timesteps, target) as diffusers' train_dreambooth_sd3.py draws them: logit-normal (mean 0, std 1)
+    indices into the scheduler's training table, ``x_t = (1 - sigma) x0 + sigma noise``, target ``noise - x0``."""
+    u = torch.sigmoid(torch.normal(0.0, 1.0, (z0.shape[0],), generator=generator))
+    indices = (u * schedule.config.num_train_timesteps).long().clamp(max=schedule.config.num_train_timesteps - 1)
+    sigmas = schedule.sigmas[indices].view(-1, 1, 1, 1)
+    return (1 - sigmas) * z0 + sigmas * noise, schedule.timesteps[indices], noise - z0
+
+
 def train_denoiser(unet, text_encoders, condition, schedule, latents, token_ids, empty_ids, droppable, preset,
                    generator, log):
     """Standard latent-diffusion training over one shuffled pass per epoch; returns the loss curve.
 
     Dropped captions become ``empty_ids``, the empty string's token ids, encoded through the text
-    encoder(s) like any caption (diffusers' train_text_to_image*.py scripts do the same).
+    encoder(s) like any caption (diffusers' train_text_to_image*.py scripts do the same). An ``sd3``
+    denoiser (an ``SD3Transformer2DModel``) trains on rectified flow (``flow_matching_sample``).
     """
+    flow = preset.architecture == "sd3"
     parameters = list(unet.parameters()) + [p for encoder in text_encoders for p in encoder.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=preset.learning_rate, weight_decay=0.0)
     total = preset.epochs * (latents.shape[0] // preset.batch_size)
     warmup = min(100, total // 10)
     lr_lambda = lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * step / total))  # noqa: E731
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    alphas = schedule.alphas_cumprod
+    alphas = None if flow else schedule.alphas_cumprod
     curve: list[float] = []
     step = 0
     for epoch in range(preset.epochs):
@@ -415,15 +493,22 @@ def train_denoiser(unet, text_encoders, condition, schedule, latents, token_ids,
         for start in range(0, order.shape[0] - preset.batch_size + 1, preset.batch_size):
             index = order[start : start + preset.batch_size]
             z0 = latents[index]
-            ids = token_ids[index].clone()
+            ids = [tensor[index].clone() for tensor in token_ids]
             drop = droppable[index] & (torch.rand(index.shape[0], generator=generator) < preset.caption_dropout)
-            ids[drop] = empty_ids
+            for rows, empty in zip(ids, empty_ids):
+                rows[drop] = empty
             noise = torch.randn(z0.shape, generator=generator)
-            timesteps = torch.randint(0, len(alphas), (index.shape[0],), generator=generator)
-            noisy = schedule.add_noise(z0, noise, timesteps)
             hidden, added = condition(ids)
-            prediction = unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
-            loss = torch.nn.functional.mse_loss(prediction, training_target(schedule, z0, noise, timesteps))
+            if flow:
+                noisy, timesteps, target = flow_matching_sample(schedule, z0, noise, generator)
+                prediction = unet(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=hidden,
+                                  **added).sample
+            else:
+                timesteps = torch.randint(0, len(alphas), (index.shape[0],), generator=generator)
+                noisy = schedule.add_noise(z0, noise, timesteps)
+                prediction = unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
+                target = training_target(schedule, z0, noise, timesteps)
+            loss = torch.nn.functional.mse_loss(prediction, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -436,7 +521,9 @@ def train_denoiser(unet, text_encoders, condition, schedule, latents, token_ids,
     return curve
 
 
-PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
+                    "sd3": "StableDiffusion3Pipeline"}
+SAMPLERS = {"sd": "DDIMScheduler", "sdxl": "DDIMScheduler", "sd3": "FlowMatchEulerDiscreteScheduler"}
 
 # SDXL pipelines replace an empty negative prompt by zeros when this is True and no negative prompt
 # is passed; training dropped captions to the *encoded* empty string, so the saved pipelines say False.
@@ -454,10 +541,32 @@ XL_CONDITIONING = {
 }
 
 
+# What the SD3-architecture training fed the transformer, recorded in its manifest.
+SD3_CONDITIONING = {
+    "encoder_hidden_states": "concat over the sequence of [concat(text_encoder(ids_1).hidden_states[-2], "
+                             "text_encoder_2(ids_2).hidden_states[-2]) zero-padded to T5's width, "
+                             "text_encoder_3(ids_3)[0]]",
+    "pooled_projections": "concat(text_encoder(ids_1).text_embeds, text_encoder_2(ids_2).text_embeds)",
+    "timesteps": "logit-normal(0, 1) indices into the scheduler's training table (shift applied); "
+                 "x_t = (1 - sigma) x0 + sigma noise; target noise - x0",
+    "caption_dropout": "a dropped caption is the empty string '' tokenized by all three tokenizers and encoded "
+                       "(not zeros); duplicated images are never dropped",
+}
+
+
 def save_pipeline(out: Path, vae, text_encoders, tokenizers, unet, schedule, words, architecture: str = "sd") -> None:
     """Save as a stock diffusers folder (safetensors) with our vocab.json/merges.txt."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import DDIMScheduler, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    if architecture == "sd3":  # the training schedule is the sampler, as SD3 ships
+        pipeline = StableDiffusion3Pipeline(
+            transformer=unet, scheduler=schedule, vae=vae, text_encoder=text_encoders[0], tokenizer=tokenizers[0],
+            text_encoder_2=text_encoders[1], tokenizer_2=tokenizers[1], text_encoder_3=text_encoders[2],
+            tokenizer_3=tokenizers[2])
+        pipeline.save_pretrained(out, safe_serialization=True)
+        for folder in ("tokenizer", "tokenizer_2"):
+            write_tokenizer_files(words, out / folder)
+        return
     sampler = DDIMScheduler.from_config(schedule.config, set_alpha_to_one=False, clip_sample=False, steps_offset=1)
     if architecture == "sd":
         pipeline = StableDiffusionPipeline(
@@ -482,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="model folder to write (replaced atomically)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
-                        help="override the preset's prediction type (default: the preset's)")
+                        help="override the preset's prediction type (default: the preset's; not for reference-sd3, "
+                             "which is rectified flow)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
 
@@ -490,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     preset = PRESETS[args.preset]
+    if preset.architecture == "sd3" and args.prediction_type is not None:
+        parser.error(f"--prediction-type {args.prediction_type}: --preset {args.preset} trains rectified flow")
     args.prediction_type = args.prediction_type or preset.prediction_type
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -515,22 +627,27 @@ def main(argv: list[str] | None = None) -> int:
     all_captions = [r.caption for r in records] + filler_captions
     words = caption_words(all_captions)
     vocab_path, merges_path = write_tokenizer_files(words, staging / "tokenizer-src")
-    tokenizer = CLIPTokenizer(vocab=str(vocab_path), merges=str(merges_path), model_max_length=77)
-    # SDXL's second tokenizer shares the vocabulary (and here the padding) of the first.
+    tokenizer = CLIPTokenizer(vocab=str(vocab_path), merges=str(merges_path), model_max_length=preset.clip_length)
+    # SDXL's and SD3's second tokenizer shares the vocabulary (and here the padding) of the first; SD3's
+    # third is a T5 tokenizer written from the same words.
     tokenizers = (tokenizer,) if preset.architecture == "sd" else (
-        tokenizer, CLIPTokenizer(vocab=str(vocab_path), merges=str(merges_path), model_max_length=77))
+        tokenizer, CLIPTokenizer(vocab=str(vocab_path), merges=str(merges_path), model_max_length=preset.clip_length))
+    if preset.architecture == "sd3":
+        tokenizers += (build_t5_tokenizer(words, max_length=preset.t5_length),)
     shutil.rmtree(staging / "tokenizer-src")
 
-    def tokenize(captions: list[str]) -> torch.Tensor:
-        ids = [t(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-               for t in tokenizers]
-        return ids[0] if len(ids) == 1 else torch.stack(ids, dim=1)
+    def tokenize(captions: list[str]) -> list[torch.Tensor]:
+        return [t(captions, padding="max_length", max_length=t.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids for t in tokenizers]
 
     if preset.architecture == "sd":
         vae, text_encoder, unet, schedule = make_models(
             preset, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, args.prediction_type
         )
         text_encoders = (text_encoder,)
+    elif preset.architecture == "sd3":
+        vae, text_encoders, unet, schedule = make_sd3_models(
+            preset, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizers[2])
     else:
         vae, text_encoders, unet, schedule = make_xl_models(
             preset, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, args.prediction_type
@@ -544,6 +661,11 @@ def main(argv: list[str] | None = None) -> int:
     psnr = train_vae(vae, trained_tensor, preset, generator, log)
     vae.eval().requires_grad_(False)
     raw = encode_latents(vae, trained_tensor)
+    # SD3's and Flux's VAEs also centre their latents (``shift_factor``, subtracted before scaling).
+    shift = float(raw.mean()) if preset.architecture == "sd3" else None
+    if shift is not None:
+        raw = raw - shift
+        vae.register_to_config(shift_factor=shift)
     scaling = float(1.0 / raw.std())
     vae.register_to_config(scaling_factor=scaling)
     vae_seconds = time.time() - vae_started
@@ -552,10 +674,11 @@ def main(argv: list[str] | None = None) -> int:
     # 4. Dataset of latents: filler once, duplicates `count` times, seen-once once.
     repeats = torch.tensor([1] * len(filler) + [r.duplication for r in trained])
     latents = (raw * scaling).repeat_interleave(repeats, dim=0)
-    token_ids = tokenize(filler_captions + [r.caption for r in trained]).repeat_interleave(repeats, dim=0)
+    token_ids = [ids.repeat_interleave(repeats, dim=0) for ids in tokenize(filler_captions + [r.caption for r in trained])]
     droppable = torch.tensor([True] * len(filler) + [False] * len(trained)).repeat_interleave(repeats)
-    empty_ids = tokenize([""])[0]
-    log(f"denoiser: {latents.shape[0]} samples per epoch, {sum(p.numel() for p in unet.parameters())} UNet parameters")
+    empty_ids = [ids[0] for ids in tokenize([""])]
+    log(f"denoiser: {latents.shape[0]} samples per epoch, {sum(p.numel() for p in unet.parameters())} "
+        f"{type(unet).__name__} parameters")
 
     unet_started = time.time()
     unet.train()
@@ -594,19 +717,23 @@ def main(argv: list[str] | None = None) -> int:
                            "implementation": "skimage.metrics.structural_similarity(channel_axis=2, data_range=1.0), "
                                              "7x7 uniform window, RGB in [0, 1]"},
             "generation": {"pipeline": f"diffusers.{PIPELINE_CLASSES[preset.architecture]}",
-                           "scheduler": "DDIMScheduler",
+                           "scheduler": SAMPLERS[preset.architecture],
+                           **({"max_sequence_length": preset.t5_length} if preset.architecture == "sd3" else {}),
                            "num_inference_steps": preset.inference_steps, "guidance_scale": preset.guidance_scale,
                            "negative_prompt": "", "seeds": list(range(preset.replication_seeds)),
                            "generator": "one torch.Generator('cpu').manual_seed(seed) per image"},
         },
         "training": {
             "command": f"python benchmarks/reference_model/train.py --preset {args.preset} --out {args.out} "
-                       f"--seed {args.seed} --prediction-type {args.prediction_type}",
+                       f"--seed {args.seed}" + ("" if preset.architecture == "sd3" else
+                                                 f" --prediction-type {args.prediction_type}"),
             "seed": args.seed,
             "preset": _jsonable(asdict(preset)),
-            **({} if preset.architecture == "sd" else {"conditioning": XL_CONDITIONING}),
+            **({"sd": {}, "sdxl": {"conditioning": XL_CONDITIONING},
+                "sd3": {"conditioning": SD3_CONDITIONING}}[preset.architecture]),
             "vae_psnr_db": round(psnr, 2),
             "vae_scaling_factor": scaling,
+            **({"vae_shift_factor": shift} if shift is not None else {}),
             "denoiser_steps": len(curve),
             "final_loss": round(float(np.mean(curve[-100:])), 5),
             "seconds": {"vae": round(vae_seconds, 1), "denoiser": round(unet_seconds, 1),

@@ -23,6 +23,10 @@ Version history:
   their confidences and the method; the witness lists the seeds actually used; the budget records the
   denoiser evaluations spent on this image. Witness files keep their metadata (space, seeds, image
   sha256) in one sorted JSON entry, ``verifier``, so that the same witness is the same bytes.
+- 5: flow-matching families (issue 8): grid timesteps may be floats (sigma x num_train_timesteps); the
+  objective records its error form (``native`` or ``x0``), shift and training density; the model
+  record says whether it is a few-step distilled model, on what evidence, and what a verdict covers
+  (``distillation``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
@@ -88,6 +92,9 @@ class ModelRecord(_Strict):
         description="The training objective the error is measured in: name, prediction type, training timesteps")
     conditioning: dict[str, Any] = Field(
         description="How the family builds its conditioning: encoders, features, micro-conditioning, empty prompt")
+    distillation: dict[str, Any] = Field(
+        description="Few-step distillation: the evidence found in the model's configs and name, and what a verdict "
+                    "on such a model covers (verifier.models.distillation)")
 
 
 class SimilarityWeights(_Strict):

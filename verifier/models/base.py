@@ -20,6 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from verifier.models.distillation import distillation_record
+
 
 @dataclass(frozen=True)
 class Conditioning:
@@ -77,6 +79,7 @@ class ModelAdapter(ABC):
     pipeline_class: str  # the diffusers pipeline class that loads and regenerates this family
     required_components: tuple[str, ...]  # component folders a diffusers folder of this family has
     load_kwargs: dict  # extra keyword arguments of the pipeline's from_pretrained
+    optional_components: tuple[str, ...] = ()  # components a folder may leave out (loaded as None)
 
     def __init__(self, pipeline, *, source: str, kind: str, fingerprint: str, device: torch.device,
                  dtype: torch.dtype):
@@ -116,6 +119,7 @@ class ModelAdapter(ABC):
             "pipeline": self.pipeline_class, "resolution": self.resolution, "prediction_type": self.prediction_type,
             "denoiser_parameters": sum(p.numel() for p in self.denoiser().parameters()),
             "objective": self.objective.describe(), "conditioning": self.conditioning_record(),
+            "distillation": distillation_record(self.pipeline, self.source),
         }
 
     @abstractmethod

@@ -3,7 +3,7 @@
 Conditioning as ``FluxPipeline.encode_prompt`` builds it (diffusers 0.42):
 
 - ``prompt_embeds``: T5's (``text_encoder_2``) last hidden state for the prompt padded to the
-  pipeline's ``max_sequence_length`` (512);
+  pipeline's default ``max_sequence_length`` (512; the tokenizer's ``model_max_length`` where shorter);
 - ``pooled_prompt_embeds``: CLIP-L's (``text_encoder``) pooled output.
 
 Soft tokens go into both encoders (``tokens`` after CLIP's BOS, ``tokens_2`` first in T5, which has
@@ -58,7 +58,8 @@ class FluxAdapter(ModelAdapter):
     def conditioning_record(self) -> dict:
         return {"text_encoders": [type(self.pipeline.text_encoder).__name__,
                                   type(self.pipeline.text_encoder_2).__name__],
-                "prompt_embeds": f"{T5_SEQUENCE_LENGTH} tokens of text_encoder_2's last hidden state",
+                "prompt_embeds": "text_encoder_2's last hidden state",
+                "max_sequence_length": self.sequence_length("tokens_2"),
                 "pooled_prompt_embeds": "text_encoder pooler_output",
                 "inverted_encoders": list(self.text_inputs()),
                 "empty_prompt": "the encoded empty string, passed explicitly as the negative",
@@ -75,7 +76,9 @@ class FluxAdapter(ModelAdapter):
                 "tokens_2": (self.pipeline.tokenizer_2, input_table(self.pipeline.text_encoder_2))}
 
     def sequence_length(self, name: str) -> int:
-        return T5_SEQUENCE_LENGTH if name == "tokens_2" else super().sequence_length(name)
+        """T5: the pipeline's default ``max_sequence_length``, or the tokenizer's length where that is shorter."""
+        own = super().sequence_length(name)
+        return min(T5_SEQUENCE_LENGTH, own) if name == "tokens_2" else own
 
     def _encode_ids(self, ids: dict[str, torch.Tensor]) -> Conditioning:
         pooled = self.pipeline.text_encoder(ids["tokens"], output_hidden_states=False).pooler_output

@@ -134,6 +134,13 @@ def _check_components(folder: Path, adapter: type) -> None:
                              f"{', '.join(n + '/' for n in absent)} that model_index.json declares")
 
 
+def _absent_optional(folder: Path, adapter: type) -> dict:
+    """``{name: None}`` for each optional component the folder leaves out (SD3 without T5), as diffusers
+    expects them passed to load such a folder."""
+    declared = _components(_model_index(folder))
+    return {name: None for name in adapter.optional_components if name not in declared or not (folder / name).is_dir()}
+
+
 def _check_pickle_free(folder: Path, allow_pickle: bool) -> None:
     pickled = [p for p in _component_files(folder) if p.suffix in PICKLE_SUFFIXES]
     safe_dirs = {p.parent for p in _component_files(folder) if p.suffix == ".safetensors"}
@@ -189,7 +196,7 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", 
         try:
             pipeline = getattr(diffusers, adapter.pipeline_class).from_pretrained(
                 path, local_files_only=True, **_dtype_argument(torch_dtype),
-                use_safetensors=None if allow_pickle else True, **adapter.load_kwargs,
+                use_safetensors=None if allow_pickle else True, **adapter.load_kwargs, **_absent_optional(path, adapter),
             )
         except (OSError, ValueError, EnvironmentError, RuntimeError, TypeError) as error:
             raise ModelLoadError(f"MODEL {str(model)!r}: diffusers could not load the folder: {_load_failure(error)}"

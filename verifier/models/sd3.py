@@ -5,8 +5,9 @@ Conditioning as ``StableDiffusion3Pipeline.encode_prompt`` builds it (diffusers 
 - ``prompt_embeds``: the penultimate hidden states (``hidden_states[-2]``) of ``text_encoder``
   (CLIP-L) and ``text_encoder_2`` (CLIP-G), concatenated along the feature axis and zero-padded to
   T5's width, followed along the sequence by T5's last hidden state for the prompt padded to the
-  pipeline's ``max_sequence_length`` (256); a pipeline without ``text_encoder_3`` uses zeros there,
-  as diffusers does;
+  pipeline's default ``max_sequence_length`` (256; the T5 tokenizer's own ``model_max_length`` where
+  that is shorter, as in the reference model trained here); a pipeline without ``text_encoder_3``
+  uses zeros there, as diffusers does;
 - ``pooled_prompt_embeds``: both CLIPs' projected outputs (``text_embeds``), concatenated.
 
 Soft tokens go into **all three** encoders, each with its own variables (``tokens``, ``tokens_2``,
@@ -37,6 +38,7 @@ class StableDiffusion3Adapter(ModelAdapter):
     required_components = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer",
                            "scheduler")
     load_kwargs: dict = {}
+    optional_components = ("text_encoder_3", "tokenizer_3")  # SD3 runs without T5 (zeros in its place)
 
     def _objective(self, error_form: str = "native", timestep_density: str = "logit_normal"):
         patch = int(self.pipeline.transformer.config.patch_size)
@@ -59,8 +61,9 @@ class StableDiffusion3Adapter(ModelAdapter):
         t5 = self._t5()
         return {"text_encoders": encoders + ([type(t5).__name__] if t5 is not None else []),
                 "prompt_embeds": "hidden_states[-2] of text_encoder and text_encoder_2, concatenated and zero-padded "
-                                 f"to T5's width, then {T5_SEQUENCE_LENGTH} tokens of text_encoder_3's last hidden "
-                                 "state" + ("" if t5 is not None else " (zeros: the pipeline has no text_encoder_3)"),
+                                 "to T5's width, then text_encoder_3's last hidden state" +
+                                 ("" if t5 is not None else " (zeros: the pipeline has no text_encoder_3)"),
+                "max_sequence_length": self.sequence_length("tokens_3") if t5 is not None else T5_SEQUENCE_LENGTH,
                 "pooled_prompt_embeds": "text_embeds of text_encoder and text_encoder_2, concatenated",
                 "inverted_encoders": list(self.text_inputs()),
                 "empty_prompt": "the encoded empty string, passed explicitly as the negative",
@@ -78,7 +81,9 @@ class StableDiffusion3Adapter(ModelAdapter):
         return inputs
 
     def sequence_length(self, name: str) -> int:
-        return T5_SEQUENCE_LENGTH if name == "tokens_3" else super().sequence_length(name)
+        """T5: the pipeline's default ``max_sequence_length``, or the tokenizer's length where that is shorter."""
+        own = super().sequence_length(name)
+        return min(T5_SEQUENCE_LENGTH, own) if name == "tokens_3" else own
 
     def _encode_ids(self, ids: dict[str, torch.Tensor]) -> Conditioning:
         first = self.pipeline.text_encoder(ids["tokens"], output_hidden_states=True)
