@@ -222,7 +222,8 @@ def test_witness_regenerates_through_the_stock_pipeline(variant, images, tmp_pat
     keywords = {key: tensors[key] for key in witness["tensors"] + witness["negative_tensors"]}
     keywords |= {key: tuple(value) for key, value in witness["pipeline_kwargs"].items()}
     image = _stock(folder, family)(
-        **keywords, guidance_scale=witness["closest_guidance_scale"], num_inference_steps=witness["num_inference_steps"],
+        **keywords, **{witness["guidance_keyword"]: witness["closest_guidance_scale"]},
+        num_inference_steps=witness["num_inference_steps"],
         height=witness["height"], width=witness["width"],
         generator=torch.Generator("cpu").manual_seed(witness["closest_seed"]), output_type="np").images[0]
     closest = np.asarray(Image.open(tmp_path / "out" / witness["closest_generation"]), dtype=np.float32) / 255
@@ -302,6 +303,9 @@ def test_a_guidance_distilled_flux_takes_guidance_as_input_and_schnell_gets_true
     dev = load_model(build_tiny_pipeline(tmp_path / "dev", family="flux"), device="cpu")
     schnell = load_model(build_tiny_pipeline(tmp_path / "schnell", family="flux", prediction_type="schnell"),
                          device="cpu")
+    # T5 prompts: 512 tokens for dev, 256 for schnell (as Black Forest Labs runs them).
+    assert (dev.empty_conditioning().prompt_embeds.shape[1], schnell.empty_conditioning().prompt_embeds.shape[1]) == \
+        (512, 256)
     assert dev.guidance_kwargs(3.0) == {"guidance_scale": 3.0}
     assert schnell.guidance_kwargs(3.0) == {"true_cfg_scale": 3.0}
     assert dev.describe()["distillation"]["few_step"] is False
@@ -315,6 +319,19 @@ def test_a_guidance_distilled_flux_takes_guidance_as_input_and_schnell_gets_true
         one = adapter.generate(witness, empty, [0], 3.0, 2, 16)
         other = adapter.generate(witness, empty.map(lambda tensor: tensor * 0.5), [0], 3.0, 2, 16)
         assert bool(np.abs(one - other).max() > 1e-4) is negative_matters
+
+
+def test_a_dynamic_shift_follows_the_run_resolution(tmp_path):
+    """Flux's shift is computed from the image's token count: at 32 px (8 x 8 packed tokens) mu is the pipeline's."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    adapter = load_model(build_tiny_pipeline(tmp_path / "model", family="flux"), device="cpu")
+    adapter.configure_objective("native", "uniform", 32)
+    config = adapter.pipeline.scheduler.config
+    assert adapter.objective.shift_record["image_seq_len"] == 64
+    assert adapter.objective.mu == pytest.approx(calculate_shift(64, config.base_image_seq_len, config.max_image_seq_len,
+                                                                 config.base_shift, config.max_shift))
+    assert adapter.objective.describe()["training_timesteps"] == "uniform"
 
 
 def test_few_step_evidence_is_read_from_configs_and_names(tmp_path):

@@ -217,7 +217,6 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
 
     loaded = model if isinstance(model, ModelAdapter) else load_model(
         model, device=device or config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
-    loaded.configure_objective(config.error_form, config.flow_timestep_density)
     calibration = check_calibration(config.calibration, *calibration_file, loaded.fingerprint, config, weights_sha) \
         if calibration_file else None
     config_values = config.fingerprint_dict() | {"similarity_weights_sha256": weights_sha,
@@ -227,6 +226,7 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
     keys = {image.id: run_key(loaded.fingerprint, config_values, image.sha256, _verifier_version(), weights_sha)
             for image in protected}
     resolution = config.resolution or loaded.resolution
+    loaded.configure_objective(config.error_form, config.flow_timestep_density, resolution)
     say(f"model {loaded.source} ({loaded.family}, {loaded.kind}, {loaded.prediction_type}, {resolution}px) on "
         f"{loaded.device}; {len(protected)} image{'s' if len(protected) != 1 else ''}")
     distillation = loaded.describe()["distillation"]
@@ -247,7 +247,8 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
                 "guidance_scales": list(config.guidance_scales), "sampling_steps": config.sampling_steps,
                 "denoiser_evaluations": denoiser_evaluations(config)},
         witness_tensors=sorted(empty.tensors()),
-        generation_kwargs={key: list(value) for key, value in loaded.generation_kwargs(resolution, resolution).items()})
+        generation_kwargs={key: list(value) for key, value in loaded.generation_kwargs(resolution, resolution).items()},
+        guidance_keyword=next(iter(loaded.guidance_kwargs(1.0))))
     return Run(config=config, out=out, loaded=loaded, metric=metric, thresholds=Thresholds.of(config, metric, calibration),
                protected=protected, keys=keys, record=record, signer=signer,
                empty=empty,
@@ -403,13 +404,14 @@ class RunRecord:
     config: dict
     environment: dict
     seeds: list[int]
-    grid: list[int]
+    grid: list[int | float]
     resolution: int
     scheduler: dict
     budget: dict
     calibration: dict | None
     witness_tensors: list[str]  # the stock pipeline keywords a witness file holds
     generation_kwargs: dict  # the family's further pipeline keywords (SDXL's sizes)
+    guidance_keyword: str  # the pipeline keyword a guidance scale goes to (Flux schnell: true_cfg_scale)
 
 
 def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: str, seeds: list[int],
@@ -443,6 +445,7 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
             "height": run.resolution, "width": run.resolution, "scheduler": run.scheduler,
             "closest_generation": f"{image.id}.closest.png",
             "closest_seed": best_seed, "closest_guidance_scale": best_scale,
+            "guidance_keyword": run.guidance_keyword,
         },
         "control_witness": control_witness,
         "calibration": run.calibration,

@@ -463,7 +463,8 @@ def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict,
     image_id = certificate["image"]["id"]
     record = certificate["prediction_error"]
     settings = certificate["config"]
-    loaded.configure_objective(settings.get("error_form", "native"), settings.get("flow_timestep_density", "logit_normal"))
+    loaded.configure_objective(settings.get("error_form", "native"), settings.get("flow_timestep_density", "logit_normal"),
+                               certificate["witness"]["height"])
     if loaded.objective.grid(len(record["timesteps"])) != record["timesteps"]:
         result.add(image_id, "prediction error", False, "the recorded timestep grid is not this model's fixed grid")
         return

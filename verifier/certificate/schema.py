@@ -26,7 +26,8 @@ Version history:
 - 5: flow-matching families (issue 8): grid timesteps may be floats (sigma x num_train_timesteps); the
   objective records its error form (``native`` or ``x0``), shift and training density; the model
   record says whether it is a few-step distilled model, on what evidence, and what a verdict covers
-  (``distillation``).
+  (``distillation``); the witness names the pipeline keyword its guidance scale goes to
+  (``guidance_keyword``).
 """
 
 from __future__ import annotations
@@ -206,6 +207,8 @@ class WitnessRecord(_Strict):
     closest_generation: str
     closest_seed: int
     closest_guidance_scale: float
+    guidance_keyword: str = Field(description="The pipeline keyword the guidance scale is passed as: guidance_scale, "
+                                              "or true_cfg_scale for a Flux model without the guidance embedding")
 
 
 class CalibrationRecord(_Strict):

@@ -100,13 +100,15 @@ class ModelAdapter(ABC):
         return self.objective.prediction_type
 
     @abstractmethod
-    def _objective(self, error_form: str = "native", timestep_density: str = "logit_normal"):
+    def _objective(self, error_form: str = "native", timestep_density: str = "logit_normal",
+                   resolution: int | None = None):
         """The training objective (noising, target, timestep grid) of this model, measuring its error in
-        ``error_form``; ``timestep_density`` is the training density of flow-matching families."""
+        ``error_form``; ``timestep_density`` is the training density of flow-matching families and
+        ``resolution`` (default: native) the image size a dynamic shift is computed for."""
 
-    def configure_objective(self, error_form: str, timestep_density: str) -> None:
-        """Measure the error as a run's config says (``error_form``, ``flow_timestep_density``)."""
-        self.objective = self._objective(error_form, timestep_density)
+    def configure_objective(self, error_form: str, timestep_density: str, resolution: int | None = None) -> None:
+        """Measure the error as a run's config says (``error_form``, ``flow_timestep_density``, ``resolution``)."""
+        self.objective = self._objective(error_form, timestep_density, resolution)
 
     @abstractmethod
     def denoiser(self) -> torch.nn.Module:

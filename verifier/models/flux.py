@@ -3,7 +3,8 @@
 Conditioning as ``FluxPipeline.encode_prompt`` builds it (diffusers 0.42):
 
 - ``prompt_embeds``: T5's (``text_encoder_2``) last hidden state for the prompt padded to the
-  pipeline's default ``max_sequence_length`` (512; the tokenizer's ``model_max_length`` where shorter);
+  pipeline's default ``max_sequence_length`` (512; 256 for schnell, as Black Forest Labs runs it; the
+  tokenizer's ``model_max_length`` where shorter);
 - ``pooled_prompt_embeds``: CLIP-L's (``text_encoder``) pooled output.
 
 Soft tokens go into both encoders (``tokens`` after CLIP's BOS, ``tokens_2`` first in T5, which has
@@ -27,7 +28,8 @@ import torch
 from verifier.models.base import Conditioning, ModelAdapter, input_table, vae_latents
 from verifier.objectives import FlowMatchObjective
 
-T5_SEQUENCE_LENGTH = 512  # FluxPipeline's default max_sequence_length
+T5_SEQUENCE_LENGTH = 512  # FluxPipeline's default max_sequence_length (Flux-dev's)
+T5_SEQUENCE_LENGTH_SCHNELL = 256  # black-forest-labs/flux's own CLI: max_length=256 for flux-schnell
 ERROR_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale: the distilled guidance the error is measured at
 
 
@@ -38,8 +40,9 @@ class FluxAdapter(ModelAdapter):
                            "scheduler")
     load_kwargs: dict = {}
 
-    def _objective(self, error_form: str = "native", timestep_density: str = "logit_normal"):
-        packed = self.resolution // int(self.pipeline.vae_scale_factor) // 2
+    def _objective(self, error_form: str = "native", timestep_density: str = "logit_normal",
+                   resolution: int | None = None):
+        packed = (resolution or self.resolution) // int(self.pipeline.vae_scale_factor) // 2
         return FlowMatchObjective(self.pipeline.scheduler, self.device, image_seq_len=packed ** 2,
                                   error_form=error_form, timestep_density=timestep_density)
 
@@ -76,9 +79,13 @@ class FluxAdapter(ModelAdapter):
                 "tokens_2": (self.pipeline.tokenizer_2, input_table(self.pipeline.text_encoder_2))}
 
     def sequence_length(self, name: str) -> int:
-        """T5: the pipeline's default ``max_sequence_length``, or the tokenizer's length where that is shorter."""
+        """T5: 512 tokens (the pipeline's default, Flux-dev's), 256 for a model without the guidance embedding
+        (Flux schnell, as Black Forest Labs' own code and its model card run it), or the tokenizer's length
+        where that is shorter."""
         own = super().sequence_length(name)
-        return min(T5_SEQUENCE_LENGTH, own) if name == "tokens_2" else own
+        if name != "tokens_2":
+            return own
+        return min(T5_SEQUENCE_LENGTH if self.guidance_distilled else T5_SEQUENCE_LENGTH_SCHNELL, own)
 
     def _encode_ids(self, ids: dict[str, torch.Tensor]) -> Conditioning:
         pooled = self.pipeline.text_encoder(ids["tokens"], output_hidden_states=False).pooler_output

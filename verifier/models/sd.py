@@ -22,7 +22,8 @@ class StableDiffusionAdapter(ModelAdapter):
     # verifier compares images itself; the pipeline's safety checker would black out replications.
     load_kwargs = {"safety_checker": None, "requires_safety_checker": False}
 
-    def _objective(self, error_form: str = "native", timestep_density: str = "logit_normal"):
+    def _objective(self, error_form: str = "native", timestep_density: str = "logit_normal",
+                   resolution: int | None = None):
         return DDPMObjective(self.pipeline.scheduler, self.device, error_form=error_form)  # DDPM trains uniformly
 
     @property

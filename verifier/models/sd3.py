@@ -40,9 +40,10 @@ class StableDiffusion3Adapter(ModelAdapter):
     load_kwargs: dict = {}
     optional_components = ("text_encoder_3", "tokenizer_3")  # SD3 runs without T5 (zeros in its place)
 
-    def _objective(self, error_form: str = "native", timestep_density: str = "logit_normal"):
+    def _objective(self, error_form: str = "native", timestep_density: str = "logit_normal",
+                   resolution: int | None = None):
         patch = int(self.pipeline.transformer.config.patch_size)
-        latent = self.resolution // int(self.pipeline.vae_scale_factor)
+        latent = (resolution or self.resolution) // int(self.pipeline.vae_scale_factor)
         return FlowMatchObjective(self.pipeline.scheduler, self.device, image_seq_len=(latent // patch) ** 2,
                                   error_form=error_form, timestep_density=timestep_density)
 
