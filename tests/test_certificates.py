@@ -95,7 +95,7 @@ def test_reader_names_an_older_schema_version(run, tmp_path):
     path = tmp_path / "old.json"
     shutil.copy(run / f"{MEMORIZED}.json", path)
     _edit(path, lambda c: c["schema"].update(version=1))
-    with pytest.raises(CertificateFormatError, match="has schema version 1; this verifier reads version 4"):
+    with pytest.raises(CertificateFormatError, match="has schema version 1; this verifier reads version 5"):
         read_certificate(path)
 
 
