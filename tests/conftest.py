@@ -2,6 +2,9 @@
 
 - ``slow`` tests (minutes each) run only with ``VERIFIER_SLOW=1``.
 - ``gpu`` tests run only where torch sees a CUDA device.
+- Under pytest-xdist (``-n``, the default in pyproject.toml), each worker gets an equal share of the
+  CPU's cores for torch and for the processes it starts (``OMP_NUM_THREADS``), so workers do not
+  oversubscribe the machine.
 """
 
 from __future__ import annotations
@@ -15,6 +18,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks" / "reference_model"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _share_the_cpu_between_workers() -> None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # the CLI and accelerate processes tests start
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+_share_the_cpu_between_workers()
 
 
 def pytest_collection_modifyitems(config, items):

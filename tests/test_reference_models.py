@@ -161,3 +161,46 @@ def test_training_program_builds_a_v_prediction_model(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["prediction_type"] == "v_prediction"
     assert all(i["replications"] == 0 for i in manifest["images"] if i["split"] == "held_out")
+
+
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
+def test_training_conditioned_the_denoiser_as_the_stock_pipeline_does(name):
+    """The conditioning train.py fed the denoiser equals the stock pipeline's ``encode_prompt`` for the same
+    caption (features and pooled vectors), for every shipped architecture; and rectified-flow training noised
+    as the scheduler does (``scale_noise``) at timesteps from its own table."""
+    import torch
+    import train
+
+    pipeline = stock_pipeline(name)
+    architecture = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
+                    "StableDiffusion3Pipeline": "sd3"}[type(pipeline).__name__]
+    parts = {"sd": ("text_encoder",), "sdxl": ("text_encoder", "text_encoder_2"),
+             "sd3": ("text_encoder", "text_encoder_2", "text_encoder_3")}[architecture]
+    tokenizers = [getattr(pipeline, part.replace("text_encoder", "tokenizer")) for part in parts]
+    resolution = load_manifest(name)["resolution"]
+    condition = train.make_conditioner(tuple(getattr(pipeline, part) for part in parts), architecture, resolution)
+    caption = load_manifest(name)["images"][0]["caption"]
+    ids = [t([caption], padding="max_length", max_length=t.model_max_length, truncation=True,
+             return_tensors="pt").input_ids for t in tokenizers]
+    with torch.no_grad():
+        features, added = condition(ids)
+        if architecture == "sd":
+            expected, pooled = pipeline.encode_prompt(caption, "cpu", 1, False)[0], None
+        elif architecture == "sdxl":
+            expected, _, pooled, _ = pipeline.encode_prompt(caption, device="cpu", do_classifier_free_guidance=False)
+            torch.testing.assert_close(added["text_embeds"], pooled)
+        else:
+            expected, _, pooled, _ = pipeline.encode_prompt(caption, None, None, device="cpu",
+                                                            do_classifier_free_guidance=False,
+                                                            max_sequence_length=tokenizers[2].model_max_length)
+            torch.testing.assert_close(added["pooled_projections"], pooled)
+    torch.testing.assert_close(features, expected)
+    if architecture == "sd3":
+        generator = torch.Generator().manual_seed(0)
+        z0, noise = torch.randn(4, 4, 16, 16, generator=generator), torch.randn(4, 4, 16, 16, generator=generator)
+        noisy, timesteps, target = train.flow_matching_sample(pipeline.scheduler, z0, noise, generator)
+        assert set(timesteps.tolist()) <= set(pipeline.scheduler.timesteps.tolist())
+        scaled = torch.cat([pipeline.scheduler.scale_noise(z0[i : i + 1], timesteps[i : i + 1], noise[i : i + 1])
+                            for i in range(4)])
+        torch.testing.assert_close(noisy, scaled)
+        torch.testing.assert_close(target, noise - z0)

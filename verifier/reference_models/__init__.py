@@ -2,7 +2,7 @@
 memorize some of their training images, with a manifest of measured ground truth.
 
 They are stock diffusers folders: the pipeline class their ``model_index.json`` names
-(``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``) loads them with
+(``StableDiffusionPipeline``, ``StableDiffusionXLPipeline`` or ``StableDiffusion3Pipeline``) loads them with
 ``from_pretrained(path, local_files_only=True)`` and no verifier code. They were built by
 ``benchmarks/reference_model/train.py`` (see the README there for commands, runtimes and figures).
 
@@ -10,6 +10,8 @@ They are stock diffusers folders: the pipeline class their ``model_index.json`` 
 - ``reference-v-32px``: 32x32 images, v-prediction (the SD 2.x objective), smaller UNet.
 - ``reference-xl-32px``: 32x32 images, SDXL architecture (two text encoders, pooled embedding,
   ``add_time_ids``); loads as ``StableDiffusionXLPipeline``.
+- ``reference-sd3-32px``: 32x32 images, SD3 architecture (CLIP-L- and CLIP-G-like encoders, T5, an
+  MMDiT transformer, rectified flow with shift 3); loads as ``StableDiffusion3Pipeline``.
 - ``fixture-16px``: 16x16 images, a few memorized and held-out images, loads in well under a second
   for tests.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-REFERENCE_MODELS = ("reference-32px", "fixture-16px", "reference-v-32px", "reference-xl-32px")
+REFERENCE_MODELS = ("reference-32px", "fixture-16px", "reference-v-32px", "reference-xl-32px", "reference-sd3-32px")
 
 
 def reference_model_path(name: str = "reference-32px") -> Path:
