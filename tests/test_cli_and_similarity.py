@@ -162,3 +162,22 @@ def test_demo_on_the_fixture_agrees_with_its_ground_truth(tmp_path):
     assert "7/7 scored verdicts agree with the ground truth" in result.output
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["counts"]["memorized"] == 3
+
+
+def test_error_form_x0_is_used_recorded_and_reverified(tmp_path, tiny_model):
+    """``--error-form x0`` measures the error on the implied clean latent (other numbers than the native
+    loss), the certificate says so, and ``verify`` re-measures it in the same form."""
+    images = write_images(tmp_path / "images", count=1)
+    runner = CliRunner()
+    errors = {}
+    for form in ("native", "x0"):
+        out = tmp_path / form
+        result = runner.invoke(main, ["certify", str(tiny_model), str(images[0]), "--out", str(out), *FAST_OPTIONS,
+                                      "--error-form", form])
+        assert result.exit_code in (0, 1), result.output
+        certificate = json.loads(next(p for p in out.glob("*.json") if p.name != "summary.json").read_text())
+        assert certificate["config"]["error_form"] == certificate["model"]["objective"]["error_form"] == form
+        errors[form] = certificate["prediction_error"]["empty"]
+        checked = runner.invoke(main, ["verify", str(out), "--device", "cpu"])
+        assert checked.exit_code == 0, checked.output
+    assert errors["native"] != errors["x0"]

@@ -14,6 +14,8 @@ CONFIG_OPTIONS = [
     click.option("--similarity-threshold", type=float, default=None, help="Override the metric's default threshold."),
     click.option("--inversion-space", default=None, help="token_embeddings (default), shared_token_embeddings or hidden_states."),
     click.option("--inversion-steps", type=int, default=None, help="Adam steps per image."),
+    click.option("--error-form", type=click.Choice(["native", "x0"]), default=None,
+                 help="Prediction error in the model's own loss (native, default) or on the implied clean latent (x0)."),
     click.option("--generations", type=int, default=None, help="Seeds per guidance scale at the first look (16)."),
     click.option("--sampling-doublings", type=int, default=None,
                  help="Times the best scale's seeds may double while the rate is undecided (3; 0: fixed sample)."),
