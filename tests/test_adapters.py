@@ -250,6 +250,20 @@ def test_an_unknown_pipeline_class_is_named(tmp_path):
         load_model(folder, device="cpu")
 
 
+def test_a_flow_family_with_a_ddpm_scheduler_is_named(tmp_path):
+    import json
+
+    folder = build_tiny_pipeline(tmp_path / "model", family="sd3")
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    config["_class_name"] = "DDIMScheduler"
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "DDIMScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match="scheduler DDIMScheduler is not a flow-matching scheduler"):
+        load_model(folder, device="cpu")
+
+
 def test_sdxl_folder_without_its_second_encoder_is_named(tmp_path):
     import shutil
 

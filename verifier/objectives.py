@@ -154,7 +154,6 @@ class FlowMatchObjective(_Objective):
         else:
             self.shift_record = {"dynamic": False, "shift": float(config.shift)}
         self.table = fresh.timesteps.to("cpu", torch.float32)  # model-input timesteps, descending
-        self.device = device
 
     def _sigma(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return _per_sample(timesteps.to(like.device, torch.float32) / self.num_train_timesteps, like)
