@@ -10,25 +10,26 @@
    (``shared_token_embeddings``).
 
 Each variant certifies the model's memorized images and the first ``--never-trained`` never-trained
-ones with verifier's defaults otherwise, and prints: verdicts against the ground truth, the error
-ratio's range per group, the AUC of ``1 - error ratio`` and of the replication rate, and the wall
-time. One run per variant, on this machine.
+ones with verifier's defaults otherwise, and prints what ``choices.compare`` prints. One run per variant.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import tempfile
-import time
+import sys
 from pathlib import Path
 
-VARIANTS = (
-    ("encoded empty prompt, separate soft tokens (default)", "encoded", "token_embeddings"),
-    ("zeros empty prompt, separate soft tokens", "zeros", "token_embeddings"),
-    ("encoded empty prompt, shared soft tokens", "encoded", "shared_token_embeddings"),
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from choices import compare  # noqa: E402
+
+VARIANTS = [
+    ("encoded empty prompt, separate soft tokens (default)", {}, {"empty_prompt": "encoded"}),
+    ("zeros empty prompt, separate soft tokens", {}, {"empty_prompt": "zeros"}),
+    ("encoded empty prompt, shared soft tokens", {"inversion_space": "shared_token_embeddings"},
+     {"empty_prompt": "encoded"}),
+]
 
 
 def main() -> int:
@@ -36,43 +37,7 @@ def main() -> int:
     parser.add_argument("--model", default="reference-xl-32px")
     parser.add_argument("--never-trained", type=int, default=12)
     args = parser.parse_args()
-
-    from dataclasses import replace
-
-    from sklearn.metrics import roc_auc_score
-
-    from verifier.api import certify
-    from verifier.config import VerifierConfig
-    from verifier.models import load_model
-    from verifier.reference_models import load_manifest, reference_model_path
-
-    folder = reference_model_path(args.model)
-    manifest = load_manifest(args.model)
-    memorized = [i for i in manifest["images"] if i["memorized"]]
-    never = [i for i in manifest["images"] if i["split"] == "held_out"][: args.never_trained]
-    images = [folder / i["file"] for i in memorized + never]
-    truth = {i["id"]: "memorized" for i in memorized} | {i["id"]: "not_memorized" for i in never}
-    print(f"model {args.model}: {len(memorized)} memorized, {len(never)} never-trained images; one run per variant")
-    for title, empty_prompt, space in VARIANTS:
-        adapter = load_model(folder, device="cpu")
-        adapter.empty_prompt = empty_prompt
-        started = time.perf_counter()
-        certificates = certify(adapter, images, Path(tempfile.mkdtemp()), replace(VerifierConfig(device="cpu"),
-                                                                                   inversion_space=space))
-        seconds = time.perf_counter() - started
-        agree = sum(c["verdict"] == truth[c["image"]["id"]] for c in certificates)
-        labels = [truth[c["image"]["id"]] == "memorized" for c in certificates]
-        ratios = [c["prediction_error"]["ratio"] for c in certificates]
-        rates = [c["conditions"]["probability"]["rate"] for c in certificates]
-        print(f"\n{title}\n  verdicts agreeing with the ground truth: {agree}/{len(certificates)} "
-              f"({', '.join(sorted(c['image']['id'] + '=' + c['verdict'] for c in certificates if c['verdict'] != truth[c['image']['id']])) or 'all'})")
-        for group, wanted in (("memorized", True), ("never trained", False)):
-            values = [r for r, label in zip(ratios, labels) if label == wanted and r is not None]
-            hits = [r for r, label in zip(rates, labels) if label == wanted]
-            print(f"  error ratio, {group:14s} min {min(values):.3f} median {statistics.median(values):.3f} "
-                  f"max {max(values):.3f}; replication rate median {statistics.median(hits):.3f}")
-        print(f"  AUC: 1 - error ratio {roc_auc_score(labels, [1 - r for r in ratios]):.3f}, replication rate "
-              f"{roc_auc_score(labels, rates):.3f}; {seconds / len(certificates):.2f} s/image")
+    compare(args.model, args.never_trained, VARIANTS)
     return 0
 
 
