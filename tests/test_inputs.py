@@ -50,6 +50,9 @@ def test_unknown_key_gets_a_suggestion(tmp_path):
     ("similarity", "psnr", "similarity='psnr' is not allowed: expected one of lpips, sscd, ssim"),
     ("inversion_space", "pixels", "inversion_space='pixels' is not allowed: expected one of hidden_states, shared_token_embeddings, token_embeddings"),
     ("dtype", "float64", "dtype='float64' is not allowed: expected one of float32, float16, bfloat16"),
+    ("error_form", "eps", "error_form='eps' is not allowed: expected one of native, x0"),
+    ("flow_timestep_density", "lognorm", "flow_timestep_density='lognorm' is not allowed: expected one of "
+                                         "logit_normal, uniform"),
     ("guidance_scales", [0.5], "guidance_scales=(0.5,) is not allowed"),
     ("confidence", 1.0, "confidence=1.0 is not allowed"),
     ("resolution", 30, "resolution=30 is not allowed: expected a multiple of 8"),
