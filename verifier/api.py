@@ -229,13 +229,14 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
     loaded.configure_objective(config.error_form, config.flow_timestep_density, resolution)
     say(f"model {loaded.source} ({loaded.family}, {loaded.kind}, {loaded.prediction_type}, {resolution}px) on "
         f"{loaded.device}; {len(protected)} image{'s' if len(protected) != 1 else ''}")
-    distillation = loaded.describe()["distillation"]
+    model_record = loaded.describe()
+    distillation = model_record["distillation"]
     if distillation["few_step"]:
         say(f"note: a few-step distilled model ({'; '.join(distillation['evidence'])}); what its verdicts cover is "
             "in each certificate's model.distillation.scope")
     empty = loaded.empty_conditioning()
     record = RunRecord(
-        model=loaded.describe(), config=config.to_dict(), environment=_environment(loaded),
+        model=model_record, config=config.to_dict(), environment=_environment(loaded),
         seeds=seed_sequence(config.seed, sampling_looks(config.generations, config.sampling_doublings)[-1]),
         calibration=calibration,
         grid=loaded.objective.grid(config.error_timesteps), resolution=resolution,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from verifier.config import ERROR_FORMS, TIMESTEP_DENSITIES  # noqa: F401 (the allowed values live with the config)
+from verifier.config import TIMESTEP_DENSITIES
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -106,13 +106,6 @@ class DDPMObjective(_Objective):
                 "error_form": self.error_form}
 
 
-def calculate_shift(image_seq_len: int, base_seq_len: int, max_seq_len: int, base_shift: float,
-                    max_shift: float) -> float:
-    """``mu`` of the dynamic shift: linear in the image's token count (diffusers' ``calculate_shift``)."""
-    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
-    return image_seq_len * slope + base_shift - slope * base_seq_len
-
-
 class FlowMatchObjective(_Objective):
     """Rectified flow (SD3, SD3.5, Flux): ``x_t = (1 - sigma) x0 + sigma noise``, target ``noise - x0``.
 
@@ -145,6 +138,8 @@ class FlowMatchObjective(_Objective):
         # construction) or, with dynamic shifting, as the pipeline sets it for the image (``mu``).
         fresh = type(scheduler).from_config(config)
         if self.dynamic:
+            from diffusers.pipelines.flux.pipeline_flux import calculate_shift  # the pipelines' own mu
+
             self.mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256),
                                       config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
                                       config.get("max_shift", 1.15))

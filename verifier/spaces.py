@@ -1,9 +1,8 @@
 """Inversion spaces: the free variables of each image, and how they become a conditioning.
 
 - ``token_embeddings``: a prompt of n soft tokens (BOS where the tokenizer has one, n free input
-  embeddings, EOS, padding) in
-  every text encoder the family has, passed through the frozen encoders, so the conditioning is one
-  the encoders can really produce (method.md, "existence");
+  embeddings, EOS, padding) in every text encoder the family has, passed through the frozen
+  encoders, so the conditioning is one the encoders can really produce (method.md, "existence");
 - ``hidden_states``: the conditioning's tensors themselves (per-token features and, where the
   family has one, the pooled embedding); the strongest adversary and so an upper bound on what any
   prompt could do.
