@@ -144,8 +144,17 @@ def print_model(result: dict, config) -> None:
     planned = denoiser_evaluations(config)
     spent = [c["budget"]["denoiser_evaluations_spent"]["sampling_forward"] for c in certificates]
     extended = sum(value > planned["sampling_forward"] for value in spent)
-    print(f"denoiser evaluations per verdict: {planned['inversion_forward_backward']} forward+backward for "
-          f"inversion, {planned['error_forward']} forward for the error, {statistics.mean(spent):.0f} forward for "
+    steps = [c["prediction_error"]["inversion_steps"] for c in certificates]
+    went_on = {group: sum(c["prediction_error"]["inversion_steps"] > config.inversion_steps for c in certificates
+                          if truth[c["image"]["id"]] == group) for group in ROWS}
+    print(f"inversion steps: {statistics.mean(steps):.1f} on average, max {max(steps)}; images that went on past "
+          f"{config.inversion_steps}: " + ", ".join(f"{group} {count}" for group, count in went_on.items()))
+    inversion = statistics.mean(c["budget"]["denoiser_evaluations_spent"]["inversion_forward_backward"]
+                                for c in certificates)
+    error = statistics.mean(c["budget"]["denoiser_evaluations_spent"]["error_forward"] for c in certificates)
+    print(f"denoiser evaluations per verdict: {inversion:.0f} forward+backward for inversion "
+          f"({planned['inversion_forward_backward']} planned), {error:.0f} forward for the error, "
+          f"{statistics.mean(spent):.0f} forward for "
           f"sampling on average ({planned['sampling_forward']} at the first look; {extended} of {len(spent)} images "
           f"sampled further, max {max(spent)}) + {_control_evaluations(certificates):.0f} per image on average for "
           f"the control")

@@ -22,6 +22,7 @@ the measured peak.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import os
 import platform
 import time
@@ -75,7 +76,7 @@ def main() -> int:
     from verifier.config import VerifierConfig
     from verifier.error import prediction_error
     from verifier.images import prepare_image
-    from verifier.invert import invert
+    from verifier.invert import InversionSchedule, InversionSearch, image_generator, invert
     from verifier.models import load_model
     from verifier.reference_models import REFERENCE_MODELS, load_manifest, reference_model_path
     from verifier.registry import INVERSION_SPACES
@@ -102,14 +103,21 @@ def main() -> int:
     empty = model.empty_conditioning()
     seeds = list(range(config.generations))
 
-    def inversion(steps: int):
-        return invert(model, space, z0, hashes, steps=steps, learning_rate=config.inversion_learning_rate,
-                      noise_draws=config.inversion_noise_draws, seed=config.seed)
+    def inversion(steps: int):  # the Adam loop alone (the checks of the grid error count as prediction error)
+        generators = [image_generator(config.seed, sha, "inversion") for sha in hashes]
+        InversionSearch(model, space, z0, generators, config.inversion_learning_rate,
+                        config.inversion_noise_draws).run(steps)
 
-    witness = inversion(config.inversion_steps).conditioning
+    fixed = replace(config, inversion_max_steps=config.inversion_steps)
+    empty_errors = prediction_error(model, z0, empty.expand(len(images)), timesteps=config.error_timesteps,
+                                    noise_draws=config.error_noise_draws).mean(1)
+    witness = invert(model, space, z0, hashes, schedule=InversionSchedule.of(fixed), empty_errors=empty_errors,
+                     learning_rate=config.inversion_learning_rate, noise_draws=config.inversion_noise_draws,
+                     seed=config.seed).conditioning
 
-    def error():
-        for conditioning in (witness, empty.expand(len(images))):
+    def error():  # the inversion's planned checks of the grid error, and the empty prompt's
+        checks = len(InversionSchedule.of(config).planned_checks())
+        for conditioning in [witness] * checks + [empty.expand(len(images))]:
             prediction_error(model, z0, conditioning, timesteps=config.error_timesteps,
                              noise_draws=config.error_noise_draws)
 

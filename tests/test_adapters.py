@@ -176,7 +176,7 @@ def _check_flow_objective(folder, adapter) -> None:
 @pytest.mark.parametrize("space_name", ["token_embeddings", "shared_token_embeddings", "hidden_states"])
 def test_results_do_not_depend_on_batch_companions(variant, space_name):
     from verifier.error import prediction_error
-    from verifier.invert import invert
+    from verifier.invert import InversionSchedule, invert
     from verifier.registry import INVERSION_SPACES
 
     name, _, adapter = variant
@@ -193,8 +193,14 @@ def test_results_do_not_depend_on_batch_companions(variant, space_name):
     encoders = len(adapter.text_inputs())
     assert len(space.initial(1)) == {"token_embeddings": encoders, "shared_token_embeddings": 1,
                                      "hidden_states": len(adapter.empty_conditioning().tensors())}[space_name]
-    together = invert(adapter, space, z0, ["a" * 64, "b" * 64], steps=3, learning_rate=0.1, noise_draws=2, seed=0)
-    alone = invert(adapter, space, z0[1:], ["b" * 64], steps=3, learning_rate=0.1, noise_draws=2, seed=0)
+    # Steps 2, then checks every 2 while the error falls, up to 6: an image's schedule is its own, too.
+    schedule = InversionSchedule(steps=2, max_steps=6, window=2, min_drop=0.0, error_timesteps=3, error_noise_draws=2)
+    empty = prediction_error(adapter, z0, adapter.empty_conditioning().expand(2), timesteps=3, noise_draws=2).mean(1)
+    together = invert(adapter, space, z0, ["a" * 64, "b" * 64], schedule=schedule, empty_errors=empty,
+                      learning_rate=0.1, noise_draws=2, seed=0)
+    alone = invert(adapter, space, z0[1:], ["b" * 64], schedule=schedule, empty_errors=empty[1:], learning_rate=0.1,
+                   noise_draws=2, seed=0)
+    assert alone.steps[0] == together.steps[1]
     for key in together.variables:
         # Adam divides by the root of tiny second moments, so float-order noise of a batched matmul can
         # move a variable by ~1e-4; mixing images up would move it by the step size (0.1 x its scale).

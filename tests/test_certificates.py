@@ -95,7 +95,7 @@ def test_reader_names_an_older_schema_version(run, tmp_path):
     path = tmp_path / "old.json"
     shutil.copy(run / f"{MEMORIZED}.json", path)
     _edit(path, lambda c: c["schema"].update(version=1))
-    with pytest.raises(CertificateFormatError, match="has schema version 1; this verifier reads version 5"):
+    with pytest.raises(CertificateFormatError, match="has schema version 1; this verifier reads version 6"):
         read_certificate(path)
 
 
@@ -104,8 +104,8 @@ def test_reader_names_an_older_schema_version(run, tmp_path):
 def test_verify_passes_an_untouched_run_through_the_cli(run):
     result = CliRunner().invoke(main, ["verify", str(run), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    for check in ("schema", "image", "model", "witness", "verdict", "sequential sampling", "generations at guidance 3",
-                  "prediction error", "summary"):
+    for check in ("schema", "image", "model", "witness", "verdict", "sequential sampling", "inversion schedule",
+                  "generations at guidance 3", "prediction error", "summary"):
         assert f" {check} " in result.output
     assert "FAIL" not in result.output
 
@@ -190,6 +190,18 @@ def test_tamper_sampling_past_a_settled_rate(copy):
     _edit(copy / f"{MEMORIZED}.json", more_seeds)
     _fail(verify(_only(copy, MEMORIZED), device="cpu"), "sequential sampling",
           "are not what the stopping rule prescribes on the recorded scores (16 at guidance 1, 16 at guidance 3)")
+
+
+def test_tamper_inversion_stopped_early(copy):
+    """A certificate claiming its inversion levelled off where its own check ratios still fell is caught."""
+    def still_falling(c):
+        record = c["prediction_error"]
+        last = record["inversion_checks"][-1]
+        record["inversion_checks"][-2]["ratio"] = last["ratio"] * 2  # the last window halved the error
+    _edit(copy / f"{HELD_OUT}.json", still_falling)
+    _fail(verify(_only(copy, HELD_OUT), device="cpu"), "inversion schedule", "are not what the schedule prescribes")
+    _edit(copy / f"{MEMORIZED}.json", lambda c: c["prediction_error"].update(inversion_steps=1000))
+    _fail(verify(_only(copy, MEMORIZED), device="cpu"), "inversion schedule", "is not the last check's step")
 
 
 def test_tamper_edited_witness(copy):

@@ -6,8 +6,9 @@ The recipe, top to bottom (method.md section 3): ``certify`` = ``open_run`` (ste
 0. check every image and the output folder before anything is loaded;
 1. load the model;
 2. encode each image to its latent;
-3. invert it into the text-conditioning space;
-4. measure its prediction error under the witness and under the empty prompt;
+3. measure its prediction error under the empty prompt on the fixed grid (the yardstick);
+4. invert it into the text-conditioning space until its error ratio (error under the candidate
+   witness over the yardstick, checked every few steps) levels off; the last check is the witness's;
 5. check the three conditions on generations from the witness (5b: where the witness replicates the
    image but the error ratio stays high, a never-seen twin control tells specific from generic);
 6. certify: write the witness, the closest generation and then the certificate;
@@ -46,7 +47,7 @@ from verifier.control import TWIN, ControlRun, run_controls
 from verifier.config import VerifierConfig
 from verifier.error import prediction_error
 from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect_images, prepare_image
-from verifier.invert import invert
+from verifier.invert import InversionSchedule, invert
 from verifier.models import Conditioning, ModelAdapter, load_model
 from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
 from verifier.sampling import sample, seed_sequence
@@ -74,14 +75,18 @@ def _environment(model: ModelAdapter) -> dict:
     }
 
 
-def denoiser_evaluations(config: VerifierConfig, generations: dict[float, int] | None = None) -> dict:
+def denoiser_evaluations(config: VerifierConfig, generations: dict[float, int] | None = None,
+                         inversion_steps: int | None = None, checks: int | None = None) -> dict:
     """Hardware-independent cost of one image's verdict (or of its control, which samples at one scale),
-    in denoiser evaluations: the first look's plan, or with ``generations`` (seeds per guidance scale)
-    what was spent. Guidance above 1 costs two evaluations per step (conditional and unconditional)."""
+    in denoiser evaluations: the plan (every image's inversion steps and checks, the first look), or with
+    ``generations`` (seeds per guidance scale), ``inversion_steps`` and ``checks`` what was spent. A check
+    of the grid error, like the empty prompt's error, is one pass over the grid; guidance above 1 costs
+    two evaluations per sampling step (conditional and unconditional)."""
     generations = generations or {scale: config.generations for scale in config.guidance_scales}
     sampling = sum(count * config.sampling_steps * (2 if scale > 1 else 1) for scale, count in generations.items())
-    inversion = config.inversion_steps * config.inversion_noise_draws
-    error = 2 * config.error_timesteps * config.error_noise_draws
+    inversion = (inversion_steps or config.inversion_steps) * config.inversion_noise_draws
+    checks = checks or len(InversionSchedule.of(config).planned_checks())
+    error = (checks + 1) * config.error_timesteps * config.error_noise_draws
     return {"inversion_forward_backward": inversion, "error_forward": error, "sampling_forward": sampling,
             "total": inversion + error + sampling}
 
@@ -242,7 +247,8 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
         grid=loaded.objective.grid(config.error_timesteps), resolution=resolution,
         scheduler=loaded.scheduler_record(),
         budget={"inversion_space": config.inversion_space, "inversion_tokens": config.inversion_tokens,
-                "inversion_steps": config.inversion_steps, "inversion_noise_draws": config.inversion_noise_draws,
+                "inversion_steps": config.inversion_steps, "inversion_max_steps": config.inversion_step_limit(),
+                "inversion_noise_draws": config.inversion_noise_draws,
                 "restarts": 1, "generations_per_scale": config.generations,
                 "sampling_looks": sampling_looks(config.generations, config.sampling_doublings),
                 "guidance_scales": list(config.guidance_scales), "sampling_steps": config.sampling_steps,
@@ -267,19 +273,19 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
     pixels = [prepare_image(image.path, resolution) for image in batch]
     z0 = model.encode_images(pixels)
     clock["encode_s"] = time.time() - tick
-    # 3. Invert.
+    # 3. The prediction error under the empty prompt: the yardstick of the existence ratio and of
+    #    inversion's checks.
     tick = time.time()
-    inversion = invert(model, run.space, z0, [image.sha256 for image in batch], steps=config.inversion_steps,
-                       learning_rate=config.inversion_learning_rate, noise_draws=config.inversion_noise_draws,
-                       seed=config.seed)
-    clock["invert_s"] = time.time() - tick
-    # 4. Measure the prediction error under the witness and under the empty prompt.
-    tick = time.time()
-    inverted_error = prediction_error(model, z0, inversion.conditioning, timesteps=config.error_timesteps,
-                                      noise_draws=config.error_noise_draws)
     empty_error = prediction_error(model, z0, empty.expand(len(batch)),
                                    timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
     clock["error_s"] = time.time() - tick
+    # 4. Invert, each image until its error ratio levels off; its last check is the witness's error.
+    tick = time.time()
+    inversion = invert(model, run.space, z0, [image.sha256 for image in batch], schedule=InversionSchedule.of(config),
+                       empty_errors=empty_error.mean(dim=1), learning_rate=config.inversion_learning_rate,
+                       noise_draws=config.inversion_noise_draws, seed=config.seed)
+    clock["invert_s"] = time.time() - tick
+    inverted_error = inversion.errors
     ratios = [float(inverted_error[index].mean() / empty_error[index].mean()) for index in range(len(batch))]
     # 5. Generate from the witness and score each generation against its image; double the seeds where
     #    the first look leaves the probability condition undecided.
@@ -305,8 +311,8 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
     # 6. Decide and certify each image: witness files and closest generation first, the certificate last.
     written = []
     for index, image in enumerate(batch):
-        loss_first_last = [finite_or_none(inversion.loss_curve[index, 0]),
-                           finite_or_none(inversion.loss_curve[index, -1])]
+        loss_first_last = [finite_or_none(inversion.loss_curves[index][0]),
+                           finite_or_none(inversion.loss_curves[index][-1])]
         control = controls.get(index)
         decision = decide(
             error_ratio=ratios[index], scores_by_scale=scores[index], metric=metric,
@@ -331,10 +337,12 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
         certificate = _certificate(
             run.record, image, decision, witness_sha, image_seeds, best_scale, best_seed, timings, run.keys[image.id],
             error={"inverted": inverted_error[index], "empty": empty_error[index], "ratio": ratios[index],
-                   "loss_first_last": loss_first_last, "noise_draws": config.error_noise_draws},
+                   "loss_first_last": loss_first_last, "noise_draws": config.error_noise_draws,
+                   "inversion_steps": inversion.steps[index], "checks": inversion.checks[index]},
             control_witness=control_witness,
-            spent=denoiser_evaluations(config, used),
-            control_cost=None if control is None else denoiser_evaluations(config, {control.guidance_scale: looks[0]}))
+            spent=denoiser_evaluations(config, used, inversion.steps[index], len(inversion.checks[index])),
+            control_cost=None if control is None else denoiser_evaluations(
+                config, {control.guidance_scale: looks[0]}, control.inversion_steps, control.checks))
         atomic_write_json(run.out / f"{image.id}.json", certificate)
         if run.signer is not None:
             sign_file(run.signer, run.out / f"{image.id}.json")
@@ -435,6 +443,8 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
             "empty_mean": finite_or_none(error["empty"].mean()),
             "ratio": finite_or_none(error["ratio"]),
             "inversion_loss_first_last": error["loss_first_last"],
+            "inversion_steps": error["inversion_steps"],
+            "inversion_checks": [{"step": step, "ratio": finite_or_none(ratio)} for step, ratio in error["checks"]],
         },
         "witness": {
             "file": f"{image.id}.witness.safetensors", "sha256": witness_sha, "tensors": run.witness_tensors,

@@ -42,7 +42,10 @@ class VerifierConfig:
     # Inversion: where the free variables live and how hard the search is.
     inversion_space: str = "token_embeddings"
     inversion_tokens: int = 8
-    inversion_steps: int = 60
+    inversion_steps: int = 60  # every image; then images whose grid error still falls go on (below)
+    inversion_max_steps: int | None = None  # None: 4 x inversion_steps
+    inversion_check_every: int = 20  # steps between two checks of the error ratio, past inversion_steps
+    inversion_min_drop: float = 0.02  # go on while the last window lowered the error ratio by more than this
     inversion_learning_rate: float = 0.1  # relative to each variable's scale (see verifier.spaces)
     inversion_noise_draws: int = 4
     batch_size: int = 16
@@ -81,6 +84,13 @@ class VerifierConfig:
         checks: list[tuple[str, bool, str]] = [
             ("inversion_tokens", 1 <= self.inversion_tokens <= 75, "an integer from 1 to 75"),
             ("inversion_steps", 1 <= self.inversion_steps <= MAX_STEPS, f"an integer from 1 to {MAX_STEPS}"),
+            ("inversion_max_steps", self.inversion_max_steps is None
+             or self.inversion_steps <= self.inversion_max_steps <= MAX_STEPS,
+             f"an integer from inversion_steps ({self.inversion_steps}) to {MAX_STEPS}, or unset for "
+             "4 x inversion_steps (equal to inversion_steps: every image gets exactly that many)"),
+            ("inversion_check_every", 1 <= self.inversion_check_every <= MAX_STEPS, f"an integer from 1 to {MAX_STEPS}"),
+            ("inversion_min_drop", finite(self.inversion_min_drop) and 0 <= self.inversion_min_drop < 1,
+             "a number in [0, 1): how much the error ratio must fall over a window for inversion to go on"),
             ("inversion_learning_rate", finite(self.inversion_learning_rate) and 0 < self.inversion_learning_rate <= 10,
              "a finite number in (0, 10] (relative to the space's scale; the default is 0.1)"),
             ("inversion_noise_draws", 1 <= self.inversion_noise_draws <= MAX_DRAWS, f"an integer from 1 to {MAX_DRAWS}"),
@@ -136,6 +146,10 @@ class VerifierConfig:
                 raise ConfigError(
                     f"config similarity_threshold={self.similarity_threshold!r} is not allowed for {self.similarity}: "
                     f"expected a number from {low:g} to {high:g}")
+
+    def inversion_step_limit(self) -> int:
+        """The most steps any image's inversion gets (``inversion_max_steps``, resolved)."""
+        return 4 * self.inversion_steps if self.inversion_max_steps is None else self.inversion_max_steps
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, fully resolved values (as recorded in certificates)."""

@@ -8,7 +8,7 @@ of assuming it from an error-ratio cut-off:
 1. make the image's **never-seen twin**: the image turned upside down. Training pipelines flip
    images left-right at most, so the twin was not in the training set; a simple image (flat,
    gradient, box) stays the same kind of image under the flip, a memorized photograph does not;
-2. invert the twin with the same budget and seeds' purpose as the image itself;
+2. invert the twin with the same schedule and seeds' purpose as the image itself;
 3. generate from the twin's witness with the same seeds at the guidance scale where the image's
    witness replicated most, and count how often the twin is replicated.
 
@@ -27,7 +27,7 @@ import torch
 
 from verifier.models.base import Conditioning, ModelAdapter
 
-TWIN = "the image turned upside down (a never-seen twin), inverted with the same budget"
+TWIN = "the image turned upside down (a never-seen twin), inverted with the same schedule"
 
 
 def never_seen_twin(pixels: np.ndarray) -> np.ndarray:
@@ -44,26 +44,28 @@ class ControlRun:
     error_ratio: float
     witness: Conditioning  # the twin's inverted conditioning (batch 1)
     variables: dict[str, torch.Tensor]
+    inversion_steps: int  # what the twin's inversion spent
+    checks: int
 
 
 def run_controls(model: ModelAdapter, space, metric, requests: list[tuple[np.ndarray, str, float]], *,
                  empty: Conditioning, seeds: list[int], config, resolution: int) -> list[ControlRun]:
     """Run the control for each (pixels, image sha256, guidance scale) request, batched like certification."""
     from verifier.error import prediction_error
-    from verifier.invert import invert
+    from verifier.invert import InversionSchedule, invert
 
     results: list[ControlRun] = []
     for first in range(0, len(requests), config.batch_size):
         batch = requests[first : first + config.batch_size]
         twins = [never_seen_twin(pixels) for pixels, _, _ in batch]
         z0 = model.encode_images(twins)
-        inversion = invert(model, space, z0, [f"{sha}:control" for _, sha, _ in batch],
-                           steps=config.inversion_steps, learning_rate=config.inversion_learning_rate,
-                           noise_draws=config.inversion_noise_draws, seed=config.seed)
-        inverted = prediction_error(model, z0, inversion.conditioning, timesteps=config.error_timesteps,
-                                    noise_draws=config.error_noise_draws)
         unconditional = prediction_error(model, z0, empty.expand(len(batch)),
                                          timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
+        inversion = invert(model, space, z0, [f"{sha}:control" for _, sha, _ in batch],
+                           schedule=InversionSchedule.of(config), empty_errors=unconditional.mean(dim=1),
+                           learning_rate=config.inversion_learning_rate, noise_draws=config.inversion_noise_draws,
+                           seed=config.seed)
+        inverted = inversion.errors
         for index, (_, _, scale) in enumerate(batch):
             generations = model.generate(inversion.conditioning[index], empty, seeds, scale, config.sampling_steps,
                                          resolution)[0]
@@ -71,5 +73,6 @@ def run_controls(model: ModelAdapter, space, metric, requests: list[tuple[np.nda
                 guidance_scale=scale, scores=metric(generations, twins[index]),
                 error_ratio=float(inverted[index].mean() / unconditional[index].mean()),
                 witness=inversion.conditioning[index],
-                variables={name: value[index] for name, value in inversion.variables.items()}))
+                variables={name: value[index] for name, value in inversion.variables.items()},
+                inversion_steps=inversion.steps[index], checks=len(inversion.checks[index])))
     return results

@@ -7,8 +7,9 @@ The recipe, per certificate:
 2. re-hash the image (from ``--images`` by sha256, else the recorded path) and the model's files;
 3. check the witness file's sha256 and that its negative is the model's own empty prompt;
 4. check the certificate's internal arithmetic (means, ratio, rates, the run key), that its seeds
-   per guidance scale are what the sequential stopping rule prescribes on its recorded scores, and
-   that its verdict follows from its own numbers under its config's thresholds;
+   per guidance scale are what the sequential stopping rule prescribes on its recorded scores, that
+   its inversion was checked and stopped where its schedule prescribes on the recorded check
+   ratios, and that its verdict follows from its own numbers under its config's thresholds;
 5. regenerate, with the stock pipeline, every generation the verdict rests on (each replicating
    seed and the closest one; every seed with ``all_generations``; and where the never-seen twin
    control ran, the control's replicating seeds or its closest one), re-measure their similarity,
@@ -293,6 +294,7 @@ def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
     result.add(image_id, "arithmetic", not problems, "; ".join(problems) or "means, ratio, config and run key agree")
     if config is not None:
         _check_sampling_rule(result, certificate)
+        _check_inversion_rule(result, certificate)
 
 
 def _check_sampling_rule(result: VerifyResult, certificate: dict) -> None:
@@ -310,6 +312,31 @@ def _check_sampling_rule(result: VerifyResult, certificate: dict) -> None:
                f"seeds per scale ({described(recorded)}) follow the stopping rule" if recorded == prescribed else
                f"seeds per scale ({described(recorded)}) are not what the stopping rule prescribes on the recorded "
                f"scores ({described(prescribed)})")
+
+
+def _check_inversion_rule(result: VerifyResult, certificate: dict) -> None:
+    """The inversion was checked and stopped where its schedule prescribes on the recorded check ratios, and
+    its last check is the witness's ratio."""
+    from verifier.invert import InversionSchedule
+
+    image_id, record, config = certificate["image"]["id"], certificate["prediction_error"], certificate["config"]
+    schedule = InversionSchedule(steps=config["inversion_steps"], max_steps=certificate["budget"]["inversion_max_steps"],
+                                 window=config["inversion_check_every"], min_drop=config["inversion_min_drop"],
+                                 error_timesteps=config["error_timesteps"], error_noise_draws=config["error_noise_draws"])
+    checks = record["inversion_checks"]
+    recorded = [check["step"] for check in checks]
+    ratios = [math.nan if check["ratio"] is None else check["ratio"] for check in checks]
+    prescribed = schedule.replayed_checks(ratios)
+    problems = []
+    if recorded != prescribed:
+        problems.append(f"checks at steps {recorded} are not what the schedule prescribes on their ratios ({prescribed})")
+    if not recorded or recorded[-1] != record["inversion_steps"]:
+        problems.append(f"inversion_steps {record['inversion_steps']} is not the last check's step")
+    elif not _close(checks[-1]["ratio"], record["ratio"], 1e-6):
+        problems.append(f"the last check's ratio {checks[-1]['ratio']!r} is not the recorded ratio {record['ratio']!r}")
+    result.add(image_id, "inversion schedule", not problems,
+               "; ".join(problems) or f"{record['inversion_steps']} steps, checks at {recorded}, as the schedule "
+               "prescribes")
 
 
 def _check_calibration(result: VerifyResult, certificate: dict, calibration_file: str | Path | None) -> None:

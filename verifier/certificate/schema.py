@@ -28,6 +28,9 @@ Version history:
   record says whether it is a few-step distilled model, on what evidence, and what a verdict covers
   (``distillation``); the witness names the pipeline keyword its guidance scale goes to
   (``guidance_keyword``).
+- 6: inversion until the error levels off (issue 8): the prediction error records the steps this
+  image's inversion took and the error ratio at each check (``inversion_steps``, ``inversion_checks``);
+  the budget records ``inversion_max_steps``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
@@ -173,6 +176,11 @@ class Conditions(_Strict):
     probability: ProbabilityCondition
 
 
+class InversionCheck(_Strict):
+    step: int = Field(ge=0)
+    ratio: Optional[float]
+
+
 class PredictionError(_Strict):
     timesteps: list[int | float] = Field(description="The model's input timesteps of the fixed grid: integers for DDPM "
                                          "models, sigma x num_train_timesteps for flow-matching models")
@@ -183,6 +191,10 @@ class PredictionError(_Strict):
     empty_mean: Optional[float]
     ratio: Optional[float]
     inversion_loss_first_last: list[Optional[float]] = Field(min_length=2, max_length=2)
+    inversion_steps: int = Field(ge=1, description="The Adam steps this image's inversion took: inversion_steps, "
+                                 "more while its grid error still fell (at most the budget's inversion_max_steps)")
+    inversion_checks: list[InversionCheck] = Field(description="The error ratio on the fixed grid at each check of "
+                                                   "the inversion; the last is the witness's")
 
 
 class WitnessFile(_Strict):
