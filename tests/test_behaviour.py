@@ -113,3 +113,17 @@ def test_fixture_verdicts_on_cuda_in_half_precision(tmp_path):
     for image, certificate in zip(chosen, certificates):
         expected = "memorized" if image["memorized"] else "not_memorized"
         assert certificate["verdict"] == expected, (image["id"], certificate["verdict_reason"])
+
+
+def test_a_memorized_image_that_descends_late_is_found_by_inverting_on(tmp_path):
+    """On the SD3-architecture model the hubble crop's error ratio stays above 0.5 for 60 steps and then
+    collapses: the defaults go on while it falls and certify it memorized."""
+    folder = reference_model_path("reference-sd3-32px")
+    image = next(i for i in load_manifest("reference-sd3-32px")["images"] if i["id"] == "dup07-hubble-x3000")
+    assert image["memorized"]
+    certificate = certify(folder, [folder / image["file"]], tmp_path / "out", VerifierConfig(device="cpu"))[0]
+    record = certificate["prediction_error"]
+    at_60 = next(check["ratio"] for check in record["inversion_checks"] if check["step"] == 60)
+    assert at_60 > 0.5, "the image no longer needs the schedule: this test shows nothing"
+    assert record["inversion_steps"] > 60 and record["ratio"] <= 0.5
+    assert certificate["verdict"] == "memorized", certificate["verdict_reason"]
