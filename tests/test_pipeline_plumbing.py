@@ -170,6 +170,7 @@ def test_report_is_self_contained_and_escapes_file_names(tmp_path, tiny_model, t
     report = (tmp_path / "out" / "report.html").read_text()
     assert "a&lt;b&gt;&amp;&quot;c.png" in report and "a<b>" not in report
     assert "src=\"http" not in report and report.count("data:image/png;base64,") == 2
+    assert f"after {certificate['prediction_error']['inversion_steps']} inversion steps" in report
 
 
 def test_hidden_state_space_optimizes_the_encoder_output_directly(tmp_path, tiny_model, tiny_images):
