@@ -39,8 +39,6 @@ WINDOW = 20
 
 
 def trajectories(name: str, steps: int) -> dict:
-    import torch
-
     from verifier.config import VerifierConfig
     from verifier.error import prediction_error
     from verifier.images import prepare_image
@@ -63,9 +61,7 @@ def trajectories(name: str, steps: int) -> dict:
     ratios, started = {}, time.time()
     for step in range(WINDOW, steps + 1, WINDOW):
         search.run(WINDOW)
-        with torch.no_grad():
-            witness = space.conditioning(search.variables).map(lambda tensor: tensor.float())
-        ratios[step] = (prediction_error(model, z0, witness, **grid).mean(1) / empty).tolist()
+        ratios[step] = (prediction_error(model, z0, search.witness(), **grid).mean(1) / empty).tolist()
         print(f"  {name}: step {step}, {time.time() - started:.0f} s", flush=True)
     return {"model": name, "ids": [row["id"] for row in rows], "groups": [_group(row) for row in rows],
             "ratios": {str(step): values for step, values in ratios.items()}, "seconds": time.time() - started}
@@ -86,12 +82,7 @@ def replay(data: dict, steps: int, max_steps: int, min_drop: float) -> list[tupl
     ratios = {int(step): values for step, values in data["ratios"].items()}
     result = []
     for image in range(len(data["ids"])):
-        step, previous = schedule.planned_checks()[0], None
-        while True:
-            current = ratios[step][image]
-            if not schedule.goes_on(step, previous, current):
-                break
-            previous, step = current, schedule.next_check(step)
+        step = schedule.replayed_checks([ratios[step][image] for step in schedule.check_steps()])[-1]
         result.append((step, ratios[step][image]))
     return result
 

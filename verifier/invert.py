@@ -61,15 +61,21 @@ class InversionSchedule:
     def next_check(self, step: int) -> int:
         return min(self.steps if step < self.steps else step + self.window, self.max_steps)
 
-    def replayed_checks(self, ratios: list[float]) -> list[int]:
-        """The check steps this schedule prescribes for an image whose checks measured ``ratios``, as
-        ``verify`` replays it."""
+    def check_steps(self) -> list[int]:
+        """Every step an image may be checked at, in order (the last is ``max_steps``)."""
         steps = [self.planned_checks()[0]]
-        for index, current in enumerate(ratios):
-            if not self.goes_on(steps[-1], ratios[index - 1] if index else None, current):
-                break
+        while steps[-1] < self.max_steps:
             steps.append(self.next_check(steps[-1]))
         return steps
+
+    def replayed_checks(self, ratios: list[float]) -> list[int]:
+        """The check steps this schedule prescribes for an image whose checks measured ``ratios`` (one
+        per step of ``check_steps``, as far as they go), as ``verify`` replays it."""
+        steps = self.check_steps()
+        for index, (step, current) in enumerate(zip(steps, ratios)):
+            if not self.goes_on(step, ratios[index - 1] if index else None, current):
+                return steps[: index + 1]
+        return steps[: len(ratios) + 1]
 
 
 @dataclass
@@ -170,11 +176,14 @@ class InversionSearch:
             curve[:, step] = per_image.detach()
         return curve.cpu()
 
+    @torch.no_grad()
+    def witness(self) -> Conditioning:
+        """The conditioning the current variables give, float32."""
+        return self.space.conditioning(self.variables).map(lambda tensor: tensor.float())
+
     def grid_errors(self, schedule: InversionSchedule) -> torch.Tensor:
         """Stage 4's prediction error under the current variables, (rows, timesteps)."""
-        with torch.no_grad():
-            conditioning = self.space.conditioning(self.variables).map(lambda tensor: tensor.float())
-        return prediction_error(self.adapter, self.z0, conditioning, timesteps=schedule.error_timesteps,
+        return prediction_error(self.adapter, self.z0, self.witness(), timesteps=schedule.error_timesteps,
                                 noise_draws=schedule.error_noise_draws)
 
     def keep(self, rows: list[int]) -> None:

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from verifier.config import ConfigError, VerifierConfig
+
 TOLERANCES = {"similarity_abs": 0.02, "error_rel": 0.02, "arithmetic_abs": 1e-9, "negative_abs": 1e-4}
 
 
@@ -251,10 +253,18 @@ def _close(a: float | None, b: float | None, tolerance: float) -> bool:
     return abs(a - b) <= tolerance
 
 
+def _recorded_config(certificate: dict) -> tuple[VerifierConfig | None, Exception | None]:
+    """The certificate's config as a ``VerifierConfig``, or why it is not a valid one."""
+    try:
+        return VerifierConfig(**{key: tuple(value) if isinstance(value, list) else value
+                                 for key, value in certificate["config"].items()}), None
+    except (ConfigError, TypeError) as failure:
+        return None, failure
+
+
 def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
     """Numbers that follow from other recorded numbers, and the run key, must agree exactly."""
     from verifier.certificate.store import run_key
-    from verifier.config import ConfigError, VerifierConfig
     from verifier.sampling import seed_sequence
 
     image_id = certificate["image"]["id"]
@@ -272,12 +282,9 @@ def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
                             f"({mean_inverted / mean_empty:.6f})")
     if certificate["conditions"]["existence"]["value"] != error["ratio"]:
         problems.append("the existence value is not the recorded error ratio")
-    try:
-        config = VerifierConfig(**{key: tuple(value) if isinstance(value, list) else value
-                                   for key, value in certificate["config"].items()})
-    except (ConfigError, TypeError) as failure:
+    config, failure = _recorded_config(certificate)
+    if failure is not None:
         problems.append(f"the recorded config is not a valid config: {failure}")
-        config = None
     if config is not None:
         weights = certificate["conditions"]["similarity"]["weights"]
         weights_sha = weights["sha256"] if weights else None
@@ -319,10 +326,12 @@ def _check_inversion_rule(result: VerifyResult, certificate: dict) -> None:
     its last check is the witness's ratio."""
     from verifier.invert import InversionSchedule
 
-    image_id, record, config = certificate["image"]["id"], certificate["prediction_error"], certificate["config"]
-    schedule = InversionSchedule(steps=config["inversion_steps"], max_steps=certificate["budget"]["inversion_max_steps"],
-                                 window=config["inversion_check_every"], min_drop=config["inversion_min_drop"],
-                                 error_timesteps=config["error_timesteps"], error_noise_draws=config["error_noise_draws"])
+    image_id, record = certificate["image"]["id"], certificate["prediction_error"]
+    config, _ = _recorded_config(certificate)
+    if config is None:
+        result.add(image_id, "inversion schedule", False, "the recorded config is not a valid config")
+        return
+    schedule = InversionSchedule.of(config)
     checks = record["inversion_checks"]
     recorded = [check["step"] for check in checks]
     ratios = [math.nan if check["ratio"] is None else check["ratio"] for check in checks]
