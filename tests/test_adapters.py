@@ -211,6 +211,41 @@ def test_results_do_not_depend_on_batch_companions(variant, space_name):
     torch.testing.assert_close(errors_alone[0], errors_together[1], rtol=1e-4, atol=1e-7)
 
 
+def test_rows_per_call_and_gradient_checkpointing_change_no_result(variant):
+    """Inversion split into calls of 3 rows (gradients accumulated) with the denoiser's activations recomputed,
+    the error grid and the generations split into calls, give what single calls give."""
+    from verifier.error import prediction_error
+    from verifier.invert import InversionSchedule, invert
+    from verifier.spaces import TokenEmbeddingSpace
+
+    _, _, adapter = variant
+    rng = np.random.default_rng(1)
+    z0 = adapter.encode_images([rng.random((16, 16, 3), dtype=np.float32) for _ in range(2)])
+    space = TokenEmbeddingSpace(adapter, 4)
+    schedule = InversionSchedule(steps=3, max_steps=3, window=3, min_drop=0.0, error_timesteps=3, error_noise_draws=2)
+    empty = prediction_error(adapter, z0, adapter.empty_conditioning().expand(2), timesteps=3, noise_draws=2).mean(1)
+
+    def run(rows: int | None, checkpointing: bool):
+        adapter.rows_per_call = rows
+        if checkpointing:
+            adapter.denoiser().enable_gradient_checkpointing()
+        try:
+            inversion = invert(adapter, space, z0, ["a" * 64, "b" * 64], schedule=schedule, empty_errors=empty,
+                               learning_rate=0.1, noise_draws=2, seed=0)
+            images = adapter.generate(inversion.conditioning, adapter.empty_conditioning(), [0, 1], 2.0, 2, 16)
+            return inversion, images
+        finally:
+            adapter.rows_per_call = None
+            adapter.denoiser().disable_gradient_checkpointing()
+
+    (whole, whole_images), (split, split_images) = run(None, False), run(3, True)
+    for key in whole.variables:
+        torch.testing.assert_close(split.variables[key], whole.variables[key], rtol=1e-3,
+                                   atol=1e-3 * space.scales[key])
+    torch.testing.assert_close(split.errors, whole.errors, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(split_images, whole_images, atol=1e-4)
+
+
 def test_witness_regenerates_through_the_stock_pipeline(variant, images, tmp_path):
     """The closest generation, regenerated from the witness file with stock diffusers only."""
     from PIL import Image

@@ -62,6 +62,9 @@ def test_unknown_key_gets_a_suggestion(tmp_path):
     ("confidence", 1.0, "confidence=1.0 is not allowed"),
     ("resolution", 30, "resolution=30 is not allowed: expected a multiple of 8"),
     ("fail_on", "always", "fail_on='always' is not allowed"),
+    ("denoiser_batch", 0, "denoiser_batch=0 is not allowed: expected an integer from 1 to 4096, or unset to choose "
+                          "it from the free memory"),
+    ("gradient_checkpointing", "yes", "gradient_checkpointing='yes' is not allowed: expected true or false"),
 ])
 def test_bad_config_values_are_named(key, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -104,6 +104,17 @@ def test_certificate_does_not_depend_on_batch_companions(tmp_path, tiny_model, t
     assert alone[0]["verdict"] == shared["verdict"]
 
 
+def test_certificate_does_not_depend_on_rows_per_call_or_checkpointing(tmp_path, tiny_model, tiny_images):
+    messages: list[str] = []
+    whole = certify(tiny_model, tiny_images[:2], tmp_path / "whole", FAST)
+    split = certify(tiny_model, tiny_images[:2], tmp_path / "split",
+                    replace(FAST, denoiser_batch=3, gradient_checkpointing=True), progress=messages.append)
+    assert any("3 rows per denoiser call (config denoiser_batch)" in message for message in messages)
+    for one, other in zip(whole, split):
+        np.testing.assert_allclose(_numbers(one), _numbers(other), rtol=1e-4, atol=1e-6)
+        assert (one["verdict"], one["witness"]["closest_seed"]) == (other["verdict"], other["witness"]["closest_seed"])
+
+
 def test_same_inputs_same_numbers(tmp_path, tiny_model, tiny_images):
     first = certify(tiny_model, tiny_images[:2], tmp_path / "a", FAST)
     second = certify(tiny_model, tiny_images[:2], tmp_path / "b", FAST)

@@ -48,6 +48,7 @@ from verifier.config import VerifierConfig
 from verifier.error import prediction_error
 from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect_images, prepare_image
 from verifier.invert import InversionSchedule, invert
+from verifier.memory import row_budget
 from verifier.models import Conditioning, ModelAdapter, load_model
 from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
 from verifier.sampling import sample, seed_sequence
@@ -232,8 +233,15 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
             for image in protected}
     resolution = config.resolution or loaded.resolution
     loaded.configure_objective(config.error_form, config.flow_timestep_density, resolution)
+    if config.gradient_checkpointing:
+        loaded.denoiser().enable_gradient_checkpointing()
+    else:
+        loaded.denoiser().disable_gradient_checkpointing()
+    rows = row_budget(loaded, config.denoiser_batch)
+    loaded.rows_per_call = rows.rows
     say(f"model {loaded.source} ({loaded.family}, {loaded.kind}, {loaded.prediction_type}, {resolution}px) on "
-        f"{loaded.device}; {len(protected)} image{'s' if len(protected) != 1 else ''}")
+        f"{loaded.device}; {len(protected)} image{'s' if len(protected) != 1 else ''}; {rows.rows} rows per denoiser "
+        f"call ({rows.source})")
     model_record = loaded.describe()
     distillation = model_record["distillation"]
     if distillation["few_step"]:

@@ -49,6 +49,8 @@ class VerifierConfig:
     inversion_learning_rate: float = 0.1  # relative to each variable's scale (see verifier.spaces)
     inversion_noise_draws: int = 4
     batch_size: int = 16
+    denoiser_batch: int | None = None  # rows per denoiser call; None: from the free memory (verifier.memory)
+    gradient_checkpointing: bool = False  # recompute activations in inversion's backward pass (large models)
 
     # Prediction error: a fixed timestep grid and noise draws shared by every image.
     error_timesteps: int = 10
@@ -95,6 +97,8 @@ class VerifierConfig:
              "a finite number in (0, 10] (relative to the space's scale; the default is 0.1)"),
             ("inversion_noise_draws", 1 <= self.inversion_noise_draws <= MAX_DRAWS, f"an integer from 1 to {MAX_DRAWS}"),
             ("batch_size", 1 <= self.batch_size <= MAX_BATCH, f"an integer from 1 to {MAX_BATCH}"),
+            ("denoiser_batch", self.denoiser_batch is None or 1 <= self.denoiser_batch <= MAX_BATCH,
+             f"an integer from 1 to {MAX_BATCH}, or unset to choose it from the free memory"),
             ("error_timesteps", 1 <= self.error_timesteps <= 1000, "an integer from 1 to 1000"),
             ("error_noise_draws", 1 <= self.error_noise_draws <= MAX_DRAWS, f"an integer from 1 to {MAX_DRAWS}"),
             ("error_form", self.error_form in ERROR_FORMS, f"one of {', '.join(ERROR_FORMS)}"),
@@ -158,7 +162,8 @@ class VerifierConfig:
     def fingerprint_dict(self) -> dict[str, Any]:
         """The values that change a certificate's numbers (not where it runs, how it gates, or where weight
         files lie: the run key takes the weights' sha256 instead of their path)."""
-        ignored = {"device", "fail_on", "batch_size", "lpips_weights", "sscd_weights", "calibration"}
+        ignored = {"device", "fail_on", "batch_size", "denoiser_batch", "gradient_checkpointing", "lpips_weights",
+                   "sscd_weights", "calibration"}
         return {key: value for key, value in self.to_dict().items() if key not in ignored}
 
 
@@ -179,6 +184,10 @@ def _coerce(name: str, value: Any) -> Any:
             return tuple(float(item) for item in items if not isinstance(item, bool))
         except (TypeError, ValueError):
             raise ConfigError(f"config {name}={value!r} is not allowed: expected a list of numbers") from None
+    if annotation.startswith("bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config {name}={value!r} is not allowed: expected true or false")
+        return value
     if annotation.startswith("int"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config {name}={value!r} is not allowed: expected an integer")

@@ -15,6 +15,7 @@ from verifier.models.base import Conditioning, ModelAdapter
 
 # Fixed so that errors are comparable across runs with different seeds, too.
 COMMON_NOISE_SEED = 20240509
+ERROR_ROWS_PER_CALL = 64  # the grid's rows per call where memory allows more (the numbers golden tests pin)
 
 
 def denoising_error(adapter: ModelAdapter, z0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
@@ -33,8 +34,10 @@ def common_noise(shape: tuple[int, ...], draws: int, count: int) -> torch.Tensor
 
 @torch.no_grad()
 def prediction_error(adapter: ModelAdapter, z0: torch.Tensor, conditioning: Conditioning, *, timesteps: int,
-                     noise_draws: int, chunk: int = 64) -> torch.Tensor:
-    """Mean squared prediction error per image and grid timestep; shape (B, timesteps)."""
+                     noise_draws: int) -> torch.Tensor:
+    """Mean squared prediction error per image and grid timestep; shape (B, timesteps). Rows go to the
+    denoiser in calls of at most the adapter's ``rows_per_call`` (``verifier.memory``), and never more than 64."""
+    chunk = min(ERROR_ROWS_PER_CALL, adapter.rows_per_call or ERROR_ROWS_PER_CALL)
     device = z0.device
     grid = adapter.objective.grid(timesteps)
     noise = common_noise(tuple(z0.shape[1:]), noise_draws, len(grid))

@@ -167,14 +167,38 @@ class InversionSearch:
         for step in range(steps):
             timesteps = torch.cat([objective.sample_timesteps(g, draws) for g in self.generators]).to(device)
             noise = torch.cat([torch.randn((draws, *self.z0.shape[1:]), generator=g) for g in self.generators])
-            conditioning = self.space.conditioning(self.variables).repeat_interleave(draws)
-            errors = denoising_error(self.adapter, z_repeated, noise.to(device), timesteps, conditioning)
-            per_image = errors.view(rows, draws).mean(dim=1)
             self.optimizer.zero_grad(set_to_none=True)
-            per_image.sum().backward()
+            conditioning = self.space.conditioning(self.variables)
+            limit = self.adapter.rows_per_call
+            if limit is None or rows * draws <= limit:
+                errors = denoising_error(self.adapter, z_repeated, noise.to(device), timesteps,
+                                         conditioning.repeat_interleave(draws))
+                per_image = errors.view(rows, draws).mean(dim=1)
+                per_image.sum().backward()
+            else:
+                per_image = self._accumulated(conditioning, z_repeated, noise.to(device), timesteps, limit)
             self.optimizer.step()
             curve[:, step] = per_image.detach()
         return curve.cpu()
+
+    def _accumulated(self, conditioning: Conditioning, z_repeated: torch.Tensor, noise: torch.Tensor,
+                     timesteps: torch.Tensor, limit: int) -> torch.Tensor:
+        """One step's loss and gradients in calls of at most ``limit`` (image, draw) rows: each call's
+        backward stops at a detached copy of the conditioning, whose summed gradient then goes through the
+        text encoders once. The same gradients as one call, up to float rounding."""
+        draws, rows = self.noise_draws, self.z0.shape[0]
+        leaves = conditioning.map(lambda tensor: tensor.detach().requires_grad_(True))
+        errors = torch.empty(rows * draws, device=z_repeated.device)
+        for first in range(0, rows * draws, limit):
+            part = range(first, min(first + limit, rows * draws))
+            chunk = denoising_error(self.adapter, z_repeated[part.start : part.stop], noise[part.start : part.stop],
+                                    timesteps[part.start : part.stop], leaves.select([row // draws for row in part]))
+            (chunk.sum() / draws).backward()
+            errors[part.start : part.stop] = chunk.detach()
+        tensors, leaf_tensors = conditioning.tensors(), leaves.tensors()
+        names = [name for name in tensors if tensors[name].requires_grad and leaf_tensors[name].grad is not None]
+        torch.autograd.backward([tensors[name] for name in names], [leaf_tensors[name].grad for name in names])
+        return errors.view(rows, draws).mean(dim=1)
 
     @torch.no_grad()
     def witness(self) -> Conditioning:

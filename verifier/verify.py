@@ -131,11 +131,13 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
         image_path = _check_image(result, certificate, by_hash, bool(images))
         source = str(model) if model is not None else certificate["model"]["source"]
         if source not in loaded_models:
+            from verifier.memory import row_budget
             from verifier.models import load_model
 
             say(f"loading {source}")
             loaded_models[source] = load_model(source, device=device, allow_pickle=allow_pickle,
                                                model_config=model_config)
+            loaded_models[source].rows_per_call = row_budget(loaded_models[source], None).rows
         loaded = loaded_models[source]
         model_ok = result.add(image_id, "model", loaded.fingerprint == certificate["model"]["fingerprint"],
                               f"fingerprint {_short(loaded.fingerprint)} vs recorded "

@@ -87,6 +87,7 @@ class ModelAdapter(ABC):
         self.source, self.kind, self.fingerprint = source, kind, fingerprint
         self.device, self.dtype = device, dtype
         self.objective = self._objective()
+        self.rows_per_call: int | None = None  # the most rows one denoiser call takes (verifier.memory); None: no limit
         self._prompt_ids: dict[int, dict[str, torch.Tensor]] = {}  # inversion encodes every step: tokenize once
 
     # -- what the model is -------------------------------------------------------------------
@@ -244,14 +245,25 @@ class ModelAdapter(ABC):
         # One row per (image, seed), repeated here: SD3's and Flux's pipelines do not repeat embeddings
         # passed in for num_images_per_prompt, and SD's repeat gives the same rows.
         rows = witness.repeat_interleave(len(seeds))
-        output = self.pipeline(
-            **rows.to(dtype).pipeline_kwargs(negative.expand(len(rows)).to(dtype)),
-            num_images_per_prompt=1, generator=generators, **self.guidance_kwargs(guidance_scale),
-            num_inference_steps=steps, height=resolution, width=resolution, output_type="np",
-            **self.generation_kwargs(resolution, resolution),
-        )
-        images = np.asarray(output.images, dtype=np.float32)
+        # Each row draws its noise from its own generator, so splitting rows over calls changes nothing;
+        # classifier-free guidance doubles a call's rows.
+        per_call = len(rows) if self.rows_per_call is None else max(1, self.rows_per_call // self.cfg_rows(guidance_scale))
+        images = []
+        for first in range(0, len(rows), per_call):
+            part = rows[first : first + per_call]
+            output = self.pipeline(
+                **part.to(dtype).pipeline_kwargs(negative.expand(len(part)).to(dtype)),
+                num_images_per_prompt=1, generator=generators[first : first + per_call],
+                **self.guidance_kwargs(guidance_scale), num_inference_steps=steps, height=resolution, width=resolution,
+                output_type="np", **self.generation_kwargs(resolution, resolution),
+            )
+            images.append(np.asarray(output.images, dtype=np.float32))
+        images = np.concatenate(images)
         return images.reshape(batch, len(seeds), *images.shape[1:])
+
+    def cfg_rows(self, guidance_scale: float) -> int:
+        """Denoiser rows per generated image at ``guidance_scale``: 2 where classifier-free guidance runs."""
+        return 2 if guidance_scale > 1 else 1
 
     def scheduler_record(self) -> dict:
         """The sampling scheduler a witness is regenerated with."""

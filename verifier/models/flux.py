@@ -110,6 +110,9 @@ class FluxAdapter(ModelAdapter):
         scale = int(self.pipeline.vae_scale_factor)
         return FluxPipeline._unpack_latents(output, height * scale, width * scale, scale).float()
 
+    def cfg_rows(self, guidance_scale: float) -> int:
+        return 1 if self.guidance_distilled else super().cfg_rows(guidance_scale)
+
     def guidance_kwargs(self, guidance_scale: float) -> dict:
         if self.guidance_distilled:
             return {"guidance_scale": guidance_scale}
