@@ -1,7 +1,7 @@
 """InvMM's published schedule as a baseline, run beside verifier on the same images in the same run.
 
     python benchmarks/invmm_baseline.py [--model NAME ...] [--memorized K] [--never-trained K]
-        [--max-steps 2000] [--check-every 50] [--threads N]
+        [--max-steps 2000] [--check-every 50] [--threads N] [--save FILE] [--replay FILE ...]
 
 The baseline is written here from InvMM's published description (``../shared/method.md`` section 5;
 Ma et al., arXiv 2405.05846 and its ICCV 2025 version), not copied:
@@ -29,7 +29,9 @@ the run's metric and threshold (the reference models' SSIM >= 0.7), which keeps 
 equal terms. Denoiser evaluations are counted as verifier counts its own: forward+backward passes
 of inversion, forward passes of sampling (two per step where classifier-free guidance runs,
 guidance above 1). Verifier runs with its defaults on the same images, in the same process, before
-the baseline. One run; wall times are this machine's.
+the baseline. One run; wall times are this machine's. A baseline image that is never reproduced
+costs hours on a CPU, so ``--save`` keeps each result as it is measured and ``--replay`` reports
+saved results beside a fresh verifier run on the same images.
 """
 
 from __future__ import annotations
@@ -205,21 +207,29 @@ def _auc(labels: list[bool], scores: list[float]) -> float:
     return float(roc_auc_score(labels, finite)) if len(set(labels)) == 2 else math.nan
 
 
-def compare(name: str, memorized: int | None, never_trained: int | None, schedule: Schedule,
-            save: Path | None = None) -> dict:
-    """Verifier (defaults) then the baseline on the same images of reference model ``name``; with ``save``,
-    each baseline result is appended to that JSON-lines file as it is measured."""
+def _images(name: str, memorized: int | None, never_trained: int | None, ids: list[str] | None = None) -> list[dict]:
+    """Manifest rows of reference model ``name``: the first K memorized and K never-trained, or those ``ids``."""
+    from verifier.reference_models import load_manifest
+
+    rows = load_manifest(name)["images"]
+    if ids is not None:
+        return [next(row for row in rows if row["id"] == image_id) for image_id in ids]
+    return ([i for i in rows if i["memorized"]][:memorized] + [i for i in rows if i["split"] == "held_out"][:never_trained])
+
+
+def compare(name: str, chosen: list[dict], schedule: Schedule, save: Path | None = None,
+            saved: dict[str, BaselineResult] | None = None) -> dict:
+    """Verifier (defaults) then the baseline on the same images of reference model ``name``; with ``save``, each
+    baseline result is appended to that JSON-lines file as it is measured; ``saved`` results (``--replay``) are
+    used instead of running the baseline again."""
     from verifier.api import certify
     from verifier.config import VerifierConfig
     from verifier.images import prepare_image
     from verifier.models import load_model
-    from verifier.reference_models import load_manifest, reference_model_path
+    from verifier.reference_models import reference_model_path
     from verifier.registry import SIMILARITY_METRICS
 
     folder = reference_model_path(name)
-    manifest = load_manifest(name)
-    chosen = ([i for i in manifest["images"] if i["memorized"]][:memorized]
-              + [i for i in manifest["images"] if i["split"] == "held_out"][:never_trained])
     truth = {i["id"]: bool(i["memorized"]) for i in chosen}
     paths = [folder / i["file"] for i in chosen]
     config = VerifierConfig(device="cpu")
@@ -234,8 +244,10 @@ def compare(name: str, memorized: int | None, never_trained: int | None, schedul
     metric = SIMILARITY_METRICS.get(config.similarity)(config)
     threshold = metric.default_threshold if config.similarity_threshold is None else config.similarity_threshold
     baseline = InvMMBaseline(adapter, metric, threshold, schedule, seed=config.seed)
-    results = {}
+    results = dict(saved or {})
     for image, path in zip(chosen, paths):
+        if image["id"] in results:
+            continue
         results[image["id"]] = result = baseline.run(prepare_image(path, resolution), resolution)
         if save is not None:
             with save.open("a") as handle:
@@ -245,6 +257,19 @@ def compare(name: str, memorized: int | None, never_trained: int | None, schedul
               f"(least similar {result.least_similar:.3f}), KL {result.score:.4f}, {result.seconds:.0f} s", flush=True)
     return {"name": name, "truth": truth, "certificates": certificates, "verifier_seconds": verifier_seconds,
             "baseline": results, "positions": baseline.positions, "threshold": threshold, "metric": metric.name}
+
+
+def _saved(files: list[Path]) -> dict[str, dict[str, BaselineResult]]:
+    """Baseline results by model and image from ``--save`` files (summary lines skipped)."""
+    fields = {f.name for f in dataclasses.fields(BaselineResult)}
+    saved: dict[str, dict[str, BaselineResult]] = {}
+    for path in files:
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if "image" in record:
+                saved.setdefault(record["model"], {})[record["image"]] = BaselineResult(
+                    **{key: value for key, value in record.items() if key in fields})
+    return saved
 
 
 def report(result: dict) -> dict:
@@ -301,15 +326,20 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--save", type=Path, default=None,
                         help="append each image's baseline result, then each model's summary row, to this JSON-lines file")
+    parser.add_argument("--replay", type=Path, nargs="+", default=None,
+                        help="--save files: report their baseline results beside a fresh verifier run on the same "
+                             "images (the baseline is not run again)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     schedule = Schedule(max_steps=args.max_steps, check_every=args.check_every)
     print(f"InvMM schedule: {schedule}; one run; {platform.machine()}, torch threads {torch.get_num_threads()}",
           flush=True)
+    saved = _saved(args.replay) if args.replay else {}
     rows = []
-    for name in args.model:
-        rows.append(report(compare(name, args.memorized, args.never_trained, schedule, args.save)))
+    for name in (list(saved) if args.replay else args.model):
+        chosen = _images(name, args.memorized, args.never_trained, list(saved[name]) if args.replay else None)
+        rows.append(report(compare(name, chosen, schedule, args.save, saved.get(name))))
         if args.save:
             with args.save.open("a") as handle:
                 handle.write(json.dumps({"summary": rows[-1]}) + "\n")

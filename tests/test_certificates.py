@@ -95,7 +95,7 @@ def test_reader_names_an_older_schema_version(run, tmp_path):
     path = tmp_path / "old.json"
     shutil.copy(run / f"{MEMORIZED}.json", path)
     _edit(path, lambda c: c["schema"].update(version=1))
-    with pytest.raises(CertificateFormatError, match="has schema version 1; this verifier reads version 6"):
+    with pytest.raises(CertificateFormatError, match="has schema version 1; this verifier reads version 7"):
         read_certificate(path)
 
 
@@ -390,3 +390,16 @@ def test_run_key_covers_versions_and_weights_by_hash_not_path():
     assert base == run_key(model, at_b, image, "0.1.0", "c" * 64)
     assert base != run_key(model, at_a, image, "0.1.0", "d" * 64), "other weights bytes, other key"
     assert base != run_key(model, at_a, image, "0.2.0", "c" * 64), "another verifier version, other key"
+
+
+def test_tamper_a_stronger_claim_without_its_seeds(copy):
+    """A not_memorized certificate whose claim is raised to a target its 16 seeds per scale never reached is caught:
+    the stopping rule asks for more seeds than were recorded (replayed as far as they go: 32), and the recorded
+    numbers no longer give not_memorized."""
+    def stronger(c):
+        c["config"]["replication_bound"] = 0.1
+        c["conditions"]["probability"]["replication_bound"] = 0.1
+    _edit(copy / f"{HELD_OUT}.json", stronger)
+    result = verify(_only(copy, HELD_OUT), device="cpu")
+    _fail(result, "sequential sampling", "(32 at guidance 1, 32 at guidance 3)")
+    _fail(result, "verdict", "inconclusive")

@@ -1,6 +1,6 @@
 """Sequential sampling: seeds double where the rate is undecided, and every bound stays valid.
 
-The rule (``conditions.scale_to_extend``) and the decision (``conditions.decide``) are exercised on
+The rule (``conditions.scales_to_extend``) and the decision (``conditions.decide``) are exercised on
 simulated replications, where the true rate is known: at a rate just below the minimum the
 procedure may call an image memorized at most ``1 - confidence`` of the time, however many looks
 it takes. The sampling stage (``verifier.sampling``) runs the stock pipeline: a seed's generation
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from verifier.conditions import decide, look_confidences, sampling_looks, scale_to_extend, undecided
+from verifier.conditions import (decide, look_confidences, sampling_looks, scales_to_extend, undecided,
+                                 unreplicated_upper_bound)
 from verifier.similarity import SSIM
 
 CONFIDENCE, MIN_RATE, THRESHOLD = 0.95, 0.25, 0.7
@@ -46,11 +47,13 @@ def _run(rng, rates: dict[float, float], doublings: int) -> tuple[str, int]:
     draws = {scale: _scores(rng.random(looks[-1]) < rate) for scale, rate in rates.items()}
     counts = {scale: looks[0] for scale in rates}
     for look in range(len(looks) - 1):
-        scale = scale_to_extend({s: draws[s][:counts[s]] for s in rates}, look, existence_holds=True, metric=SSIM(),
-                                threshold=THRESHOLD, min_rate=MIN_RATE, confidence=CONFIDENCE, looks=looks)
-        if scale is None:
+        extended = scales_to_extend({s: draws[s][:counts[s]] for s in rates}, look, existence_holds=True,
+                                    metric=SSIM(), threshold=THRESHOLD, min_rate=MIN_RATE, confidence=CONFIDENCE,
+                                    looks=looks)
+        if not extended:
             break
-        counts[scale] = looks[look + 1]
+        for scale in extended:
+            counts[scale] = looks[look + 1]
     decision = decide(error_ratio=0.1, scores_by_scale={s: draws[s][:counts[s]] for s in rates}, metric=SSIM(),
                       threshold=THRESHOLD, max_error_ratio=0.5, min_rate=MIN_RATE, confidence=CONFIDENCE, looks=looks)
     assert not [s for s in decision.conditions["probability"]["per_scale"] if s["generations"] not in looks]
@@ -95,8 +98,8 @@ def test_a_seed_gives_the_same_generation_at_any_look(tmp_path):
     empty, seeds = model.empty_conditioning(), [11, 12, 13, 14]
     common = dict(seeds=seeds, scales=(1.0, 2.0), steps=2, resolution=16)
     extended = sample(model, witnesses, empty, pixels, SSIM(), looks=[2, 4], **common,
-                      extend=lambda index, scores, look: 2.0 if index == 1 else None)
-    planned = sample(model, witnesses, empty, pixels, SSIM(), looks=[4], **common, extend=lambda *args: None)
+                      extend=lambda index, scores, look: (2.0,) if index == 1 else ())
+    planned = sample(model, witnesses, empty, pixels, SSIM(), looks=[4], **common, extend=lambda *args: ())
     assert extended.seeds_used(0) == {1.0: 2, 2.0: 2} and extended.seeds_used(1) == {1.0: 2, 2.0: 4}
     np.testing.assert_allclose(extended.scores[1][2.0], planned.scores[1][2.0], atol=1e-5)
     np.testing.assert_allclose(extended.scores[0][1.0], planned.scores[0][1.0][:2], atol=1e-5)
@@ -105,3 +108,75 @@ def test_a_seed_gives_the_same_generation_at_any_look(tmp_path):
     values = extended.scores[1][scale]
     assert values[seeds.index(seed)] == np.nanmax([v for s in extended.scores[1].values() for v in s])
 
+
+
+def _unreplicated(target: float | None, doublings: int = 3) -> tuple[dict[float, int], object]:
+    """An image without the existence condition and without any replication, through the rule and decision."""
+    looks = sampling_looks(16, doublings)
+    misses = {1.0: _scores(np.zeros(looks[-1], dtype=bool)), 3.0: _scores(np.zeros(looks[-1], dtype=bool))}
+    counts = {scale: looks[0] for scale in misses}
+    for look in range(len(looks) - 1):
+        extended = scales_to_extend({s: misses[s][:counts[s]] for s in misses}, look, existence_holds=False,
+                                    metric=SSIM(), threshold=THRESHOLD, min_rate=MIN_RATE, confidence=CONFIDENCE,
+                                    looks=looks, replication_bound=target)
+        for scale in extended:
+            counts[scale] = looks[look + 1]
+    decision = decide(error_ratio=0.9, scores_by_scale={s: misses[s][:counts[s]] for s in misses}, metric=SSIM(),
+                      threshold=THRESHOLD, max_error_ratio=0.5, min_rate=MIN_RATE, confidence=CONFIDENCE, looks=looks,
+                      replication_bound=target)
+    return counts, decision
+
+
+@pytest.mark.parametrize(("target", "seeds"), [(None, 16), (0.25, 16), (0.2, 32), (0.1, 64), (0.05, 128)])
+def test_a_not_memorized_claim_spends_the_seeds_its_target_needs(target, seeds):
+    counts, decision = _unreplicated(target)
+    assert counts == {1.0: seeds, 3.0: seeds}
+    assert decision.verdict == "not_memorized"
+    probability = decision.conditions["probability"]
+    assert probability["replication_bound"] == target
+    bounds = [s["upper_bound"] for s in probability["per_scale"]]
+    if target is not None:
+        assert max(bounds) <= target
+        # One look fewer would not have reached it: exactly the seeds needed, on this doubling grid.
+        if seeds > 16:
+            earlier = look_confidences(CONFIDENCE, 2, 4)[sampling_looks(16, 3).index(seeds) - 1]
+            assert unreplicated_upper_bound(seeds // 2, earlier) > target
+    assert f"{max(bounds):.3f} at every guidance scale" in decision.reason
+
+
+def test_a_claim_whose_seeds_were_cut_short_is_inconclusive():
+    looks = sampling_looks(16, 3)
+    misses = {1.0: _scores(np.zeros(16, dtype=bool)), 3.0: _scores(np.zeros(16, dtype=bool))}
+    decision = decide(error_ratio=0.9, scores_by_scale=misses, metric=SSIM(), threshold=THRESHOLD,
+                      max_error_ratio=0.5, min_rate=MIN_RATE, confidence=CONFIDENCE, looks=looks, replication_bound=0.1)
+    assert decision.verdict == "inconclusive" and "did not reach the target replication_bound 0.1" in decision.reason
+
+
+def test_an_unreachable_target_is_refused_with_what_would_reach_it():
+    from verifier.config import ConfigError, VerifierConfig
+
+    with pytest.raises(ConfigError, match=r"replication_bound=0\.01 is not allowed with generations=16 and "
+                                          r"sampling_doublings=3: their last look \(128 seeds per scale\) can bound "
+                                          r"the replication probability by 0\.042 at best"):
+        VerifierConfig(replication_bound=0.01)
+    assert VerifierConfig(replication_bound=0.01, generations=128).replication_bound == 0.01
+
+
+def test_certify_spends_the_seeds_a_target_needs_and_verify_replays_them(tmp_path):
+    """End to end on the fixture: a never-trained image with a target of 0.3 gets 16 seeds per scale (4 -> 8 -> 16);
+    its certificate records the target and passes verify, whose replay of the rule agrees."""
+    from verifier.api import certify
+    from verifier.config import VerifierConfig
+    from verifier.reference_models import reference_model_path
+    from verifier.verify import verify
+
+    folder = reference_model_path("fixture-16px")
+    config = VerifierConfig(device="cpu", generations=4, sampling_steps=10, replication_bound=0.3)
+    certificate = certify(folder, [folder / "images" / "held-flower-whole.png"], tmp_path / "out", config)[0]
+    probability = certificate["conditions"]["probability"]
+    assert certificate["verdict"] == "not_memorized"
+    assert [s["generations"] for s in probability["per_scale"]] == [16, 16]
+    assert probability["replication_bound"] == 0.3 and probability["upper_bound"] <= 0.3
+    assert len(certificate["witness"]["seeds"]) == 16
+    result = verify(tmp_path / "out", device="cpu")
+    assert result.passed, [c for c in result.checks if not c.passed]

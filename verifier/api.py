@@ -41,7 +41,7 @@ from verifier.certificate.store import (
 )
 from verifier.calibration import check_calibration, read_calibration, threshold_sources
 from verifier.conditions import (
-    DEFAULT_EXISTENCE_SOURCE, decide, inversion_problems, needs_control, redecide, sampling_looks, scale_to_extend,
+    DEFAULT_EXISTENCE_SOURCE, decide, inversion_problems, needs_control, redecide, sampling_looks, scales_to_extend,
 )
 from verifier.control import TWIN, ControlRun, run_controls
 from verifier.config import VerifierConfig
@@ -300,10 +300,11 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
     tick = time.time()
     looks = sampling_looks(config.generations, config.sampling_doublings)
 
-    def extend(index: int, scores_so_far: dict[float, np.ndarray], look: int) -> float | None:
-        return scale_to_extend(scores_so_far, look, existence_holds=ratios[index] <= run.thresholds.existence,
-                               metric=metric, threshold=run.thresholds.similarity,
-                               min_rate=config.probability_min_rate, confidence=config.confidence, looks=looks)
+    def extend(index: int, scores_so_far: dict[float, np.ndarray], look: int) -> tuple[float, ...]:
+        return scales_to_extend(scores_so_far, look, existence_holds=ratios[index] <= run.thresholds.existence,
+                                metric=metric, threshold=run.thresholds.similarity,
+                                min_rate=config.probability_min_rate, confidence=config.confidence, looks=looks,
+                                replication_bound=config.replication_bound)
 
     sampled = sample(model, inversion.conditioning, empty, pixels, metric, seeds=seeds, looks=looks,
                      scales=config.guidance_scales, steps=config.sampling_steps, resolution=resolution, extend=extend)
@@ -329,7 +330,7 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
             problems=inversion_problems(loss_first_last),
             control=None if control is None else {"guidance_scale": control.guidance_scale,
                                                   "scores": list(control.scores), "error_ratio": control.error_ratio},
-            looks=looks, existence_source=run.thresholds.existence_source,
+            looks=looks, replication_bound=config.replication_bound, existence_source=run.thresholds.existence_source,
             similarity_source=run.thresholds.similarity_source)
         best_scale, best_seed, best_generation = sampled.closest[index]
         atomic_write_bytes(run.out / f"{image.id}.closest.png", png_bytes(best_generation))

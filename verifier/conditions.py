@@ -113,15 +113,16 @@ def needs_control(error_ratio: float, replications: int, max_error_ratio: float)
     return replications > 0 and math.isfinite(error_ratio) and error_ratio > max_error_ratio
 
 
-SEQUENTIAL_METHOD = ("seeds double at the best guidance scale while the bounds straddle the minimum rate; "
-                     "union bound over scales and looks: half the error rate at the first look, half shared "
-                     "by the later looks")
+SEQUENTIAL_METHOD = ("seeds double at the best guidance scale while the bounds straddle the minimum rate, and, "
+                     "where a replication bound is set and nothing replicated without the existence condition, at "
+                     "every scale whose upper bound is still above it; union bound over scales and looks: half the "
+                     "error rate at the first look, half shared by the later looks")
 DEFAULT_EXISTENCE_SOURCE = "config existence_max_error_ratio (default 0.5: README, Decisions)"
 
 
 def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metric, threshold: float,
            max_error_ratio: float, min_rate: float, confidence: float, looks: list[int],
-           problems: tuple[str, ...] = (), control: dict | None = None,
+           replication_bound: float | None = None, problems: tuple[str, ...] = (), control: dict | None = None,
            existence_source: str = DEFAULT_EXISTENCE_SOURCE, similarity_source: str | None = None) -> Decision:
     """Apply the three conditions to one image's measurements (see the module's verdict table).
 
@@ -129,7 +130,9 @@ def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metr
     ``control`` is the never-seen twin's measurement (``guidance_scale``, ``scores``, ``error_ratio``;
     see ``verifier.control``), or None where it was not needed.
     ``looks`` are the planned seeds per scale at each look (``sampling_looks``); each scale's bounds
-    hold at the confidence of the look its seed count ended at.
+    hold at the confidence of the look its seed count ended at. ``replication_bound`` is the target a
+    ``not_memorized`` verdict's upper bound must reach at every scale (None: no target, the bound is
+    what the seeds gave).
     ``problems`` are failures found upstream (a diverged inversion); any problem, or any measurement
     that is NaN or infinite, makes the verdict ``inconclusive`` with the reason: a broken
     measurement never becomes a clean verdict.
@@ -164,7 +167,8 @@ def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metr
                              look_confidences=look_confidences(confidence, len(per_scale), len(looks)),
                              sequential=SEQUENTIAL_METHOD,
                              best_guidance_scale=best["guidance_scale"], rate=best["rate"],
-                             upper_bound=best["upper_bound"], per_scale=per_scale)
+                             upper_bound=best["upper_bound"], replication_bound=replication_bound,
+                             per_scale=per_scale)
     conditions = {"similarity": similarity, "existence": existence, "probability": probability}
     verdict, reason = _verdict(problems, conditions, best, replications, error_ratio, max_error_ratio, min_rate,
                                confidence)
@@ -197,20 +201,38 @@ def _best(per_scale: list[dict]) -> dict:
     return max(per_scale, key=lambda s: (s["lower_bound"], s["replications"], -s["guidance_scale"]))
 
 
-def scale_to_extend(scores_by_scale: dict[float, np.ndarray], look: int, *, existence_holds: bool, metric,
-                    threshold: float, min_rate: float, confidence: float, looks: list[int]) -> float | None:
-    """The guidance scale whose seeds should double after ``look``, or None where sampling can stop.
+def scales_to_extend(scores_by_scale: dict[float, np.ndarray], look: int, *, existence_holds: bool, metric,
+                     threshold: float, min_rate: float, confidence: float, looks: list[int],
+                     replication_bound: float | None = None) -> tuple[float, ...]:
+    """The guidance scales whose seeds should double after ``look``; none where sampling can stop.
 
-    Sampling goes on only where the verdict rests on the rate: the existence condition holds by the
-    error ratio, the best scale is the one at this look, and its bounds straddle the minimum rate
-    (``undecided``). Everywhere else one more look could not change the verdict's kind.
+    Sampling goes on only where more seeds can settle what the certificate claims:
+
+    - the existence condition holds by the error ratio, the best scale is the one at this look, and
+      its bounds straddle the minimum rate (``undecided``): that scale, to tell ``memorized`` from
+      ``rarely_reproduced``;
+    - the existence condition fails and nothing replicated, so the verdict is ``not_memorized``, a
+      target ``replication_bound`` is set, and some scales' upper bounds are still above it: those
+      scales, until every scale's bound reaches the target (``VerifierConfig`` checks that the last
+      look can).
+
+    Everywhere else one more look could not change the verdict or its claim.
     """
-    if not existence_holds:
-        return None
-    best = _best(_per_scale(scores_by_scale, metric, threshold, confidence, looks, []))
-    if best["look"] != look or not undecided(best["replications"], best["generations"], best["confidence"], min_rate):
-        return None
-    return best["guidance_scale"]
+    per_scale = _per_scale(scores_by_scale, metric, threshold, confidence, looks, [])
+    if existence_holds:
+        best = _best(per_scale)
+        if best["look"] != look or not undecided(best["replications"], best["generations"], best["confidence"],
+                                                 min_rate):
+            return ()
+        return (best["guidance_scale"],)
+    if replication_bound is None or any(s["replications"] for s in per_scale):
+        return ()
+    return tuple(s["guidance_scale"] for s in per_scale if s["look"] == look and s["upper_bound"] > replication_bound)
+
+
+def unreplicated_upper_bound(generations: int, confidence: float) -> float:
+    """The one-sided upper bound on the rate after 0 replications in ``generations`` seeds: 1 - alpha^(1/n)."""
+    return 1.0 - (1.0 - confidence) ** (1.0 / generations)
 
 
 def _control_record(control: dict | None, best: dict, metric, threshold: float, confidence: float,
@@ -255,10 +277,17 @@ def _verdict(problems, conditions, best, replications, error_ratio, max_error_ra
             f"{conditions['similarity']['generations']} generations replicated the image; raise generations or check "
             "the metric")
     if replications == 0:
+        highest = max(s["upper_bound"] for s in probability["per_scale"])
+        target = probability["replication_bound"]
+        if target is not None and highest > target:  # the rule spends seeds until it is reached: a cut-short run
+            return "inconclusive", (
+                f"no generation replicated the image, but the replication probability's upper bound {highest:.3f} "
+                f"did not reach the target replication_bound {target:g}: the sampling budget was cut short")
         return "not_memorized", (
             f"within the budget no conditioning lowered the error below {max_error_ratio:.3g} of the empty prompt's "
             f"(best {error_ratio:.3f}) and no generation replicated the image; replication probability <= "
-            f"{best['upper_bound']:.3f} at {100 * confidence:.0f}% confidence")
+            f"{highest:.3f} at every guidance scale at {100 * confidence:.0f}% confidence"
+            + (f" (target {target:g})" if target is not None else ""))
     twin = (f"; the never-seen twin's witness replicates its twin as often ({control['replications']}/"
             f"{control['generations']}, Fisher p = {control['p_value']:.3g})" if control else "")
     return "inconclusive", (
@@ -310,6 +339,7 @@ def _recorded_inputs(certificate: dict) -> dict:
                 threshold=threshold, max_error_ratio=max_ratio, min_rate=config["probability_min_rate"],
                 confidence=config["confidence"],
                 looks=sampling_looks(config["generations"], config["sampling_doublings"]),
+                replication_bound=config["replication_bound"],
                 problems=inversion_problems(certificate["prediction_error"]["inversion_loss_first_last"]),
                 control=None if control is None else {key: control[key] for key in
                                                       ("guidance_scale", "scores", "error_ratio")},
@@ -337,11 +367,13 @@ def replayed_generations(certificate: dict) -> dict[float, int]:
     for look in range(len(looks) - 1):
         if any(len(scores[scale]) < counts[scale] for scale in scores):
             break  # fewer recorded than the rule asks for: the caller's comparison says so
-        scale = scale_to_extend({scale: scores[scale][:counts[scale]] for scale in scores}, look,
-                                existence_holds=math.isfinite(ratio) and ratio <= inputs["max_error_ratio"],
-                                metric=inputs["metric"], threshold=inputs["threshold"], min_rate=inputs["min_rate"],
-                                confidence=inputs["confidence"], looks=looks)
-        if scale is None:
+        extended = scales_to_extend({scale: scores[scale][:counts[scale]] for scale in scores}, look,
+                                    existence_holds=math.isfinite(ratio) and ratio <= inputs["max_error_ratio"],
+                                    metric=inputs["metric"], threshold=inputs["threshold"],
+                                    min_rate=inputs["min_rate"], confidence=inputs["confidence"], looks=looks,
+                                    replication_bound=inputs["replication_bound"])
+        if not extended:
             break
-        counts[scale] = looks[look + 1]
+        for scale in extended:
+            counts[scale] = looks[look + 1]
     return counts

@@ -69,6 +69,7 @@ class VerifierConfig:
     guidance_scales: tuple[float, ...] = (1.0, 3.0)
     sampling_steps: int = 25
     probability_min_rate: float = 0.25
+    replication_bound: float | None = None  # a not_memorized claim's target upper bound; None: what the seeds give
     confidence: float = 0.95
 
     # Run.
@@ -121,6 +122,9 @@ class VerifierConfig:
             ("probability_min_rate", finite(self.probability_min_rate) and 0 < self.probability_min_rate <= 1,
              "a number in (0, 1]"),
             ("confidence", finite(self.confidence) and 0.5 <= self.confidence < 1, "a number in [0.5, 1)"),
+            ("replication_bound", self.replication_bound is None
+             or (finite(self.replication_bound) and 0 < self.replication_bound < 1),
+             "a number in (0, 1), or unset for the bound the first look's seeds give"),
             ("seed", 0 <= self.seed <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
             ("dtype", self.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
             ("device", re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
@@ -144,12 +148,29 @@ class VerifierConfig:
                 f"config similarity={self.similarity!r} is not allowed: expected one of "
                 f"{', '.join(SIMILARITY_METRICS.names())}"
             )
+        self._check_replication_bound_is_reachable()
         if self.similarity_threshold is not None:
             low, high = SIMILARITY_METRICS.get(self.similarity).threshold_range
             if not low <= self.similarity_threshold <= high:
                 raise ConfigError(
                     f"config similarity_threshold={self.similarity_threshold!r} is not allowed for {self.similarity}: "
                     f"expected a number from {low:g} to {high:g}")
+
+    def _check_replication_bound_is_reachable(self) -> None:
+        """A target the last look cannot reach with no replication would leave not_memorized claims unmade."""
+        if self.replication_bound is None:
+            return
+        from verifier.conditions import look_confidences, sampling_looks, unreplicated_upper_bound
+
+        looks = sampling_looks(self.generations, self.sampling_doublings)
+        last = look_confidences(self.confidence, len(self.guidance_scales), len(looks))[-1]
+        reachable = unreplicated_upper_bound(looks[-1], last)
+        if reachable > self.replication_bound:
+            raise ConfigError(
+                f"config replication_bound={self.replication_bound!r} is not allowed with generations="
+                f"{self.generations} and sampling_doublings={self.sampling_doublings}: their last look ({looks[-1]} "
+                f"seeds per scale) can bound the replication probability by {reachable:.3f} at best; expected a "
+                f"number from {reachable:.3f} to 1, or raise generations or sampling_doublings")
 
     def inversion_step_limit(self) -> int:
         """The most steps any image's inversion gets (``inversion_max_steps``, resolved)."""

@@ -1,9 +1,9 @@
 """Stage 5: generate from each witness with the stock pipeline and score every generation, look by look.
 
 1. **First look**: every guidance scale gets the first ``looks[0]`` seeds.
-2. **Later looks**: ``extend`` names, per image, the scale whose seeds should double (the probability
-   condition is still undecided there; see ``conditions.scale_to_extend``) or None; that scale gets
-   the next seeds of the sequence, up to ``looks[-1]``.
+2. **Later looks**: ``extend`` names, per image, the scales whose seeds should double (the probability
+   condition is still undecided there, or a not_memorized claim has not reached its target; see
+   ``conditions.scales_to_extend``); those scales get the next seeds of the sequence, up to ``looks[-1]``.
 
 Seeds are one fixed sequence shared by every image and scale: a scale that ended at n seeds used the
 first n, so a generation depends only on (witness, seed, scale), never on which look or batch made it.
@@ -38,8 +38,8 @@ class Sampled:
 
 def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pixels: list[np.ndarray], metric, *,
            seeds: list[int], looks: list[int], scales: tuple[float, ...], steps: int, resolution: int,
-           extend: Callable[[int, dict[float, np.ndarray], int], float | None]) -> Sampled:
-    """Generate and score, look by look; ``extend(image index, its scores so far, look)`` picks a scale or None.
+           extend: Callable[[int, dict[float, np.ndarray], int], tuple[float, ...]]) -> Sampled:
+    """Generate and score, look by look; ``extend(image index, its scores so far, look)`` picks the scales to extend.
 
     The closest generation is the most similar one; ties go to the earlier look, then to the order of
     ``scales``, then to the lower seed.
@@ -62,12 +62,11 @@ def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pi
     # 1. First look: every scale, every image.
     for scale in scales:
         generate(list(range(count)), scale, 0, looks[0])
-    # 2. Later looks: double the seeds where the condition is undecided.
+    # 2. Later looks: double the seeds where the condition or the claim is not settled.
     for look in range(1, len(looks)):
         wanted: dict[float, list[int]] = {}
         for index in range(count):
-            scale = extend(index, scores[index], look - 1)
-            if scale is not None:
+            for scale in extend(index, scores[index], look - 1):
                 wanted.setdefault(scale, []).append(index)
         if not wanted:
             break

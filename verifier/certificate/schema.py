@@ -31,6 +31,9 @@ Version history:
 - 6: inversion until the error levels off (issue 8): the prediction error records the steps this
   image's inversion took and the error ratio at each check (``inversion_steps``, ``inversion_checks``);
   the budget records ``inversion_max_steps``.
+- 7: a not_memorized claim's target (issue 9): the probability condition records ``replication_bound``,
+  the upper bound on the replication probability that sampling went on until every scale reached
+  (null: no target).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
@@ -167,6 +170,9 @@ class ProbabilityCondition(_Strict):
     best_guidance_scale: float
     rate: float = Field(ge=0, le=1)
     upper_bound: float = Field(ge=0, le=1)
+    replication_bound: Optional[float] = Field(
+        gt=0, lt=1, description="The target a not_memorized verdict's upper bounds reached at every scale (config "
+                                "replication_bound); null: no target, the bounds are what the seeds gave")
     per_scale: list[ScaleResult] = Field(min_length=1)
 
 

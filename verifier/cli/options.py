@@ -22,6 +22,9 @@ CONFIG_OPTIONS = [
     click.option("--generations", type=int, default=None, help="Seeds per guidance scale at the first look (16)."),
     click.option("--sampling-doublings", type=int, default=None,
                  help="Times the best scale's seeds may double while the rate is undecided (3; 0: fixed sample)."),
+    click.option("--replication-bound", type=float, default=None,
+                 help="The upper bound on the replication probability a not_memorized verdict must reach (e.g. 0.1); "
+                      "seeds double at every guidance scale until it does. Default: the bound 16 seeds give."),
     click.option("--batch-size", type=int, default=None, help="Images per batch (does not change results)."),
     click.option("--denoiser-batch", type=int, default=None,
                  help="Rows per denoiser call (default: from the free memory, measured; does not change results)."),
