@@ -33,6 +33,7 @@ checkpointing on): the certificate is real, its verdict meaningless on random we
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import sys
@@ -118,8 +119,10 @@ def build(architecture: str, device: torch.device, scratch: Path):
     for component in pipeline.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval().requires_grad_(False)
+    # The weights are a function of the architecture and the seed, so that is what the fingerprint names.
+    fingerprint = "sha256:" + hashlib.sha256(f"random-weight {architecture}, torch seed 0".encode()).hexdigest()
     return MODEL_FAMILIES.get(spec["family"])(pipeline, source=f"random-weight {architecture}", kind="random-weights",
-                                              fingerprint="0" * 64, device=device, dtype=torch.float32)
+                                              fingerprint=fingerprint, device=device, dtype=torch.float32)
 
 
 class Peak:

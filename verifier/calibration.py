@@ -29,8 +29,9 @@ from typing import Callable, Sequence
 
 CALIBRATION_SCHEMA = {"id": "verifier.calibration", "version": 1}
 # Config keys a calibration's thresholds replace, or that do not change the measured quantities.
-NOT_CALIBRATED = ("similarity_threshold", "existence_max_error_ratio", "probability_min_rate", "fail_on",
-                  "calibration", "device", "batch_size", "lpips_weights", "sscd_weights")
+NOT_CALIBRATED = ("similarity_threshold", "existence_max_error_ratio", "probability_min_rate",
+                  "fail_on", "calibration", "device", "batch_size", "denoiser_batch", "gradient_checkpointing",
+                  "lpips_weights", "sscd_weights")
 
 
 class CalibrationError(ValueError):
