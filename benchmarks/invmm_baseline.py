@@ -311,6 +311,16 @@ def report(result: dict) -> dict:
           f"{row['evaluation_ratio']:.1f}x")
     print(f"  wall time per image: verifier {row['verifier_seconds']:.1f} s, baseline {row['baseline_seconds']:.1f} s "
           f"({row['baseline_seconds'] / row['verifier_seconds']:.1f}x)")
+    # The mean depends on the mix of images; each group's own cost does not.
+    for group, wanted in (("memorized", True), ("never trained", False)):
+        members = [(i, s) for i, s in zip(ids, spent) if truth[i] == wanted]
+        if not members:
+            continue
+        verifier_total = statistics.mean(s["total"] for _, s in members)
+        baseline_total = statistics.mean(baseline[i].forward_backward + baseline[i].forward for i, _ in members)
+        row[f"evaluation_ratio_{group.replace(' ', '_')}"] = baseline_total / verifier_total
+        print(f"  {group} images ({len(members)}): verifier {verifier_total:.0f}, baseline {baseline_total:.0f} "
+              f"denoiser evaluations per image ({baseline_total / verifier_total:.1f}x)")
     return row
 
 
