@@ -96,6 +96,11 @@ def _gumbel_softmax(logits: torch.Tensor, temperature: float, generator: torch.G
     return torch.softmax((logits - torch.log(-torch.log(uniform))) / temperature, dim=-1)
 
 
+def _kl(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(log_variance)) || N(0, I)), averaged over the latent's entries."""
+    return 0.5 * (mean.pow(2) + log_variance.exp() - log_variance - 1).mean()
+
+
 def _positions(adapter, wanted: int) -> int:
     """InvMM's 75 positions, or as many as every tokenizer holds between BOS and EOS."""
     room = min(adapter.sequence_length(name) - adapter.soft_token_offset(name) - 1 for name in adapter.text_inputs())
@@ -147,7 +152,7 @@ class InvMMBaseline:
             clean = z0.expand(schedule.draws, -1, -1, -1)
             prediction = adapter.predict(adapter.objective.noisy(clean, noise, timesteps), timesteps, conditioning)
             x0_loss = adapter.objective.loss(prediction, clean, noise, timesteps).mean()
-            kl = 0.5 * (mean.pow(2) + log_variance.exp() - log_variance - 1).mean()
+            kl = _kl(mean, log_variance)
             optimizer.zero_grad()
             (x0_loss + kl_weight * kl).backward()
             optimizer.step()
@@ -162,18 +167,17 @@ class InvMMBaseline:
             previous = now
             checks += 1
             forward += schedule.check_forward()
-            least = self._check(logits, mean, log_variance, pixels, resolution, generator, replicated)
-            if least is not None and (least >= self.threshold if self.metric.higher_is_similar
-                                      else least <= self.threshold):
+            least = self._check(logits, mean, log_variance, pixels, resolution, generator)
+            if least is not None and replicated(self.metric, np.array([least]), self.threshold)[0]:
                 success = True
                 break
         with torch.no_grad():
-            score = float(0.5 * (mean.pow(2) + log_variance.exp() - log_variance - 1).mean()) if success else math.inf
+            score = float(_kl(mean, log_variance)) if success else math.inf
         return BaselineResult(success, step, checks, score, math.nan if least is None else float(least),
                               forward_backward, forward, time.perf_counter() - started)
 
     @torch.no_grad()
-    def _check(self, logits, mean, log_variance, pixels, resolution, generator, replicated) -> float | None:
+    def _check(self, logits, mean, log_variance, pixels, resolution, generator) -> float | None:
         """The least similar of 8 generations at the scale where it is most similar (None: not finite)."""
         schedule, adapter = self.schedule, self.adapter
         latents = (torch.randn((schedule.check_noises, *mean.shape[1:]), generator=generator).to(mean.device)

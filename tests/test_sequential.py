@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from verifier.conditions import (decide, look_confidences, sampling_looks, scales_to_extend, undecided,
-                                 unreplicated_upper_bound)
+from verifier.conditions import (clopper_pearson, decide, look_confidences, sampling_looks, scales_to_extend,
+                                 undecided)
 from verifier.similarity import SSIM
 
 CONFIDENCE, MIN_RATE, THRESHOLD = 0.95, 0.25, 0.7
@@ -140,7 +140,7 @@ def test_a_not_memorized_claim_spends_the_seeds_its_target_needs(target, seeds):
         # One look fewer would not have reached it: exactly the seeds needed, on this doubling grid.
         if seeds > 16:
             earlier = look_confidences(CONFIDENCE, 2, 4)[sampling_looks(16, 3).index(seeds) - 1]
-            assert unreplicated_upper_bound(seeds // 2, earlier) > target
+            assert clopper_pearson(0, seeds // 2, earlier)[1] > target
     assert f"{max(bounds):.3f} at every guidance scale" in decision.reason
 
 

@@ -230,10 +230,6 @@ def scales_to_extend(scores_by_scale: dict[float, np.ndarray], look: int, *, exi
     return tuple(s["guidance_scale"] for s in per_scale if s["look"] == look and s["upper_bound"] > replication_bound)
 
 
-def unreplicated_upper_bound(generations: int, confidence: float) -> float:
-    """The one-sided upper bound on the rate after 0 replications in ``generations`` seeds: 1 - alpha^(1/n)."""
-    return 1.0 - (1.0 - confidence) ** (1.0 / generations)
-
 
 def _control_record(control: dict | None, best: dict, metric, threshold: float, confidence: float,
                     problems: list[str]) -> dict | None:

@@ -160,11 +160,11 @@ class VerifierConfig:
         """A target the last look cannot reach with no replication would leave not_memorized claims unmade."""
         if self.replication_bound is None:
             return
-        from verifier.conditions import look_confidences, sampling_looks, unreplicated_upper_bound
+        from verifier.conditions import clopper_pearson, look_confidences, sampling_looks
 
         looks = sampling_looks(self.generations, self.sampling_doublings)
         last = look_confidences(self.confidence, len(self.guidance_scales), len(looks))[-1]
-        reachable = unreplicated_upper_bound(looks[-1], last)
+        reachable = clopper_pearson(0, looks[-1], last)[1]  # 0 replications in the last look's seeds
         if reachable > self.replication_bound:
             raise ConfigError(
                 f"config replication_bound={self.replication_bound!r} is not allowed with generations="
