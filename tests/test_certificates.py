@@ -90,12 +90,12 @@ def test_schema_rejects_what_the_code_never_writes(run):
 
 
 def test_reader_names_an_older_schema_version(run, tmp_path):
-    from verifier.certificate.schema import CertificateFormatError
+    from verifier.certificate.schema import SCHEMA_VERSION, CertificateFormatError
 
     path = tmp_path / "old.json"
     shutil.copy(run / f"{MEMORIZED}.json", path)
     _edit(path, lambda c: c["schema"].update(version=1))
-    with pytest.raises(CertificateFormatError, match="has schema version 1; this verifier reads version 7"):
+    with pytest.raises(CertificateFormatError, match=f"has schema version 1; this verifier reads version {SCHEMA_VERSION}"):
         read_certificate(path)
 
 

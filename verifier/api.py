@@ -50,9 +50,11 @@ from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect
 from verifier.invert import InversionSchedule, invert
 from verifier.memory import row_budget
 from verifier.models import Conditioning, ModelAdapter, load_model
+from verifier.prompts import prompt_tests
 from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
 from verifier.sampling import sample, seed_sequence
 from verifier.similarity import replicated
+from verifier.taxonomy import classify
 
 
 def _environment(model: ModelAdapter) -> dict:
@@ -102,13 +104,14 @@ def _verifier_version() -> str | None:
 def certify(model: str | Path | ModelAdapter, images: Sequence[str | Path], out: str | Path,
             config: VerifierConfig | None = None, *, allow_pickle: bool = False,
             model_config: str | Path | None = None, sign_key: str | Path | None = None,
-            progress: Callable[[str], None] | None = None) -> list[dict]:
+            progress: Callable[[str], None] | None = None, policy=None) -> list[dict]:
     """Certify every image; return the certificates (also written to ``out``) in input order.
 
     Every input and the output folder are checked before the model is loaded. Images already
     certified in ``out`` under the same model, config, image bytes and verifier version, with an
     intact witness, are not redone. With ``sign_key`` (an Ed25519 PEM private key) every
-    certificate and the summary get an ``.sig`` signature file.
+    certificate and the summary get an ``.sig`` signature file. With ``policy`` (a
+    ``verifier.policy.Policy``) the summary records each image's release-gate result.
     """
     config = config or VerifierConfig()
     processes = _processes(config.device)
@@ -137,7 +140,7 @@ def certify(model: str | Path | ModelAdapter, images: Sequence[str | Path], out:
     processes.wait_for_everyone()
     if processes.num_processes > 1:
         certificates = run.collect()
-    return finish_run(run, certificates, time.time() - started, write=processes.is_main_process)
+    return finish_run(run, certificates, time.time() - started, write=processes.is_main_process, policy=policy)
 
 
 def _processes(device: str):
@@ -229,7 +232,8 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
                                                  "calibration_sha256": (calibration or {}).get("sha256")}
     claim_run_folder(out, {"model_fingerprint": loaded.fingerprint, "config": config_values,
                            "verifier": _verifier_version()})
-    keys = {image.id: run_key(loaded.fingerprint, config_values, image.sha256, _verifier_version(), weights_sha)
+    keys = {image.id: run_key(loaded.fingerprint, config_values, image.sha256, _verifier_version(), weights_sha,
+                              _context(image))
             for image in protected}
     resolution = config.resolution or loaded.resolution
     loaded.configure_objective(config.error_form, config.flow_timestep_density, resolution)
@@ -315,6 +319,15 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
     controls = _controls(model, run.space, metric, run.thresholds, batch, pixels, scores, ratios, empty,
                          seeds[:looks[0]], config, resolution)
     clock["control_s"] = time.time() - tick
+    # 5c. The owner's prompts, where the manifest lists some: tested like the witness (one look).
+    tick = time.time()
+    owner_prompts = [image.context.prompts() if image.context else [] for image in batch]
+    prompts = prompt_tests(model, z0, pixels, empty, empty_error, owner_prompts, metric,
+                           threshold=run.thresholds.similarity, seeds=seeds[:looks[0]], scales=config.guidance_scales,
+                           steps=config.sampling_steps, resolution=resolution, timesteps=config.error_timesteps,
+                           noise_draws=config.error_noise_draws, confidence=config.confidence,
+                           min_rate=config.probability_min_rate)
+    clock["prompts_s"] = time.time() - tick
     timings = {key: (round(value / len(batch), 4) if key.endswith("_s") else value)
                for key, value in clock.items()} | {"note": "seconds: this image's share of its batch"}
     # 6. Decide and certify each image: witness files and closest generation first, the certificate last.
@@ -351,7 +364,8 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
             control_witness=control_witness,
             spent=denoiser_evaluations(config, used, inversion.steps[index], len(inversion.checks[index])),
             control_cost=None if control is None else denoiser_evaluations(
-                config, {control.guidance_scale: looks[0]}, control.inversion_steps, control.checks))
+                config, {control.guidance_scale: looks[0]}, control.inversion_steps, control.checks),
+            prompts=prompts[index], prompt_cost=prompt_evaluations(config, len(prompts[index])))
         atomic_write_json(run.out / f"{image.id}.json", certificate)
         if run.signer is not None:
             sign_file(run.signer, run.out / f"{image.id}.json")
@@ -359,14 +373,14 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
     return written
 
 
-def finish_run(run: Run, certificates: dict[str, dict], seconds: float, write: bool = True) -> list[dict]:
+def finish_run(run: Run, certificates: dict[str, dict], seconds: float, write: bool = True, policy=None) -> list[dict]:
     """Step 7: the summary (signed with the run's key, if any) and the report; the certificates in input order.
 
     With ``write`` False (a process other than the main one) nothing is written."""
     ordered = [certificates[image.id] for image in run.protected]
     if not write:
         return ordered
-    atomic_write_json(run.out / SUMMARY_FILE, summary(ordered, run.record.model, run.record.config, seconds))
+    atomic_write_json(run.out / SUMMARY_FILE, summary(ordered, run.record.model, run.record.config, seconds, policy))
     if run.signer is not None:
         sign_file(run.signer, run.out / SUMMARY_FILE)
     image_pngs = {image.id: png_bytes(prepare_image(image.path, run.record.resolution)) for image in run.protected}
@@ -432,10 +446,23 @@ class RunRecord:
     guidance_keyword: str  # the pipeline keyword a guidance scale goes to (Flux schnell: true_cfg_scale)
 
 
+def prompt_evaluations(config: VerifierConfig, prompts: int) -> int:
+    """Denoiser evaluations the owner's prompts cost one image: per prompt, one pass over the error grid and
+    the first look at every guidance scale."""
+    per_prompt = config.error_timesteps * config.error_noise_draws + sum(
+        config.generations * config.sampling_steps * (2 if scale > 1 else 1) for scale in config.guidance_scales)
+    return prompts * per_prompt
+
+
+def _context(image: ProtectedImage) -> dict | None:
+    return image.context.to_dict() if image.context else None
+
+
 def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: str, seeds: list[int],
                  best_scale: float, best_seed: int, timings: dict, key: str, error: dict,
-                 control_witness: dict | None, spent: dict, control_cost: dict | None) -> dict:
+                 control_witness: dict | None, spent: dict, control_cost: dict | None, prompts: list[dict], prompt_cost: int) -> dict:
     """One image's certificate, validated against the schema."""
+    context = _context(image)
     return validated("certificate", {
         "schema": certificate_tag(),
         "verdict": decision.verdict,
@@ -468,8 +495,12 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
             "guidance_keyword": run.guidance_keyword,
         },
         "control_witness": control_witness,
+        "context": context,
+        "prompts": prompts,
+        "classification": classify(decision.verdict, context, prompts),
         "calibration": run.calibration,
-        "budget": run.budget | {"denoiser_evaluations_spent": spent, "control_denoiser_evaluations": control_cost},
+        "budget": run.budget | {"denoiser_evaluations_spent": spent, "control_denoiser_evaluations": control_cost,
+                                "prompt_denoiser_evaluations": prompt_cost},
         "config": run.config,
         "environment": run.environment,
         "timings": timings,

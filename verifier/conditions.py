@@ -309,7 +309,7 @@ def inversion_problems(loss_first_last: list[float | None]) -> tuple[str, ...]:
     return ()
 
 
-def _recorded_inputs(certificate: dict) -> dict:
+def recorded_inputs(certificate: dict) -> dict:
     """``decide``'s arguments as a certificate records them, with the thresholds it names (its
     calibration's, else its config's)."""
     from verifier.calibration import threshold_sources
@@ -347,7 +347,7 @@ def redecide(certificate: dict) -> Decision:
 
     Used to check a certificate before a resumed run reuses it, and by ``verify``.
     """
-    return decide(**_recorded_inputs(certificate))
+    return decide(**recorded_inputs(certificate))
 
 
 def replayed_generations(certificate: dict) -> dict[float, int]:
@@ -356,7 +356,7 @@ def replayed_generations(certificate: dict) -> dict[float, int]:
     ``verify`` compares them with the recorded counts: sampling that went on after the rate was
     settled, or stopped while it was undecided, would bias the bounds.
     """
-    inputs = _recorded_inputs(certificate)
+    inputs = recorded_inputs(certificate)
     scores, looks = inputs["scores_by_scale"], inputs["looks"]
     ratio = inputs["error_ratio"]
     counts = {scale: looks[0] for scale in scores}

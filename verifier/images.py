@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from verifier.context import ContextError, ImageContext, context_from_row
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 PREPROCESSING = "exif-transpose, rgb (alpha over white), centre square crop, bicubic antialiased resize"
@@ -34,11 +36,12 @@ class ImageInputError(ValueError):
 
 @dataclass(frozen=True)
 class ProtectedImage:
-    """One image to certify: a stable id, its file and that file's sha256."""
+    """One image to certify: a stable id, its file, that file's sha256 and the owner's context (manifests only)."""
 
     id: str
     path: Path
     sha256: str
+    context: ImageContext | None = None
 
 
 def file_sha256(path: Path) -> str:
@@ -102,8 +105,9 @@ def _manifest_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _from_manifest(path: Path) -> list[tuple[str | None, Path]]:
-    """(id or None, file) for each row of a CSV (``path`` column) or JSONL (``path`` key) manifest."""
+def _from_manifest(path: Path) -> list[tuple[str | None, Path, str, ImageContext | None]]:
+    """(id or None, file, where, context) for each row of a CSV (``path`` column) or JSONL (``path`` key)
+    manifest; the other columns are the owner's context (``verifier.context``)."""
     entries = []
     for row in _manifest_rows(path):
         where = f"IMAGES manifest {str(path)!r} line {row['_line']}"
@@ -112,10 +116,14 @@ def _from_manifest(path: Path) -> list[tuple[str | None, Path]]:
             raise ImageInputError(f"{where}: 'path' must be a non-empty string, got {value!r}")
         if given_id is not None and not isinstance(given_id, (str, int)) or isinstance(given_id, bool):
             raise ImageInputError(f"{where}: 'id' must be a string, got {given_id!r}")
+        try:
+            context = context_from_row(row, where)
+        except ContextError as error:
+            raise ImageInputError(str(error)) from None
         file = Path(value)
         if not file.is_absolute():
             file = path.parent / file  # relative paths are relative to the manifest, not the shell
-        entries.append((str(given_id) if given_id not in (None, "") else None, file, where))
+        entries.append((str(given_id) if given_id not in (None, "") else None, file, where, context))
     return entries
 
 
@@ -139,7 +147,7 @@ def collect_images(arguments: list[str | Path], exclude: Path | None = None) -> 
     """
     if not arguments:
         raise ImageInputError("IMAGES: no image given; pass image files, folders or a CSV/JSONL manifest")
-    entries: list[tuple[str | None, Path, str]] = []
+    entries: list[tuple[str | None, Path, str, ImageContext | None]] = []
     for argument in arguments:
         path = Path(argument)
         if not path.exists():
@@ -150,20 +158,20 @@ def collect_images(arguments: list[str | Path], exclude: Path | None = None) -> 
             if not found:
                 raise ImageInputError(f"IMAGES: folder {str(argument)!r} holds no image ({', '.join(IMAGE_SUFFIXES)})"
                                       + (" outside the output folder" if exclude and _is_inside(exclude, path) else ""))
-            entries += [(None, p, f"folder {str(argument)!r}") for p in found]
+            entries += [(None, p, f"folder {str(argument)!r}", None) for p in found]
         elif not path.is_file():
             raise ImageInputError(f"IMAGES: {str(argument)!r} is not a regular file (a pipe or device?)")
         elif path.suffix.lower() in MANIFEST_SUFFIXES:
             entries += _from_manifest(path)
         elif path.suffix.lower() in IMAGE_SUFFIXES:
-            entries.append((None, path, "the command line"))
+            entries.append((None, path, "the command line", None))
         else:
             raise ImageInputError(
                 f"IMAGES: {str(argument)!r} is neither an image ({', '.join(IMAGE_SUFFIXES)}), "
                 f"a folder, nor a manifest ({', '.join(MANIFEST_SUFFIXES)})"
             )
-    unique: dict[Path, tuple[str | None, Path, str]] = {}
-    for given_id, file, where in entries:
+    unique: dict[Path, tuple[str | None, Path, str, ImageContext | None]] = {}
+    for given_id, file, where, context in entries:
         if _is_inside(file, exclude):
             raise ImageInputError(f"IMAGES: {str(file)!r} ({where}) lies inside the output folder; outputs are "
                                   "never taken as inputs")
@@ -177,15 +185,21 @@ def collect_images(arguments: list[str | Path], exclude: Path | None = None) -> 
             if given_id and previous_id and given_id != previous_id:
                 raise ImageInputError(f"IMAGES: {str(file)!r} is listed under two ids, {previous_id!r} and "
                                       f"{given_id!r}; list each file once")
+            previous_context = unique[resolved][3]
+            if context and previous_context and context != previous_context:
+                raise ImageInputError(f"IMAGES: {str(file)!r} is listed twice with different context ({where} and "
+                                      f"{unique[resolved][2]}); list each file once")
+            if context and not previous_context:
+                unique[resolved] = (given_id or previous_id, unique[resolved][1], where, context)
             continue
-        unique[resolved] = (given_id, file, where)
+        unique[resolved] = (given_id, file, where, context)
     stems: dict[str, int] = {}
-    for given_id, file, _ in unique.values():
+    for given_id, file, _, _ in unique.values():
         if not given_id:
             stems[_safe_id(file.stem)] = stems.get(_safe_id(file.stem), 0) + 1
     images: list[ProtectedImage] = []
     used_ids: dict[str, Path] = {}
-    for given_id, file, where in unique.values():
+    for given_id, file, where, context in unique.values():
         if given_id:
             image_id = _safe_id(given_id)
         elif stems[_safe_id(file.stem)] > 1:
@@ -198,7 +212,7 @@ def collect_images(arguments: list[str | Path], exclude: Path | None = None) -> 
             raise ImageInputError(f"IMAGES: {str(file)!r} and {str(other)!r} would share the id {image_id!r}; give "
                                   "them distinct ids in a manifest")
         used_ids[image_id.lower()] = file
-        images.append(ProtectedImage(image_id, file, file_sha256(file)))
+        images.append(ProtectedImage(image_id, file, file_sha256(file), context))
     return images
 
 

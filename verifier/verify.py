@@ -9,11 +9,12 @@ The recipe, per certificate:
 4. check the certificate's internal arithmetic (means, ratio, rates, the run key), that its seeds
    per guidance scale are what the sequential stopping rule prescribes on its recorded scores, that
    its inversion was checked and stopped where its schedule prescribes on the recorded check
-   ratios, and that its verdict follows from its own numbers under its config's thresholds;
+   ratios, that its verdict follows from its own numbers under its config's thresholds, and that
+   every prompt of the owner's context was tested and the category follows from the recorded scores;
 5. regenerate, with the stock pipeline, every generation the verdict rests on (each replicating
    seed and the closest one; every seed with ``all_generations``; and where the never-seen twin
-   control ran, the control's replicating seeds or its closest one), re-measure their similarity,
-   and compare with the recorded scores;
+   control ran, the control's replicating seeds or its closest one) and every replicating generation
+   of the owner's prompts, re-measure their similarity, and compare with the recorded scores;
 6. re-measure the prediction error under the witness and under the empty prompt on the fixed grid
    and compare with the recorded curves.
 
@@ -148,6 +149,7 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
         _check_arithmetic(result, certificate)
         _check_calibration(result, certificate, calibration)
         _check_verdict(result, certificate)
+        _check_prompts_and_category(result, certificate)
         # 5-6. Regenerate and re-measure (only meaningful on the same model, image and witness).
         if witness is None or image_path is None or not model_ok:
             result.add(image_id, "re-measurement", False, "skipped: it needs the recorded model, image and witness")
@@ -294,9 +296,10 @@ def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
         config_values = config.fingerprint_dict() | {"similarity_weights_sha256": weights_sha,
                                                      "calibration_sha256": (calibration or {}).get("sha256")}
         expected = run_key(certificate["model"]["fingerprint"], config_values, certificate["image"]["sha256"],
-                           certificate["environment"].get("verifier"), weights_sha)
+                           certificate["environment"].get("verifier"), weights_sha, certificate["context"])
         if expected != certificate["run_key"]:
-            problems.append("the run key does not match the recorded model, config, image and verifier version")
+            problems.append("the run key does not match the recorded model, config, image, context and verifier "
+                            "version")
         used = max(scale["generations"] for scale in certificate["conditions"]["probability"]["per_scale"])
         if certificate["witness"]["seeds"] != seed_sequence(config.seed, used):
             problems.append(f"the seeds are not the first {used} of the run seed's sequence")
@@ -395,6 +398,42 @@ def _check_verdict(result: VerifyResult, certificate: dict) -> None:
                "; ".join(differences[:3]) or f"{certificate['verdict']} follows from the recorded numbers")
 
 
+def _check_prompts_and_category(result: VerifyResult, certificate: dict) -> None:
+    """Every prompt of the context was tested at the run's scales and seeds; counts, bounds and the category
+    follow from the recorded scores."""
+    from verifier.context import ImageContext
+    from verifier.prompts import replayed_prompts
+    from verifier.taxonomy import classify
+
+    image_id = certificate["image"]["id"]
+    context, prompts, config = certificate["context"], certificate["prompts"], certificate["config"]
+    differences = []
+    listed = ImageContext(explicit_prompts=tuple(context["explicit_prompts"]),
+                          implicit_prompts=tuple(context["implicit_prompts"])).prompts() if context else []
+    tested = [(prompt["kind"], prompt["prompt"]) for prompt in prompts]
+    if tested != listed:
+        differences.append(f"the prompts tested {tested!r} are not the context's {listed!r}")
+    for prompt in prompts:
+        scales = [scale["guidance_scale"] for scale in prompt["per_scale"]]
+        sizes = {len(scale["scores"]) for scale in prompt["per_scale"]}
+        if scales != list(config["guidance_scales"]) or sizes != {config["generations"]}:
+            differences.append(f"prompt {prompt['prompt']!r} was not tested with {config['generations']} seeds at "
+                               f"each of the guidance scales {config['guidance_scales']}")
+    replayed = replayed_prompts(certificate)
+    for mine, theirs in zip(replayed, prompts):
+        for key in ("replications", "generations", "lower_bound", "reproduces", "reaches_min_rate", "confidence"):
+            if not _equal(mine[key], theirs[key]):
+                differences.append(f"prompt {theirs['prompt']!r}: {key} {theirs[key]!r} recorded, {mine[key]!r} follows")
+    category = classify(certificate["verdict"], context, replayed)
+    for key in ("category", "level", "evidence"):
+        if category[key] != certificate["classification"][key]:
+            differences.append(f"classification.{key} {certificate['classification'][key]!r} recorded, "
+                               f"{category[key]!r} follows")
+    result.add(image_id, "prompts and category", not differences, "; ".join(differences[:3]) or
+               f"{len(prompts)} owner prompt(s) tested; category {certificate['classification']['category']!r} "
+               "follows from the recorded scores")
+
+
 def _equal(a, b) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
@@ -435,6 +474,7 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
         if scale == record["closest_guidance_scale"]:
             _check_closest_png(result, image_id, folder / record["closest_generation"],
                                images[wanted.index(record["closest_seed"])])
+    _regenerate_prompts(result, certificate, loaded, metric, threshold, witness, target, all_generations)
     control = certificate["conditions"]["existence"]["control"]
     control_file = folder / certificate["control_witness"]["file"] if certificate["control_witness"] else None
     if control is not None and control_file is not None and control_file.is_file():
@@ -450,14 +490,37 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
                     never_seen_twin(target), control["guidance_scale"], wanted, seeds, recorded, record)
 
 
-def _regenerate(result: VerifyResult, image_id: str, name: str, loaded, metric, threshold: float, witness: dict,
-                target, scale: float, wanted: list[int], seeds: list[int], recorded, record: dict):
-    """Regenerate ``wanted`` seeds from ``witness`` with the stock pipeline, compare their scores; return the images."""
+def _regenerate_prompts(result: VerifyResult, certificate: dict, loaded, metric, threshold: float, witness: dict,
+                        target, all_generations: bool) -> None:
+    """Regenerate each owner prompt's replicating generations (every one with ``all_generations``) from its text."""
     import numpy as np
 
     from verifier.similarity import replicated
 
-    condition, negative = _conditionings(witness, record)
+    record = certificate["witness"]
+    seeds = record["seeds"][:certificate["config"]["generations"]]
+    for number, prompt in enumerate(certificate["prompts"]):
+        for scale_record in prompt["per_scale"]:
+            recorded = np.array([np.nan if v is None else v for v in scale_record["scores"]])
+            hits = replicated(metric, recorded, threshold)
+            wanted = [seed for seed, hit in zip(seeds, hits) if hit or all_generations]
+            if wanted:
+                _regenerate(result, certificate["image"]["id"],
+                            f"prompt {number + 1} generations at guidance {scale_record['guidance_scale']:g}", loaded,
+                            metric, threshold, witness, target, scale_record["guidance_scale"], wanted, seeds, recorded,
+                            record, condition=loaded.prompt_conditioning([prompt["prompt"]]).to("cpu"))
+
+
+def _regenerate(result: VerifyResult, image_id: str, name: str, loaded, metric, threshold: float, witness: dict,
+                target, scale: float, wanted: list[int], seeds: list[int], recorded, record: dict, condition=None):
+    """Regenerate ``wanted`` seeds from ``witness`` (or ``condition``, an owner prompt's) with the stock pipeline,
+    compare their scores; return the images."""
+    import numpy as np
+
+    from verifier.similarity import replicated
+
+    witness_condition, negative = _conditionings(witness, record)
+    condition = witness_condition if condition is None else condition
     images = loaded.generate(condition.to(loaded.device), negative.to(loaded.device), wanted, scale,
                              record["num_inference_steps"], record["height"])[0]
     scores = metric(images, target)
@@ -529,6 +592,7 @@ def _check_summary(result: VerifyResult, folder: Path) -> None:
 
     from verifier.certificate.schema import CertificateFormatError, validated
     from verifier.certificate.store import SUMMARY_FILE
+    from verifier.policy import Policy
 
     path = folder / SUMMARY_FILE
     if not path.is_file():
@@ -539,6 +603,11 @@ def _check_summary(result: VerifyResult, folder: Path) -> None:
     except (CertificateFormatError, json.JSONDecodeError, UnicodeDecodeError) as error:
         result.add("(run)", "summary", False, str(error))
         return
+    recorded_policy = summary["policy"]
+    policy = None if recorded_policy is None else Policy(
+        fail={category: tuple(levels) for category, levels in recorded_policy["fail"].items()},
+        public_only=recorded_policy["public_only"], description=recorded_policy["description"],
+        source=recorded_policy["source"], sha256=recorded_policy["sha256"])
     differences = []
     for entry in summary["images"]:
         certificate_path = folder / entry["certificate"]
@@ -550,8 +619,22 @@ def _check_summary(result: VerifyResult, folder: Path) -> None:
         if certificate.get("verdict") != entry["verdict"] or certificate.get("image", {}).get("sha256") != entry["sha256"]:
             differences.append(f"{entry['id']}: summary says {entry['verdict']}, its certificate "
                                f"{certificate.get('verdict')}")
+        category = (certificate.get("classification") or {}).get("category")
+        if category != entry["category"]:
+            differences.append(f"{entry['id']}: summary says category {entry['category']}, its certificate {category}")
+        if policy is not None and isinstance(certificate.get("classification"), dict):
+            judged = policy.judge(certificate)
+            if judged != entry["gate"]:
+                differences.append(f"{entry['id']}: the summary's gate result {entry['gate']} is not what its policy "
+                                   f"gives ({judged})")
     counts = {verdict: sum(1 for e in summary["images"] if e["verdict"] == verdict) for verdict in summary["counts"]}
     if counts != summary["counts"]:
         differences.append(f"counts {summary['counts']} do not match its image list {counts}")
+    categories = {name: sum(1 for e in summary["images"] if (e["category"] or "none") == name)
+                  for name in summary["categories"]}
+    if categories != summary["categories"]:
+        differences.append(f"categories {summary['categories']} do not match its image list {categories}")
+    if policy is not None and summary["gate_failed"] != any(e["gate"]["fails"] for e in summary["images"]):
+        differences.append(f"gate_failed {summary['gate_failed']} does not match its images' gate results")
     result.add("(run)", "summary", not differences, "; ".join(differences[:3]) or
                f"{len(summary['images'])} images, verdicts and counts agree with the certificates")

@@ -34,6 +34,12 @@ Version history:
 - 7: a not_memorized claim's target (issue 9): the probability condition records ``replication_bound``,
   the upper bound on the replication probability that sampling went on until every scale reached
   (null: no target).
+- 8: intended or unintended (issue 10): the owner's ``context`` from the manifest (entity, explicit and
+  implicit prompts, public), each owner prompt tested like the witness (``prompts``: error ratio,
+  replications per guidance scale with their bounds and scores) and the image's ``classification``
+  (``explicit_intended``, ``implicit_intended``, ``unintended`` or null, its reproduction level and the
+  reason); the context is part of the run key. The summary counts images per category and, under a
+  release-gate policy, records the policy and each image's gate result.
 """
 
 from __future__ import annotations
@@ -44,11 +50,13 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
 Verdict = Literal["memorized", "rarely_reproduced", "inconclusive", "not_memorized"]
+Category = Literal["explicit_intended", "implicit_intended", "unintended"]
+Level = Literal["memorized", "rarely_reproduced"]
 Sha256 = Field(pattern=r"^[0-9a-f]{64}$")
 PrefixedSha256 = Field(pattern=r"^sha256:[0-9a-f]{64}$")
 
@@ -240,6 +248,45 @@ class CalibrationRecord(_Strict):
     similarity_threshold: float
 
 
+class ContextRecord(_Strict):
+    entity: Optional[str] = Field(description="What the image shows, as the owner names it")
+    explicit_prompts: list[str] = Field(description="Prompts naming the entity, under which reproduction is expected")
+    implicit_prompts: list[str] = Field(description="Prompts implying it without naming it, reproduction expected")
+    public: Optional[bool] = Field(description="Whether the owner marked the work public (null: not said)")
+
+
+class PromptScale(_Strict):
+    guidance_scale: float
+    replications: int = Field(ge=0)
+    generations: int = Field(ge=1)
+    rate: float = Field(ge=0, le=1)
+    lower_bound: float = Field(ge=0, le=1)
+    upper_bound: float = Field(ge=0, le=1)
+    scores: list[Optional[float]] = Field(description="Similarity of each seed's generation, in seed order")
+
+
+class PromptRecord(_Strict):
+    kind: Literal["explicit", "implicit"]
+    prompt: str
+    error_ratio: Optional[float] = Field(description="Error under the prompt / under the empty prompt, on the fixed grid")
+    per_scale: list[PromptScale] = Field(min_length=1)
+    confidence: float = Field(gt=0, lt=1, description="One-sided confidence of each scale's bounds (Bonferroni)")
+    replications: int = Field(ge=0)
+    generations: int = Field(ge=1)
+    best_guidance_scale: float
+    lower_bound: float = Field(ge=0, le=1, description="The best scale's lower bound on the replication rate")
+    reproduces: bool = Field(description="At least one generation replicated the image")
+    reaches_min_rate: bool = Field(description="The lower bound reaches the probability condition's minimum rate")
+
+
+class Classification(_Strict):
+    category: Optional[Category] = Field(description="Naseh et al.'s kind, decided by verifier.taxonomy; null when "
+                                                     "nothing reproduced the image")
+    level: Optional[Level] = Field(description="The strongest reproduction measured (witness or owner prompt)")
+    reason: str
+    evidence: list[int] = Field(description="Indices into prompts of the prompts that decided the category")
+
+
 class Certificate(_Strict):
     """One image's memorization certificate (``<id>.json``)."""
 
@@ -254,12 +301,23 @@ class Certificate(_Strict):
     prediction_error: PredictionError
     witness: WitnessRecord
     control_witness: Optional[WitnessFile] = Field(description="The twin's inverted conditioning, where a control ran")
+    context: Optional[ContextRecord] = Field(description="The owner's context from the manifest, if any")
+    prompts: list[PromptRecord] = Field(description="The owner's prompts, each tested like the witness")
+    classification: Classification
     calibration: Optional[CalibrationRecord] = Field(description="The calibration whose thresholds were used, if any")
     budget: dict[str, Any]
     config: dict[str, Any] = Field(description="The fully resolved config (verifier.config.VerifierConfig)")
     environment: dict[str, Any]
     timings: dict[str, Any]
     run_key: str = PrefixedSha256
+
+
+class GateResult(_Strict):
+    category: Optional[Category] = Field(description="The category the policy judged (an intended one on a work not "
+                                                     "marked public may be judged as unintended)")
+    level: Optional[Level]
+    fails: bool
+    reason: str
 
 
 class SummaryImage(_Strict):
@@ -269,7 +327,17 @@ class SummaryImage(_Strict):
     verdict: Verdict
     error_ratio: Optional[float]
     replication_rate: float = Field(ge=0, le=1)
+    category: Optional[Category]
+    gate: Optional[GateResult] = Field(description="This image under the run's release-gate policy, if one was given")
     certificate: str
+
+
+class PolicyRecord(_Strict):
+    source: str
+    sha256: str = Sha256
+    description: str
+    fail: dict[Category, list[Level]]
+    public_only: bool
 
 
 class Summary(_Strict):
@@ -281,6 +349,9 @@ class Summary(_Strict):
     model: ModelRecord
     config: dict[str, Any]
     counts: dict[Verdict, int]
+    categories: dict[str, int] = Field(description="Images per category (verifier.taxonomy); 'none': not reproduced")
+    policy: Optional[PolicyRecord] = Field(description="The release-gate policy the run was judged by, if any")
+    gate_failed: Optional[bool] = Field(description="Whether any image fails the policy (null without a policy)")
     images: list[SummaryImage]
     seconds: float = Field(ge=0)
 

@@ -117,14 +117,15 @@ def witness_metadata(file_metadata: dict | None) -> dict:
 
 
 def run_key(model_fingerprint: str, config_values: dict, image_sha256: str, verifier_version: str | None,
-            metric_weights_sha256: str | None) -> str:
-    """Identifies what a certificate's numbers depend on: reuse it only when every part matches.
+            metric_weights_sha256: str | None, context: dict | None = None) -> str:
+    """Identifies what a certificate's numbers depend on: reuse it only when every part matches (the owner's
+    context too: its prompts are tested, and its category depends on it).
 
     ``config_values`` must not hold file paths of weights; the weights enter by their sha256.
     """
     payload = json.dumps({"model": model_fingerprint, "config": config_values, "image": image_sha256,
                           "verifier": verifier_version, "schema": SCHEMA_VERSION,
-                          "similarity_weights": metric_weights_sha256}, sort_keys=True)
+                          "similarity_weights": metric_weights_sha256, "context": context}, sort_keys=True)
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -201,23 +202,33 @@ def reusable_certificate(out: Path, image_id: str, key: str, recompute_verdict) 
     return certificate, "reused"
 
 
-def summary(certificates: list[dict], model: dict, config: dict, seconds: float) -> dict:
+def summary(certificates: list[dict], model: dict, config: dict, seconds: float, policy=None) -> dict:
+    """The run's summary: every image's verdict and category, counts of each, and, with a release-gate
+    ``policy`` (``verifier.policy.Policy``), the policy and each image's gate result."""
     from verifier.certificate.schema import VERDICTS
+    from verifier.taxonomy import CATEGORIES
 
     counts = {verdict: 0 for verdict in VERDICTS}
+    categories = {category: 0 for category in (*CATEGORIES, "none")}
     for certificate in certificates:
         counts[certificate["verdict"]] += 1
+        categories[certificate["classification"]["category"] or "none"] += 1
+    gates = [policy.judge(c) if policy is not None else None for c in certificates]
     return validated("summary", {
         "schema": summary_tag(),
         "model": model,
         "config": config,
         "counts": counts,
+        "categories": categories,
+        "policy": policy.record() if policy is not None else None,
+        "gate_failed": any(gate["fails"] for gate in gates) if policy is not None else None,
         "images": [
             {"id": c["image"]["id"], "path": c["image"]["path"], "sha256": c["image"]["sha256"], "verdict": c["verdict"],
              "error_ratio": c["conditions"]["existence"]["value"],
              "replication_rate": c["conditions"]["probability"]["rate"],
+             "category": c["classification"]["category"], "gate": gate,
              "certificate": f"{c['image']['id']}.json"}
-            for c in certificates
+            for c, gate in zip(certificates, gates)
         ],
         "seconds": round(seconds, 2),
     })

@@ -43,13 +43,14 @@ def run_guarded(action):
     from verifier.config import ConfigError
     from verifier.images import ImageInputError
     from verifier.models import ModelLoadError
+    from verifier.policy import PolicyError
     from verifier.similarity import SimilarityError
 
     try:
         return action()
     except (ConfigError, ImageInputError, OutputFolderError) as error:
         raise UsageFailure(str(error)) from None
-    except (CalibrationError, SigningError) as error:  # a calibration that does not fit this model or config: a usage error
+    except (CalibrationError, SigningError, PolicyError) as error:  # a calibration that does not fit this model or config: a usage error
         raise UsageFailure(str(error)) from None
     except (ModelLoadError, SimilarityError, CertificateFormatError) as error:
         click.echo(f"error: {error}", err=True)

@@ -20,12 +20,21 @@ from verifier.cli.options import FAIL_LEVELS, build, config_options, print_table
               help="Local diffusers folder giving configs for a single-file .safetensors MODEL.")
 @click.option("--sign-key", default=None, type=click.Path(dir_okay=False),
               help="Ed25519 PEM private key: sign every certificate and the summary (<file>.sig).")
+@click.option("--policy", "policy_file", default=None, type=click.Path(dir_okay=False),
+              help="Release-gate policy (TOML, e.g. configs/policy.toml): which categories of memorization "
+                   "(unintended, implicit_intended, explicit_intended) fail the gate; replaces --fail-on.")
 @config_options
-def certify(model, images, out, allow_pickle, model_config, sign_key, config_file, **overrides):
+def certify(model, images, out, allow_pickle, model_config, sign_key, policy_file, config_file, **overrides):
     """Certify IMAGES (files, folders, CSV/JSONL manifests) against MODEL.
 
     MODEL is a diffusers folder of a supported family (StableDiffusionPipeline: SD 1.x/2.x;
     StableDiffusionXLPipeline: SDXL), detected from its model_index.json.
+
+    \b
+    A CSV/JSONL manifest may give each image the owner's context (entity, explicit_prompts,
+    implicit_prompts, public): every prompt is tested like the witness and each reproduced image
+    is classified as explicit_intended, implicit_intended or unintended (README, "Intended or
+    unintended").
 
     \b
     Examples:
@@ -33,15 +42,17 @@ def certify(model, images, out, allow_pickle, model_config, sign_key, config_fil
       verifier certify ./my-sdxl-model photos/ --out certs/
       verifier certify ./model.safetensors --model-config ./sd15-configs protected.csv --out certs/
       verifier certify ./model photos/ --out certs/ --config configs/sd15.toml --fail-on rarely_reproduced
+      verifier certify ./model protected.jsonl --out certs/ --policy configs/policy.toml
       accelerate launch --num_processes 4 -m verifier certify ./model photos/ --out certs/
     """
     config = run_guarded(lambda: build(config_file, **overrides))
+    policy = run_guarded(lambda: _policy(policy_file, overrides.get("fail_on")))
 
     def certify_all():
         from verifier.api import certify as certify_images
 
         return certify_images(model, list(images), out, config, allow_pickle=allow_pickle,
-                              model_config=model_config, sign_key=sign_key, progress=progress)
+                              model_config=model_config, sign_key=sign_key, progress=progress, policy=policy)
 
     certificates = run_guarded(certify_all)
     from accelerate import PartialState
@@ -49,5 +60,23 @@ def certify(model, images, out, allow_pickle, model_config, sign_key, config_fil
     if PartialState().is_main_process:  # under `accelerate launch`, one table for the run
         print_table(certificates)
         click.echo(f"{len(certificates)} certificates in {out}; report: {Path(out) / 'report.html'}")
-    failing = [c for c in certificates if c["verdict"] in FAIL_LEVELS[config.fail_on]]
+    if policy is not None:
+        failing = [c for c in certificates if policy.judge(c)["fails"]]
+        if PartialState().is_main_process:
+            click.echo(f"policy {policy_file}: {len(failing)} image(s) fail the gate"
+                       + (f" ({', '.join(c['image']['id'] for c in failing[:5])}"
+                          + (", ..." if len(failing) > 5 else "") + ")" if failing else ""))
+    else:
+        failing = [c for c in certificates if c["verdict"] in FAIL_LEVELS[config.fail_on]]
     sys.exit(EXIT_FOUND if failing else EXIT_OK)
+
+
+def _policy(policy_file, fail_on):
+    """The release-gate policy, read before any model is loaded; it and --fail-on are two answers to one question."""
+    if policy_file is None:
+        return None
+    from verifier.policy import Policy, PolicyError
+
+    if fail_on is not None:
+        raise PolicyError(f"--policy {policy_file!r} and --fail-on {fail_on!r} both decide the exit code; give one")
+    return Policy.read(policy_file)

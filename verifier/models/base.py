@@ -212,6 +212,15 @@ class ModelAdapter(ABC):
                 handle.remove()
 
     @torch.no_grad()
+    def prompt_conditioning(self, prompts: list[str]) -> Conditioning:
+        """The conditioning of each text prompt as the stock pipeline encodes it (padded to the tokenizer's
+        length, truncated beyond it), float32: what ``pipe(prompt=...)`` generates from."""
+        ids = {name: tokenizer(prompts, padding="max_length", max_length=self.sequence_length(name), truncation=True,
+                               return_tensors="pt").input_ids.to(self.device)
+               for name, (tokenizer, _) in self.text_inputs().items()}
+        return self._encode_ids(ids).map(lambda tensor: tensor.float())
+
+    @torch.no_grad()
     def empty_conditioning(self) -> Conditioning:
         """The conditioning of the empty prompt (batch 1): the baseline of the error ratio and the
         negative of every generation."""
