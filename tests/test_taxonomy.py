@@ -174,7 +174,8 @@ def test_categories_come_out_as_constructed_and_the_policy_sets_the_exit_code(ga
     held = certificates[HELD_OUT]["prompts"][0]
     assert held["replications"] == 0 and held["error_ratio"] > 0.5
     assert certificates[UNSAID]["context"] is None and certificates[UNSAID]["prompts"] == []
-    assert certificates[NAMED]["budget"]["prompt_denoiser_evaluations"] == 40 + 16 * 25 * 3
+    assert certificates[UNSAID]["budget"]["prompt_denoiser_evaluations"] == len(
+        certificates[UNSAID]["readable_prompt"]["prompts"]) * (40 + 16 * 25 * 3), "no owner prompt: decoding only"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["categories"] == {"explicit_intended": 1, "implicit_intended": 0, "unintended": 2, "none": 1}
     assert summary["gate_failed"] is True and summary["policy"]["sha256"] == Policy.read(DEFAULT_POLICY).sha256
@@ -239,3 +240,60 @@ def test_policy_and_fail_on_together_are_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["certify", str(FIXTURE), str(FIXTURE / "images" / f"{NAMED}.png"), "--out",
                                        str(tmp_path / "o"), "--policy", str(tmp_path / "missing.toml")])
     assert result.exit_code == 2 and "cannot be read" in result.output
+
+
+# --- readable evidence: the witness decoded into text ---------------------------------------------
+
+def test_decoding_soft_tokens_that_are_vocabulary_rows_gives_back_their_text():
+    import torch
+
+    from verifier.models import load_model
+    from verifier.readable import decoded_prompts
+
+    model = load_model(FIXTURE, device="cpu")
+    (name, (tokenizer, table)), = model.text_inputs().items()
+    ids = tokenizer("astronaut portrait", add_special_tokens=False).input_ids
+    rows = table.weight.detach()[ids].clone()
+    assert decoded_prompts(model, {name: rows}) == [tokenizer.decode(ids).strip()]
+    # A soft token sitting on EOS decodes to an ordinary token, never to a special one.
+    eos = table.weight.detach()[[tokenizer.eos_token_id]].clone()
+    decoded = decoded_prompts(model, {name: eos})
+    assert decoded and decoded[0] and tokenizer.eos_token not in decoded[0]
+    assert decoded_prompts(model, {"prompt_embeds": torch.zeros(1, 4)}) == [], "hidden states have no tokens"
+
+
+def _decoded(replications: int) -> dict:
+    return {"prompt": "cat photo", "replications": replications, "generations": 32, "lower_bound": 0.0,
+            "reproduces": replications > 0}
+
+
+@pytest.mark.parametrize(("verdict", "space", "prompts", "searched", "says"), [
+    ("not_memorized", "token_embeddings", [], True, "not searched: the witness did not reproduce"),
+    ("memorized", "token_embeddings", [], False, "decode_witness is off"),
+    ("memorized", "hidden_states", [], True, "has no tokens to decode"),
+    ("memorized", "token_embeddings", [_decoded(0)], True, "no readable prompt found"),
+    ("rarely_reproduced", "token_embeddings", [_decoded(3)], True, "'cat photo' replicated the image in 3 of 32"),
+])
+def test_the_readable_statement_says_plainly_what_was_found(verdict, space, prompts, searched, says):
+    from verifier.readable import statement
+
+    assert says in statement(verdict, space, prompts, searched)
+
+
+def test_a_reproduced_image_gets_its_decoded_witness_tested_and_verify_redecodes_it(gated, tmp_path):
+    from verifier.verify import verify
+
+    _, out, _ = gated
+    named = json.loads((out / f"{NAMED}.json").read_text())
+    readable = named["readable_prompt"]
+    assert readable["prompts"] and all(p["kind"] == "decoded" and p["generations"] == 32 for p in readable["prompts"])
+    assert readable["statement"].startswith(("the readable prompt", "no readable prompt found"))
+    held = json.loads((out / f"{HELD_OUT}.json").read_text())["readable_prompt"]
+    assert held["prompts"] == [] and held["statement"].startswith("not searched")
+    assert named["budget"]["prompt_denoiser_evaluations"] == (1 + len(readable["prompts"])) * (40 + 16 * 25 * 3)
+    copy = tmp_path / "certs"
+    shutil.copytree(out, copy)
+    named["readable_prompt"]["prompts"][0]["prompt"] = "a prompt the witness does not decode to"
+    (copy / f"{NAMED}.json").write_text(json.dumps(named))
+    failed = {(c.image_id, c.name) for c in verify(copy, images=[FIXTURE / "images"]).checks if not c.passed}
+    assert (NAMED, "decoded witness") in failed

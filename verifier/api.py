@@ -10,7 +10,9 @@ The recipe, top to bottom (method.md section 3): ``certify`` = ``open_run`` (ste
 4. invert it into the text-conditioning space until its error ratio (error under the candidate
    witness over the yardstick, checked every few steps) levels off; the last check is the witness's;
 5. check the three conditions on generations from the witness (5b: where the witness replicates the
-   image but the error ratio stays high, a never-seen twin control tells specific from generic);
+   image but the error ratio stays high, a never-seen twin control tells specific from generic; 5c:
+   decide; 5d: test the owner's prompts and, where the witness reproduced the image, its decoding
+   into readable text, like the witness);
 6. certify: write the witness, the closest generation and then the certificate;
 7. write the run's summary and report.
 
@@ -51,6 +53,8 @@ from verifier.invert import InversionSchedule, invert
 from verifier.memory import row_budget
 from verifier.models import Conditioning, ModelAdapter, load_model
 from verifier.prompts import prompt_tests
+from verifier.readable import METHOD as READABLE_METHOD, REPRODUCED_VERDICTS, decoded_prompts
+from verifier.readable import statement as readable_statement
 from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
 from verifier.sampling import sample, seed_sequence
 from verifier.similarity import replicated
@@ -319,32 +323,33 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
     controls = _controls(model, run.space, metric, run.thresholds, batch, pixels, scores, ratios, empty,
                          seeds[:looks[0]], config, resolution)
     clock["control_s"] = time.time() - tick
-    # 5c. The owner's prompts, where the manifest lists some: tested like the witness (one look).
+    # 5c. Decide each image from its witness's numbers.
+    losses = [[finite_or_none(inversion.loss_curves[index][0]), finite_or_none(inversion.loss_curves[index][-1])]
+              for index in range(len(batch))]
+    decisions = [_decide(run, ratios[index], scores[index], losses[index], controls.get(index), looks)
+                 for index in range(len(batch))]
+    # 5d. The owner's prompts (where the manifest lists some) and, where the witness reproduced its image,
+    #     the witness decoded into readable text: each tested like the witness (one look).
     tick = time.time()
     owner_prompts = [image.context.prompts() if image.context else [] for image in batch]
-    prompts = prompt_tests(model, z0, pixels, empty, empty_error, owner_prompts, metric,
-                           threshold=run.thresholds.similarity, seeds=seeds[:looks[0]], scales=config.guidance_scales,
-                           steps=config.sampling_steps, resolution=resolution, timesteps=config.error_timesteps,
-                           noise_draws=config.error_noise_draws, confidence=config.confidence,
-                           min_rate=config.probability_min_rate)
+    readable = [decoded_prompts(model, {name: value[index] for name, value in inversion.variables.items()})
+                if config.decode_witness and decisions[index].verdict in REPRODUCED_VERDICTS else []
+                for index in range(len(batch))]
+    tested = prompt_tests(model, z0, pixels, empty, empty_error,
+                          [owner + [("decoded", text) for text in decoded] for owner, decoded in zip(owner_prompts, readable)],
+                          metric, threshold=run.thresholds.similarity, seeds=seeds[:looks[0]],
+                          scales=config.guidance_scales, steps=config.sampling_steps, resolution=resolution,
+                          timesteps=config.error_timesteps, noise_draws=config.error_noise_draws,
+                          confidence=config.confidence, min_rate=config.probability_min_rate)
     clock["prompts_s"] = time.time() - tick
     timings = {key: (round(value / len(batch), 4) if key.endswith("_s") else value)
                for key, value in clock.items()} | {"note": "seconds: this image's share of its batch"}
-    # 6. Decide and certify each image: witness files and closest generation first, the certificate last.
+    # 6. Certify each image: witness files and closest generation first, the certificate last.
     written = []
     for index, image in enumerate(batch):
-        loss_first_last = [finite_or_none(inversion.loss_curves[index][0]),
-                           finite_or_none(inversion.loss_curves[index][-1])]
-        control = controls.get(index)
-        decision = decide(
-            error_ratio=ratios[index], scores_by_scale=scores[index], metric=metric,
-            threshold=run.thresholds.similarity, max_error_ratio=run.thresholds.existence,
-            min_rate=config.probability_min_rate, confidence=config.confidence,
-            problems=inversion_problems(loss_first_last),
-            control=None if control is None else {"guidance_scale": control.guidance_scale,
-                                                  "scores": list(control.scores), "error_ratio": control.error_ratio},
-            looks=looks, replication_bound=config.replication_bound, existence_source=run.thresholds.existence_source,
-            similarity_source=run.thresholds.similarity_source)
+        control, decision, loss_first_last = controls.get(index), decisions[index], losses[index]
+        prompts = [record for record in tested[index] if record["kind"] != "decoded"]
+        decoded = [record for record in tested[index] if record["kind"] == "decoded"]
         best_scale, best_seed, best_generation = sampled.closest[index]
         atomic_write_bytes(run.out / f"{image.id}.closest.png", png_bytes(best_generation))
         used = sampled.seeds_used(index)
@@ -365,7 +370,10 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
             spent=denoiser_evaluations(config, used, inversion.steps[index], len(inversion.checks[index])),
             control_cost=None if control is None else denoiser_evaluations(
                 config, {control.guidance_scale: looks[0]}, control.inversion_steps, control.checks),
-            prompts=prompts[index], prompt_cost=prompt_evaluations(config, len(prompts[index])))
+            prompts=prompts, prompt_cost=prompt_evaluations(config, len(tested[index])),
+            readable={"method": READABLE_METHOD, "prompts": decoded,
+                      "statement": readable_statement(decision.verdict, config.inversion_space, decoded,
+                                                     config.decode_witness)})
         atomic_write_json(run.out / f"{image.id}.json", certificate)
         if run.signer is not None:
             sign_file(run.signer, run.out / f"{image.id}.json")
@@ -446,9 +454,23 @@ class RunRecord:
     guidance_keyword: str  # the pipeline keyword a guidance scale goes to (Flux schnell: true_cfg_scale)
 
 
+def _decide(run: Run, ratio: float, scores: dict[float, np.ndarray], loss_first_last: list, control, looks):
+    """One image's decision from its witness's numbers (and its control's, where one ran)."""
+    config = run.config
+    return decide(
+        error_ratio=ratio, scores_by_scale=scores, metric=run.metric,
+        threshold=run.thresholds.similarity, max_error_ratio=run.thresholds.existence,
+        min_rate=config.probability_min_rate, confidence=config.confidence,
+        problems=inversion_problems(loss_first_last),
+        control=None if control is None else {"guidance_scale": control.guidance_scale,
+                                              "scores": list(control.scores), "error_ratio": control.error_ratio},
+        looks=looks, replication_bound=config.replication_bound, existence_source=run.thresholds.existence_source,
+        similarity_source=run.thresholds.similarity_source)
+
+
 def prompt_evaluations(config: VerifierConfig, prompts: int) -> int:
-    """Denoiser evaluations the owner's prompts cost one image: per prompt, one pass over the error grid and
-    the first look at every guidance scale."""
+    """Denoiser evaluations the tested prompts (the owner's and the decoded witness's) cost one image: per
+    prompt, one pass over the error grid and the first look at every guidance scale."""
     per_prompt = config.error_timesteps * config.error_noise_draws + sum(
         config.generations * config.sampling_steps * (2 if scale > 1 else 1) for scale in config.guidance_scales)
     return prompts * per_prompt
@@ -460,7 +482,7 @@ def _context(image: ProtectedImage) -> dict | None:
 
 def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: str, seeds: list[int],
                  best_scale: float, best_seed: int, timings: dict, key: str, error: dict,
-                 control_witness: dict | None, spent: dict, control_cost: dict | None, prompts: list[dict], prompt_cost: int) -> dict:
+                 control_witness: dict | None, spent: dict, control_cost: dict | None, prompts: list[dict], prompt_cost: int, readable: dict) -> dict:
     """One image's certificate, validated against the schema."""
     context = _context(image)
     return validated("certificate", {
@@ -498,6 +520,7 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
         "context": context,
         "prompts": prompts,
         "classification": classify(decision.verdict, context, prompts),
+        "readable_prompt": readable,
         "calibration": run.calibration,
         "budget": run.budget | {"denoiser_evaluations_spent": spent, "control_denoiser_evaluations": control_cost,
                                 "prompt_denoiser_evaluations": prompt_cost},

@@ -71,6 +71,7 @@ class VerifierConfig:
     probability_min_rate: float = 0.25
     replication_bound: float | None = None  # a not_memorized claim's target upper bound; None: what the seeds give
     confidence: float = 0.95
+    decode_witness: bool = True  # test the witness decoded into readable text where it reproduced the image
 
     # Run.
     seed: int = 0

@@ -64,16 +64,16 @@ def scale_result(scale: float, values: np.ndarray, metric, threshold: float, con
             "scores": [float(v) if np.isfinite(v) else None for v in values]}
 
 
-def replayed_prompts(certificate: dict) -> list[dict]:
-    """The prompt records that follow from a certificate's recorded scores under the threshold and config it
-    names; ``verify`` compares them with the recorded ones."""
+def replayed_prompts(certificate: dict, records: list[dict]) -> list[dict]:
+    """The prompt records that follow from ``records``' recorded scores (a certificate's owner prompts or
+    decoded witness) under the threshold and config the certificate names; ``verify`` compares them."""
     from verifier.conditions import recorded_inputs
 
     inputs = recorded_inputs(certificate)
     config = certificate["config"]
     confidence = look_confidences(config["confidence"], len(config["guidance_scales"]), 1)[0]
     replayed = []
-    for recorded in certificate["prompts"]:
+    for recorded in records:
         per_scale = [scale_result(s["guidance_scale"], np.array([np.nan if v is None else v for v in s["scores"]],
                                                                  dtype=np.float64),
                                   inputs["metric"], inputs["threshold"], confidence) for s in recorded["per_scale"]]

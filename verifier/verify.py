@@ -157,6 +157,7 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
         say(f"{image_id}: regenerating and re-measuring")
         _check_generations(result, certificate, loaded, witness, image_path, folder, all_generations)
         _check_error(result, certificate, loaded, witness, image_path)
+        _check_decoding(result, certificate, loaded, witness)
     if target.is_dir():
         _check_summary(result, target)
         if key is not None:
@@ -403,6 +404,7 @@ def _check_prompts_and_category(result: VerifyResult, certificate: dict) -> None
     follow from the recorded scores."""
     from verifier.context import ImageContext
     from verifier.prompts import replayed_prompts
+    from verifier.readable import statement as readable_statement
     from verifier.taxonomy import classify
 
     image_id = certificate["image"]["id"]
@@ -419,11 +421,19 @@ def _check_prompts_and_category(result: VerifyResult, certificate: dict) -> None
         if scales != list(config["guidance_scales"]) or sizes != {config["generations"]}:
             differences.append(f"prompt {prompt['prompt']!r} was not tested with {config['generations']} seeds at "
                                f"each of the guidance scales {config['guidance_scales']}")
-    replayed = replayed_prompts(certificate)
-    for mine, theirs in zip(replayed, prompts):
+    replayed = replayed_prompts(certificate, prompts)
+    decoded = certificate["readable_prompt"]["prompts"]
+    for mine, theirs in zip(replayed + replayed_prompts(certificate, decoded), prompts + decoded):
         for key in ("replications", "generations", "lower_bound", "reproduces", "reaches_min_rate", "confidence"):
             if not _equal(mine[key], theirs[key]):
                 differences.append(f"prompt {theirs['prompt']!r}: {key} {theirs[key]!r} recorded, {mine[key]!r} follows")
+    if any(prompt["kind"] != "decoded" for prompt in decoded) or any(p["kind"] == "decoded" for p in prompts):
+        differences.append("decoded prompts and the owner's are mixed up")
+    statement = readable_statement(certificate["verdict"], config["inversion_space"],
+                                   replayed_prompts(certificate, decoded), config.get("decode_witness", True))
+    if statement != certificate["readable_prompt"]["statement"]:
+        differences.append(f"the readable-prompt statement {certificate['readable_prompt']['statement']!r} does not "
+                           f"follow from the recorded numbers ({statement!r})")
     category = classify(certificate["verdict"], context, replayed)
     for key in ("category", "level", "evidence"):
         if category[key] != certificate["classification"][key]:
@@ -492,21 +502,24 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
 
 def _regenerate_prompts(result: VerifyResult, certificate: dict, loaded, metric, threshold: float, witness: dict,
                         target, all_generations: bool) -> None:
-    """Regenerate each owner prompt's replicating generations (every one with ``all_generations``) from its text."""
+    """Regenerate each owner prompt's and decoded witness's replicating generations (every one with
+    ``all_generations``) from its text."""
     import numpy as np
 
     from verifier.similarity import replicated
 
     record = certificate["witness"]
     seeds = record["seeds"][:certificate["config"]["generations"]]
-    for number, prompt in enumerate(certificate["prompts"]):
+    tested = certificate["prompts"] + certificate["readable_prompt"]["prompts"]
+    for number, prompt in enumerate(tested):
+        label = f"prompt {number + 1}" if prompt["kind"] != "decoded" else "decoded witness"
         for scale_record in prompt["per_scale"]:
             recorded = np.array([np.nan if v is None else v for v in scale_record["scores"]])
             hits = replicated(metric, recorded, threshold)
             wanted = [seed for seed, hit in zip(seeds, hits) if hit or all_generations]
             if wanted:
                 _regenerate(result, certificate["image"]["id"],
-                            f"prompt {number + 1} generations at guidance {scale_record['guidance_scale']:g}", loaded,
+                            f"{label} generations at guidance {scale_record['guidance_scale']:g}", loaded,
                             metric, threshold, witness, target, scale_record["guidance_scale"], wanted, seeds, recorded,
                             record, condition=loaded.prompt_conditioning([prompt["prompt"]]).to("cpu"))
 
@@ -585,6 +598,21 @@ def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict,
     result.add(image_id, "prediction error", not differences,
                "; ".join(differences[:3]) or f"{2 * len(record['timesteps'])} grid errors re-measured within "
                f"{100 * TOLERANCES['error_rel']:g}% (largest relative difference {largest:.2g})")
+
+
+def _check_decoding(result: VerifyResult, certificate: dict, loaded, witness: dict) -> None:
+    """The decoded texts are what the witness file's variables decode to (where a decoding was made)."""
+    from verifier.readable import REPRODUCED_VERDICTS, decoded_prompts
+
+    if certificate["verdict"] not in REPRODUCED_VERDICTS or not certificate["config"].get("decode_witness", True):
+        return
+    variables = {name.removeprefix("variables."): tensor for name, tensor in witness.items()
+                 if name.startswith("variables.")}
+    decoded = decoded_prompts(loaded, variables)
+    recorded = [prompt["prompt"] for prompt in certificate["readable_prompt"]["prompts"]]
+    result.add(certificate["image"]["id"], "decoded witness", decoded == recorded,
+               f"the witness's variables decode to {decoded!r}" + ("" if decoded == recorded else
+                                                                   f", the certificate lists {recorded!r}"))
 
 
 def _check_summary(result: VerifyResult, folder: Path) -> None:

@@ -39,7 +39,8 @@ Version history:
   replications per guidance scale with their bounds and scores) and the image's ``classification``
   (``explicit_intended``, ``implicit_intended``, ``unintended`` or null, its reproduction level and the
   reason); the context is part of the run key. The summary counts images per category and, under a
-  release-gate policy, records the policy and each image's gate result.
+  release-gate policy, records the policy and each image's gate result. Where the witness reproduced its
+  image, the witness decoded into readable text and tested like a prompt (``readable_prompt``).
 """
 
 from __future__ import annotations
@@ -266,7 +267,8 @@ class PromptScale(_Strict):
 
 
 class PromptRecord(_Strict):
-    kind: Literal["explicit", "implicit"]
+    kind: Literal["explicit", "implicit", "decoded"] = Field(
+        description="explicit / implicit: the owner's (names / implies the entity); decoded: the witness decoded")
     prompt: str
     error_ratio: Optional[float] = Field(description="Error under the prompt / under the empty prompt, on the fixed grid")
     per_scale: list[PromptScale] = Field(min_length=1)
@@ -287,6 +289,12 @@ class Classification(_Strict):
     evidence: list[int] = Field(description="Indices into prompts of the prompts that decided the category")
 
 
+class ReadablePrompt(_Strict):
+    method: str = Field(description="How the witness was decoded into text (verifier.readable)")
+    prompts: list[PromptRecord] = Field(description="Each distinct decoded text, tested like a prompt")
+    statement: str = Field(description="In words: whether a readable prompt reproduced the image")
+
+
 class Certificate(_Strict):
     """One image's memorization certificate (``<id>.json``)."""
 
@@ -304,6 +312,8 @@ class Certificate(_Strict):
     context: Optional[ContextRecord] = Field(description="The owner's context from the manifest, if any")
     prompts: list[PromptRecord] = Field(description="The owner's prompts, each tested like the witness")
     classification: Classification
+    readable_prompt: ReadablePrompt = Field(description="The witness decoded into readable text and tested, where it "
+                                                        "reproduced the image")
     calibration: Optional[CalibrationRecord] = Field(description="The calibration whose thresholds were used, if any")
     budget: dict[str, Any]
     config: dict[str, Any] = Field(description="The fully resolved config (verifier.config.VerifierConfig)")

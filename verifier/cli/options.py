@@ -25,6 +25,9 @@ CONFIG_OPTIONS = [
     click.option("--replication-bound", type=float, default=None,
                  help="The upper bound on the replication probability a not_memorized verdict must reach (e.g. 0.1); "
                       "seeds double at every guidance scale until it does. Default: the bound 16 seeds give."),
+    click.option("--decode-witness/--no-decode-witness", default=None,
+                 help="Where the witness reproduced an image, decode it into readable text and test that like a "
+                      "prompt (default on; README, \"Readable evidence\")."),
     click.option("--batch-size", type=int, default=None, help="Images per batch (does not change results)."),
     click.option("--denoiser-batch", type=int, default=None,
                  help="Rows per denoiser call (default: from the free memory, measured; does not change results)."),
