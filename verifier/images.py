@@ -86,7 +86,7 @@ def _manifest_rows(path: Path) -> list[dict]:
         if reader.fieldnames is None or "path" not in reader.fieldnames:
             raise ImageInputError(
                 f"IMAGES manifest {str(path)!r} has columns {reader.fieldnames}; it needs a 'path' column "
-                "(and optionally 'id')")
+                "(and optionally 'id' and the owner's context: entity, explicit_prompts, implicit_prompts, public)")
         for row in reader:
             rows.append({**row, "_line": reader.line_num})
     else:

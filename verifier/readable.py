@@ -5,8 +5,10 @@ better served by a sentence. For each image the witness reproduced (``memorized`
 ``rarely_reproduced``) and whose inversion space has tokens:
 
 1. each text encoder's soft tokens are projected onto that encoder's vocabulary: per position, the
-   token whose input embedding is nearest in cosine similarity, special tokens (BOS, EOS, padding,
-   unknown) excluded, as PEZ's projection step does (Wen et al., arXiv 2302.03668);
+   token whose input embedding is nearest in cosine similarity, as PEZ's projection step does (Wen et
+   al., arXiv 2302.03668), among the tokens a person can type: special tokens (BOS, EOS, padding,
+   unknown) and tokens that decode to control characters or to a partial UTF-8 sequence (byte-level
+   BPE has both) are excluded;
 2. the token ids are decoded into text by the encoder's own tokenizer (each distinct text once);
 3. every decoded text is tested like an owner's prompt (``verifier.prompts``): error ratio, a look
    of generations at every scale, replications and bounds.
@@ -18,12 +20,15 @@ reproduce what the witness does; the statement says so when that happens.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from verifier.models.base import ModelAdapter
 
-METHOD = ("nearest vocabulary token (cosine similarity of input embeddings, special tokens excluded) at each "
-          "soft-token position of each text encoder, decoded by that encoder's tokenizer")
+METHOD = ("nearest vocabulary token (cosine similarity of input embeddings; special tokens and tokens that decode to "
+          "control characters or partial UTF-8 excluded) at each soft-token position of each text encoder, decoded by "
+          "that encoder's tokenizer")
 REPRODUCED_VERDICTS = ("memorized", "rarely_reproduced")
 
 
@@ -40,12 +45,29 @@ def decoded_prompts(model: ModelAdapter, variables: dict[str, torch.Tensor]) -> 
         weights = table.weight.detach().float()
         soft = variables[name].detach().float().to(weights.device).reshape(-1, weights.shape[1])
         similarity = torch.nn.functional.normalize(soft, dim=1) @ torch.nn.functional.normalize(weights, dim=1).T
-        special = [i for i in tokenizer.all_special_ids if 0 <= i < weights.shape[0]]
-        similarity[:, special] = -torch.inf
+        similarity[:, ~typeable_tokens(tokenizer, weights.shape[0]).to(similarity.device)] = -torch.inf
         text = tokenizer.decode(similarity.argmax(dim=1).tolist(), skip_special_tokens=True).strip()
         if text and text not in texts:
             texts.append(text)
     return texts
+
+
+_TYPEABLE: "weakref.WeakKeyDictionary[object, torch.Tensor]" = weakref.WeakKeyDictionary()  # per tokenizer
+
+
+def typeable_tokens(tokenizer, rows: int) -> torch.Tensor:
+    """(rows,) bool: the tokens a person can type, i.e. not special, and decoding to printable text with no
+    replacement character (a byte-level token of a multi-byte character decodes to U+FFFD on its own)."""
+    if tokenizer not in _TYPEABLE or len(_TYPEABLE[tokenizer]) != rows:
+        special = set(tokenizer.all_special_ids)
+        allowed = torch.zeros(rows, dtype=torch.bool)
+        for token in range(min(rows, len(tokenizer))):
+            if token in special:
+                continue
+            text = tokenizer.decode([token])
+            allowed[token] = bool(text.strip()) and text.isprintable() and "\ufffd" not in text
+        _TYPEABLE[tokenizer] = allowed
+    return _TYPEABLE[tokenizer]
 
 
 def statement(verdict: str, space: str, prompts: list[dict], searched: bool = True) -> str:

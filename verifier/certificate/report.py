@@ -31,7 +31,8 @@ def report_html(out: Path, certificates: list[dict], image_pngs: dict[str, bytes
             f"<td>{_number(similarity['value'])} ({html.escape(similarity['metric'])})</td>"
             f"<td><small>{html.escape(c['verdict_reason'])}</small></td>"
             f"<td>{html.escape(c['classification']['category'] or '-')}"
-            f"<br><small>{html.escape(c['classification']['reason'])}</small></td>"
+            f"<br><small>{html.escape(c['classification']['reason'])}</small>"
+            f"<br><small>readable prompt: {html.escape(c['readable_prompt']['statement'])}</small></td>"
             "</tr>"
         )
     return f"""<!doctype html>
@@ -45,7 +46,7 @@ img {{ width: 96px; height: 96px; image-rendering: pixelated; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <table><tr><th>image</th><th>closest generation</th><th>id</th><th>verdict</th><th>error ratio</th>
-<th>replications (best scale)</th><th>best similarity</th><th>why</th><th>category</th></tr>
+<th>replications (best scale)</th><th>best similarity</th><th>why</th><th>category and readable evidence</th></tr>
 {''.join(rows)}
 </table></body></html>
 """
