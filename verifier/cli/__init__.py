@@ -99,6 +99,6 @@ def progress(message: str) -> None:
     click.echo(message, err=True)
 
 
-from verifier.cli import calibrate, certify, demo, schema, verify  # noqa: E402  (commands register on ``main``)
+from verifier.cli import calibrate, certify, demo, ls, report, schema, verify  # noqa: E402  (commands register on ``main``)
 
-__all__ = ["main", "calibrate", "certify", "demo", "schema", "verify"]
+__all__ = ["main", "calibrate", "certify", "demo", "ls", "report", "schema", "verify"]
