@@ -34,6 +34,16 @@ def _share_the_cpu_between_workers() -> None:
 _share_the_cpu_between_workers()
 
 
+@pytest.fixture
+def copy(run, tmp_path):
+    """A private copy of the requesting module's ``run`` folder, free to edit."""
+    import shutil
+
+    target = tmp_path / "certs"
+    shutil.copytree(run, target)
+    return target
+
+
 def pytest_collection_modifyitems(config, items):
     run_slow = os.environ.get("VERIFIER_SLOW") == "1"
     has_gpu = None

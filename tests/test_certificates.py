@@ -36,14 +36,6 @@ def run(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def copy(run, tmp_path):
-    """A private copy of the run folder (certificates of the memorized and never-trained images only)."""
-    target = tmp_path / "certs"
-    shutil.copytree(run, target)
-    return target
-
-
 def _edit(path: Path, change) -> None:
     value = json.loads(path.read_text())
     change(value)

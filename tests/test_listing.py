@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -27,13 +26,6 @@ def run(tmp_path_factory):
     certify(FIXTURE, [FIXTURE / "images" / f"{name}.png" for name in (MEMORIZED, HELD_OUT)], out,
             VerifierConfig(device="cpu", decode_witness=False))
     return out
-
-
-@pytest.fixture
-def copy(run, tmp_path):
-    target = tmp_path / "certs"
-    shutil.copytree(run, target)
-    return target
 
 
 def test_ls_prints_every_certificate_and_its_json_form(run):
