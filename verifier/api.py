@@ -52,6 +52,7 @@ from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect
 from verifier.invert import InversionSchedule, invert
 from verifier.memory import row_budget
 from verifier.models import Conditioning, ModelAdapter, load_model
+from verifier.progress import RunProgress
 from verifier.prompts import prompt_tests
 from verifier.readable import METHOD as READABLE_METHOD, REPRODUCED_VERDICTS, decoded_prompts
 from verifier.readable import statement as readable_statement
@@ -108,14 +109,16 @@ def _verifier_version() -> str | None:
 def certify(model: str | Path | ModelAdapter, images: Sequence[str | Path], out: str | Path,
             config: VerifierConfig | None = None, *, allow_pickle: bool = False,
             model_config: str | Path | None = None, sign_key: str | Path | None = None,
-            progress: Callable[[str], None] | None = None, policy=None) -> list[dict]:
+            progress: Callable[[str], None] | None = None, policy=None,
+            tracker: RunProgress | None = None) -> list[dict]:
     """Certify every image; return the certificates (also written to ``out``) in input order.
 
     Every input and the output folder are checked before the model is loaded. Images already
     certified in ``out`` under the same model, config, image bytes and verifier version, with an
     intact witness, are not redone. With ``sign_key`` (an Ed25519 PEM private key) every
     certificate and the summary get an ``.sig`` signature file. With ``policy`` (a
-    ``verifier.policy.Policy``) the summary records each image's release-gate result.
+    ``verifier.policy.Policy``) the summary records each image's release-gate result. ``tracker``
+    (``verifier.progress.RunProgress``) is told images finished and each batch's stages as they go.
     """
     config = config or VerifierConfig()
     processes = _processes(config.device)
@@ -134,12 +137,19 @@ def certify(model: str | Path | ModelAdapter, images: Sequence[str | Path], out:
     processes.wait_for_everyone()
     # 2-6. Certify this process's share of the rest, batch by batch.
     share = run.todo[processes.process_index :: processes.num_processes]
-    for first in range(0, len(share), config.batch_size):
-        for certificate in certify_batch(run, share[first : first + config.batch_size]):
-            certificates[certificate["image"]["id"]] = certificate
-            say(f"{certificate['image']['id']}: {certificate['verdict']} (error ratio "
-                f"{_number(certificate['prediction_error']['ratio'])}, "
-                f"{certificate['conditions']['probability']['rate']:.2f} replication rate)")
+    tracker = tracker or RunProgress()
+    tracker.start(total=len(certificates) + len(share), done=len(certificates))
+    try:
+        for first in range(0, len(share), config.batch_size):
+            batch = share[first : first + config.batch_size]
+            for certificate in certify_batch(run, batch, tracker):
+                certificates[certificate["image"]["id"]] = certificate
+                say(f"{certificate['image']['id']}: {certificate['verdict']} (error ratio "
+                    f"{_number(certificate['prediction_error']['ratio'])}, "
+                    f"{certificate['conditions']['probability']['rate']:.2f} replication rate)")
+            tracker.finished(len(batch))
+    finally:
+        tracker.close()
     # 7. Once every process has finished, the main process writes the run's summary and report.
     processes.wait_for_everyone()
     if processes.num_processes > 1:
@@ -279,8 +289,9 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
                todo=list(protected))
 
 
-def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
+def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | None = None) -> list[dict]:
     """Steps 2-6 for one batch; each certificate is written (after its witness) before it is returned."""
+    tracker = tracker or RunProgress()
     config, model, metric = run.config, run.loaded, run.metric
     seeds, resolution, empty = run.record.seeds, run.record.resolution, run.empty
     clock = {"batch_size": len(batch)}
@@ -297,9 +308,10 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
     clock["error_s"] = time.time() - tick
     # 4. Invert, each image until its error ratio levels off; its last check is the witness's error.
     tick = time.time()
+    tracker.stage("invert", config.inversion_steps, "step")
     inversion = invert(model, run.space, z0, [image.sha256 for image in batch], schedule=InversionSchedule.of(config),
                        empty_errors=empty_error.mean(dim=1), learning_rate=config.inversion_learning_rate,
-                       noise_draws=config.inversion_noise_draws, seed=config.seed)
+                       noise_draws=config.inversion_noise_draws, seed=config.seed, on_step=tracker.advance)
     clock["invert_s"] = time.time() - tick
     inverted_error = inversion.errors
     ratios = [float(inverted_error[index].mean() / empty_error[index].mean()) for index in range(len(batch))]
@@ -314,8 +326,10 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
                                 min_rate=config.probability_min_rate, confidence=config.confidence, looks=looks,
                                 replication_bound=config.replication_bound)
 
+    tracker.stage("generate", len(batch) * len(config.guidance_scales) * looks[0], "generation")
     sampled = sample(model, inversion.conditioning, empty, pixels, metric, seeds=seeds, looks=looks,
-                     scales=config.guidance_scales, steps=config.sampling_steps, resolution=resolution, extend=extend)
+                     scales=config.guidance_scales, steps=config.sampling_steps, resolution=resolution, extend=extend,
+                     on_generated=tracker.advance)
     scores = sampled.scores
     clock["generate_s"] = time.time() - tick
     # 5b. Where a witness replicates its image but the error ratio stayed high, run the control.
@@ -335,12 +349,15 @@ def certify_batch(run: Run, batch: list[ProtectedImage]) -> list[dict]:
     readable = [decoded_prompts(model, {name: value[index] for name, value in inversion.variables.items()})
                 if config.decode_witness and decisions[index].verdict in REPRODUCED_VERDICTS else []
                 for index in range(len(batch))]
-    tested = prompt_tests(model, z0, pixels, empty, empty_error,
-                          [owner + [("decoded", text) for text in decoded] for owner, decoded in zip(owner_prompts, readable)],
+    to_test = [owner + [("decoded", text) for text in decoded] for owner, decoded in zip(owner_prompts, readable)]
+    tracker.stage("prompts", sum(map(len, to_test)), "prompt")
+    tested = prompt_tests(model, z0, pixels, empty, empty_error, to_test,
                           metric, threshold=run.thresholds.similarity, seeds=seeds[:looks[0]],
                           scales=config.guidance_scales, steps=config.sampling_steps, resolution=resolution,
                           timesteps=config.error_timesteps, noise_draws=config.error_noise_draws,
                           confidence=config.confidence, min_rate=config.probability_min_rate)
+    tracker.advance(sum(map(len, to_test)))
+    tracker.end_stage()
     clock["prompts_s"] = time.time() - tick
     timings = {key: (round(value / len(batch), 4) if key.endswith("_s") else value)
                for key, value in clock.items()} | {"note": "seconds: this image's share of its batch"}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -100,10 +101,12 @@ def image_generator(seed: int, sha256: str, purpose: str) -> torch.Generator:
 
 
 def invert(adapter: ModelAdapter, space, z0: torch.Tensor, image_hashes: list[str], *, schedule: InversionSchedule,
-           empty_errors: torch.Tensor, learning_rate: float, noise_draws: int, seed: int) -> Inversion:
+           empty_errors: torch.Tensor, learning_rate: float, noise_draws: int, seed: int,
+           on_step: Callable[[], None] | None = None) -> Inversion:
     """Minimize each image's prediction error over its conditioning with Adam, for as long as its
     schedule says; return the witnesses and their grid errors. ``empty_errors`` (B,) is each image's
-    mean grid error under the empty prompt, the yardstick of the checks' ratios."""
+    mean grid error under the empty prompt, the yardstick of the checks' ratios. ``on_step`` is called
+    after every Adam step of the batch (progress)."""
     batch = z0.shape[0]
     generators = [image_generator(seed, sha, "inversion") for sha in image_hashes]
     search = InversionSearch(adapter, space, z0, generators, learning_rate, noise_draws)
@@ -117,7 +120,7 @@ def invert(adapter: ModelAdapter, space, z0: torch.Tensor, image_hashes: list[st
     # 1. Steps up to the first check, then check every window; each check keeps the images still falling.
     next_check = schedule.planned_checks()[0]
     while active:
-        curve = search.run(next_check - step)
+        curve = search.run(next_check - step, on_step)
         for row, image in enumerate(active):
             curves[image].append(curve[row])
         step = next_check
@@ -158,7 +161,7 @@ class InversionSearch:
         self.optimizer = torch.optim.Adam([{"params": [value], "lr": learning_rate * space.scales[name]}
                                            for name, value in self.variables.items()])
 
-    def run(self, steps: int) -> torch.Tensor:
+    def run(self, steps: int, on_step: Callable[[], None] | None = None) -> torch.Tensor:
         """``steps`` Adam steps on every image; the per-image training loss, (rows, steps) on the host."""
         device, draws, rows = self.z0.device, self.noise_draws, self.z0.shape[0]
         objective = self.adapter.objective
@@ -179,6 +182,8 @@ class InversionSearch:
                 per_image = self._accumulated(conditioning, z_repeated, noise.to(device), timesteps, limit)
             self.optimizer.step()
             curve[:, step] = per_image.detach()
+            if on_step is not None:
+                on_step()
         return curve.cpu()
 
     def _accumulated(self, conditioning: Conditioning, z_repeated: torch.Tensor, noise: torch.Tensor,

@@ -38,8 +38,10 @@ class Sampled:
 
 def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pixels: list[np.ndarray], metric, *,
            seeds: list[int], looks: list[int], scales: tuple[float, ...], steps: int, resolution: int,
-           extend: Callable[[int, dict[float, np.ndarray], int], tuple[float, ...]]) -> Sampled:
+           extend: Callable[[int, dict[float, np.ndarray], int], tuple[float, ...]],
+           on_generated: Callable[[int], None] | None = None) -> Sampled:
     """Generate and score, look by look; ``extend(image index, its scores so far, look)`` picks the scales to extend.
+    ``on_generated(count)`` is told how many generations each call made (progress).
 
     The closest generation is the most similar one; ties go to the earlier look, then to the order of
     ``scales``, then to the lower seed.
@@ -51,6 +53,8 @@ def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pi
 
     def generate(indices: list[int], scale: float, first: int, last: int) -> None:
         images = model.generate(witnesses.select(indices), empty, seeds[first:last], scale, steps, resolution)
+        if on_generated is not None:
+            on_generated(len(indices) * (last - first))
         for row, index in enumerate(indices):
             values = np.asarray(metric(images[row], pixels[index]), dtype=np.float64)
             scores[index][scale] = np.concatenate([scores[index].get(scale, np.empty(0)), values])

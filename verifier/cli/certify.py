@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from verifier.cli import EXIT_FOUND, EXIT_OK, main, progress, run_guarded
-from verifier.cli.options import FAIL_LEVELS, build, config_options, print_table
+from verifier.cli import EXIT_FOUND, EXIT_OK, main, run_guarded
+from verifier.cli.options import FAIL_LEVELS, build, config_options, print_table, progress_options, tracker
 
 
 @main.command()
@@ -23,8 +23,10 @@ from verifier.cli.options import FAIL_LEVELS, build, config_options, print_table
 @click.option("--policy", "policy_file", default=None, type=click.Path(dir_okay=False),
               help="Release-gate policy (TOML, e.g. configs/policy.toml): which categories of memorization "
                    "(unintended, implicit_intended, explicit_intended) fail the gate; replaces --fail-on.")
+@progress_options
 @config_options
-def certify(model, images, out, allow_pickle, model_config, sign_key, policy_file, config_file, **overrides):
+def certify(model, images, out, allow_pickle, model_config, sign_key, policy_file, quiet, progress_log, config_file,
+            **overrides):
     """Certify IMAGES (files, folders, CSV/JSONL manifests) against MODEL.
 
     MODEL is a diffusers folder of a supported family (StableDiffusionPipeline: SD 1.x/2.x;
@@ -47,12 +49,14 @@ def certify(model, images, out, allow_pickle, model_config, sign_key, policy_fil
     """
     config = run_guarded(lambda: build(config_file, **overrides))
     policy = run_guarded(lambda: _policy(policy_file, overrides.get("fail_on")))
+    watcher = tracker(quiet, progress_log)
 
     def certify_all():
         from verifier.api import certify as certify_images
 
         return certify_images(model, list(images), out, config, allow_pickle=allow_pickle,
-                              model_config=model_config, sign_key=sign_key, progress=progress, policy=policy)
+                              model_config=model_config, sign_key=sign_key, progress=None if quiet else watcher.say,
+                              policy=policy, tracker=watcher)
 
     certificates = run_guarded(certify_all)
     from accelerate import PartialState

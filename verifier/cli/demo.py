@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from verifier.cli import EXIT_FOUND, EXIT_OK, main, progress, run_guarded
-from verifier.cli.options import build, config_options, print_table
+from verifier.cli import EXIT_FOUND, EXIT_OK, main, run_guarded
+from verifier.cli.options import build, config_options, print_table, progress_options, tracker
 from verifier.reference_models import REFERENCE_MODELS
 
 
@@ -17,8 +17,9 @@ from verifier.reference_models import REFERENCE_MODELS
               help="Folder for certificates and report.")
 @click.option("--model", "model_name", default="reference-32px", show_default=True,
               type=click.Choice(REFERENCE_MODELS), help="Which shipped reference model.")
+@progress_options
 @config_options
-def demo(out, model_name, config_file, **overrides):
+def demo(out, model_name, quiet, progress_log, config_file, **overrides):
     """Certify the shipped reference model's images and compare with its ground truth.
 
     Exit 0 only when every image the manifest calls memorized is certified `memorized` and every
@@ -29,6 +30,7 @@ def demo(out, model_name, config_file, **overrides):
       verifier demo --out demo-certs/
     """
     config = run_guarded(lambda: build(config_file, **overrides))
+    watcher = tracker(quiet, progress_log)
 
     def run_demo():
         import json
@@ -44,7 +46,8 @@ def demo(out, model_name, config_file, **overrides):
                        for image in manifest["images"])
         listing = Path(out) / "demo-images.jsonl"
         atomic_write_bytes(listing, rows.encode())
-        return manifest, certify_images(folder, [listing], out, config, progress=progress)
+        return manifest, certify_images(folder, [listing], out, config, progress=None if quiet else watcher.say,
+                                        tracker=watcher)
 
     manifest, certificates = run_guarded(run_demo)
     truth = {}

@@ -44,6 +44,32 @@ CONFIG_OPTIONS = [
 ]
 
 
+PROGRESS_OPTIONS = [
+    click.option("--quiet", is_flag=True, help="No progress bars and no line per image (the final table stays)."),
+    click.option("--progress-log", default=None, type=click.Path(dir_okay=False),
+                 help="Append progress as JSON lines to this file (images done, stage, ETA): for CI."),
+]
+
+
+def progress_options(function):
+    for option in reversed(PROGRESS_OPTIONS):
+        function = option(function)
+    return function
+
+
+def tracker(quiet: bool, progress_log):
+    """Progress bars on standard error when it is a terminal and not ``quiet``; the JSON-lines log if asked."""
+    import sys
+
+    from verifier.cli import UsageFailure
+    from verifier.progress import RunProgress
+
+    try:
+        return RunProgress(bars=not quiet and sys.stderr.isatty(), log=progress_log)
+    except OSError as error:
+        raise UsageFailure(f"--progress-log {progress_log!r} cannot be written: {error.strerror or error}") from None
+
+
 def config_options(function):
     for option in reversed(CONFIG_OPTIONS):
         function = option(function)
