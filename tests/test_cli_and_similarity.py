@@ -160,8 +160,26 @@ def test_demo_on_the_fixture_agrees_with_its_ground_truth(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--model", "fixture-16px", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     assert "7/7 scored verdicts agree with the ground truth" in result.output
+    assert "demo: 8 of 11 images, a representative subset" in result.output
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["counts"]["memorized"] == 3
+
+
+def test_the_demo_subset_keeps_every_memorized_image_and_one_of_each_kind():
+    from verifier.cli.demo import demo_images
+    from verifier.reference_models import load_manifest
+
+    manifest = load_manifest("reference-32px")
+    chosen, said = demo_images(manifest, everything=False)
+    assert [image["id"] for image in chosen if image["memorized"]] == [
+        image["id"] for image in manifest["images"] if image["memorized"]]
+    assert sum(image["split"] == "held_out" for image in chosen) == 4
+    kinds = {(image["split"], image["duplication"]) for image in manifest["images"]
+             if not image["memorized"] and image["split"] != "held_out"}
+    assert {(image["split"], image["duplication"]) for image in chosen
+            if not image["memorized"] and image["split"] != "held_out"} == kinds
+    assert said.startswith(f"demo: {len(chosen)} of 60 images") and "--all" in said
+    assert demo_images(manifest, everything=True)[0] == manifest["images"]
 
 
 def test_error_form_x0_is_used_recorded_and_reverified(tmp_path, tiny_model):

@@ -17,17 +17,22 @@ from verifier.reference_models import REFERENCE_MODELS
               help="Folder for certificates and report.")
 @click.option("--model", "model_name", default="reference-32px", show_default=True,
               type=click.Choice(REFERENCE_MODELS), help="Which shipped reference model.")
+@click.option("--all", "everything", is_flag=True,
+              help="Certify every image of the manifest (default: a representative subset, in minutes).")
 @progress_options
 @config_options
-def demo(out, model_name, quiet, progress_log, config_file, **overrides):
+def demo(out, model_name, everything, quiet, progress_log, config_file, **overrides):
     """Certify the shipped reference model's images and compare with its ground truth.
 
-    Exit 0 only when every image the manifest calls memorized is certified `memorized` and every
-    never-trained image `not_memorized`; images in between are shown, not scored.
+    By default a representative subset (every memorized image, 4 never-trained ones, one of each
+    other kind), said on screen; --all certifies every image. Exit 0 only when every memorized image
+    certified is `memorized` and every never-trained one `not_memorized`; images in between are
+    shown, not scored.
 
     \b
-    Example:
+    Examples:
       verifier demo --out demo-certs/
+      verifier demo --all --model reference-xl-32px
     """
     config = run_guarded(lambda: build(config_file, **overrides))
     watcher = tracker(quiet, progress_log)
@@ -42,8 +47,10 @@ def demo(out, model_name, quiet, progress_log, config_file, **overrides):
         folder = reference_model_path(model_name)
         manifest = load_manifest(model_name)
         prepare_output_folder(Path(out))
+        chosen, said = demo_images(manifest, everything)
+        click.echo(said, err=True)
         rows = "".join(json.dumps({"path": str(folder / image["file"]), "id": image["id"]}) + "\n"
-                       for image in manifest["images"])
+                       for image in chosen)
         listing = Path(out) / "demo-images.jsonl"
         atomic_write_bytes(listing, rows.encode())
         return manifest, certify_images(folder, [listing], out, config, progress=None if quiet else watcher.say,
@@ -51,7 +58,7 @@ def demo(out, model_name, quiet, progress_log, config_file, **overrides):
 
     manifest, certificates = run_guarded(run_demo)
     truth = {}
-    for image in manifest["images"]:
+    for image in demo_images(manifest, everything)[0]:
         if image["memorized"]:
             truth[image["id"]] = ("memorized", f"memorized ({image['replications']}/{image['generations']})")
         elif image["split"] == "held_out":
@@ -66,3 +73,26 @@ def demo(out, model_name, quiet, progress_log, config_file, **overrides):
     if wrong:
         click.echo(f"disagreements: {', '.join(wrong)}", err=True)
     sys.exit(EXIT_FOUND if wrong else EXIT_OK)
+
+
+NEVER_TRAINED_IN_SUBSET = 4
+
+
+def demo_images(manifest: dict, everything: bool) -> tuple[list[dict], str]:
+    """The images the demo certifies, and what it says about them: every image with ``everything``, else every
+    memorized one, the first 4 never-trained ones and the first image of each other kind (seen once, each
+    duplication count the model did not memorize), in manifest order."""
+    images = manifest["images"]
+    if everything:
+        return images, f"demo: all {len(images)} images of the manifest"
+    memorized = [image for image in images if image["memorized"]]
+    never = [image for image in images if image["split"] == "held_out"]
+    kinds: dict[tuple, dict] = {}
+    for image in images:
+        if not image["memorized"] and image["split"] != "held_out":
+            kinds.setdefault((image["split"], image["duplication"]), image)
+    wanted = {image["id"] for image in memorized + never[:NEVER_TRAINED_IN_SUBSET] + list(kinds.values())}
+    chosen = [image for image in images if image["id"] in wanted]
+    return chosen, (f"demo: {len(chosen)} of {len(images)} images, a representative subset: all {len(memorized)} "
+                    f"memorized, {min(len(never), NEVER_TRAINED_IN_SUBSET)} of {len(never)} never trained, one of "
+                    f"each of the {len(kinds)} other kinds (--all: every image)")
