@@ -650,8 +650,11 @@ def _check_summary(result: VerifyResult, folder: Path) -> None:
         category = (certificate.get("classification") or {}).get("category")
         if category != entry["category"]:
             differences.append(f"{entry['id']}: summary says category {entry['category']}, its certificate {category}")
-        if policy is not None and isinstance(certificate.get("classification"), dict):
-            judged = policy.judge(certificate)
+        if policy is not None:
+            try:
+                judged = policy.judge(certificate)
+            except (KeyError, TypeError, AttributeError):
+                judged = "no gate result: the certificate's classification or context is malformed"
             if judged != entry["gate"]:
                 differences.append(f"{entry['id']}: the summary's gate result {entry['gate']} is not what its policy "
                                    f"gives ({judged})")
