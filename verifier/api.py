@@ -54,12 +54,12 @@ from verifier.memory import row_budget
 from verifier.models import Conditioning, ModelAdapter, load_model
 from verifier.progress import RunProgress
 from verifier.prompts import prompt_tests
-from verifier.readable import METHOD as READABLE_METHOD, REPRODUCED_VERDICTS, decoded_prompts
+from verifier.readable import METHOD as READABLE_METHOD, decoded_prompts
 from verifier.readable import statement as readable_statement
 from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
 from verifier.sampling import sample, seed_sequence
 from verifier.similarity import replicated
-from verifier.taxonomy import classify
+from verifier.taxonomy import REPRODUCED_VERDICTS, classify
 
 
 def _environment(model: ModelAdapter) -> dict:

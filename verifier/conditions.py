@@ -184,16 +184,23 @@ def _per_scale(scores_by_scale: dict[float, np.ndarray], metric, threshold: floa
         scores = np.asarray(scores_by_scale[scale], dtype=np.float64)
         if not np.isfinite(scores).all():
             problems.append(f"{int((~np.isfinite(scores)).sum())} similarity scores at guidance {scale:g} are not finite")
-        hits = replicated(metric, scores, threshold) & np.isfinite(scores)
-        k, n = int(hits.sum()), int(hits.size)
+        n = int(scores.size)
         if n not in looks:
             problems.append(f"{n} generations at guidance {scale:g} is not one of the planned looks {looks}")
         look = looks.index(n) if n in looks else len(looks) - 1
-        lower, upper = clopper_pearson(k, n, confidences[look])
-        per_scale.append({"guidance_scale": float(scale), "replications": k, "generations": n, "rate": k / n,
-                          "look": look, "confidence": confidences[look], "lower_bound": lower, "upper_bound": upper,
-                          "scores": [_finite(value) for value in scores]})
+        per_scale.append(scale_bounds(scale, scores, metric, threshold, confidences[look])
+                         | {"look": look, "confidence": confidences[look]})
     return per_scale
+
+
+def scale_bounds(scale: float, scores: np.ndarray, metric, threshold: float, confidence: float) -> dict:
+    """One guidance scale's replications among ``scores`` (similarities in seed order; non-finite ones never
+    replicate) and their one-sided Clopper-Pearson bounds at ``confidence``."""
+    hits = replicated(metric, scores, threshold) & np.isfinite(scores)
+    k, n = int(hits.sum()), int(hits.size)
+    lower, upper = clopper_pearson(k, n, confidence)
+    return {"guidance_scale": float(scale), "replications": k, "generations": n, "rate": k / n,
+            "lower_bound": lower, "upper_bound": upper, "scores": [_finite(value) for value in scores]}
 
 
 def _best(per_scale: list[dict]) -> dict:

@@ -33,9 +33,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from verifier.taxonomy import CATEGORIES
+from verifier.taxonomy import CATEGORIES, REPRODUCED_VERDICTS
 
-LEVELS = ("memorized", "rarely_reproduced")
+LEVELS = REPRODUCED_VERDICTS  # an image's reproduction level is named after the verdict it reaches
 SECTIONS = {"description": None, "fail": CATEGORIES, "intended": ("public_only",)}
 
 
@@ -108,6 +108,13 @@ class Policy:
         verb = "fails" if fails else "passes"
         return {"category": judged, "level": level, "fails": fails,
                 "reason": f"{note}{judged} at level {level} {verb} under this policy"}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Policy":
+        """The policy a summary recorded (``record()``'s output), to judge its images again."""
+        return cls(fail={category: tuple(levels) for category, levels in record["fail"].items()},
+                   public_only=record["public_only"], description=record["description"], source=record["source"],
+                   sha256=record["sha256"])
 
     def record(self) -> dict:
         return {"source": self.source, "sha256": self.sha256, "description": self.description,

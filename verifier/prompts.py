@@ -19,11 +19,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from verifier.conditions import clopper_pearson, look_confidences
+from verifier.conditions import look_confidences, scale_bounds
 from verifier.error import prediction_error
 from verifier.models.base import Conditioning, ModelAdapter
 from verifier.sampling import sample
-from verifier.similarity import replicated
 
 
 def prompt_tests(model: ModelAdapter, z0: torch.Tensor, pixels: list[np.ndarray], empty: Conditioning,
@@ -48,20 +47,11 @@ def prompt_tests(model: ModelAdapter, z0: torch.Tensor, pixels: list[np.ndarray]
     per_scale_confidence = look_confidences(confidence, len(scales), 1)[0]
     results: list[list[dict]] = [[] for _ in prompts]
     for row, (index, kind, text) in enumerate(rows):
-        per_scale = [scale_result(scale, sampled.scores[row][scale], metric, threshold, per_scale_confidence)
+        per_scale = [scale_bounds(scale, sampled.scores[row][scale], metric, threshold, per_scale_confidence)
                      for scale in scales]
         ratio = float(errors[row].mean() / empty_errors[index].mean())
         results[index].append(prompt_record(kind, text, per_scale, ratio, per_scale_confidence, min_rate))
     return results
-
-
-def scale_result(scale: float, values: np.ndarray, metric, threshold: float, confidence: float) -> dict:
-    """One guidance scale of a prompt: replications among ``values`` (similarities in seed order), bounds."""
-    count = int((replicated(metric, values, threshold) & np.isfinite(values)).sum())
-    lower, upper = clopper_pearson(count, len(values), confidence)
-    return {"guidance_scale": scale, "replications": count, "generations": len(values), "rate": count / len(values),
-            "lower_bound": lower, "upper_bound": upper,
-            "scores": [float(v) if np.isfinite(v) else None for v in values]}
 
 
 def replayed_prompts(certificate: dict, records: list[dict]) -> list[dict]:
@@ -74,7 +64,7 @@ def replayed_prompts(certificate: dict, records: list[dict]) -> list[dict]:
     confidence = look_confidences(config["confidence"], len(config["guidance_scales"]), 1)[0]
     replayed = []
     for recorded in records:
-        per_scale = [scale_result(s["guidance_scale"], np.array([np.nan if v is None else v for v in s["scores"]],
+        per_scale = [scale_bounds(s["guidance_scale"], np.array([np.nan if v is None else v for v in s["scores"]],
                                                                  dtype=np.float64),
                                   inputs["metric"], inputs["threshold"], confidence) for s in recorded["per_scale"]]
         replayed.append(prompt_record(recorded["kind"], recorded["prompt"], per_scale, recorded["error_ratio"],

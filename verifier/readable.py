@@ -25,11 +25,11 @@ import weakref
 import torch
 
 from verifier.models.base import ModelAdapter
+from verifier.taxonomy import REPRODUCED_VERDICTS
 
 METHOD = ("nearest vocabulary token (cosine similarity of input embeddings; special tokens and tokens that decode to "
           "control characters or partial UTF-8 excluded) at each soft-token position of each text encoder, decoded by "
           "that encoder's tokenizer")
-REPRODUCED_VERDICTS = ("memorized", "rarely_reproduced")
 
 
 def decoded_prompts(model: ModelAdapter, variables: dict[str, torch.Tensor]) -> list[str]:

@@ -423,14 +423,15 @@ def _check_prompts_and_category(result: VerifyResult, certificate: dict) -> None
                                f"each of the guidance scales {config['guidance_scales']}")
     replayed = replayed_prompts(certificate, prompts)
     decoded = certificate["readable_prompt"]["prompts"]
-    for mine, theirs in zip(replayed + replayed_prompts(certificate, decoded), prompts + decoded):
+    replayed_decoded = replayed_prompts(certificate, decoded)
+    for mine, theirs in zip(replayed + replayed_decoded, prompts + decoded):
         for key in ("replications", "generations", "lower_bound", "reproduces", "reaches_min_rate", "confidence"):
             if not _equal(mine[key], theirs[key]):
                 differences.append(f"prompt {theirs['prompt']!r}: {key} {theirs[key]!r} recorded, {mine[key]!r} follows")
     if any(prompt["kind"] != "decoded" for prompt in decoded) or any(p["kind"] == "decoded" for p in prompts):
         differences.append("decoded prompts and the owner's are mixed up")
     statement = readable_statement(certificate["verdict"], config["inversion_space"],
-                                   replayed_prompts(certificate, decoded), config.get("decode_witness", True))
+                                   replayed_decoded, config.get("decode_witness", True))
     if statement != certificate["readable_prompt"]["statement"]:
         differences.append(f"the readable-prompt statement {certificate['readable_prompt']['statement']!r} does not "
                            f"follow from the recorded numbers ({statement!r})")
@@ -602,7 +603,8 @@ def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict,
 
 def _check_decoding(result: VerifyResult, certificate: dict, loaded, witness: dict) -> None:
     """The decoded texts are what the witness file's variables decode to (where a decoding was made)."""
-    from verifier.readable import REPRODUCED_VERDICTS, decoded_prompts
+    from verifier.readable import decoded_prompts
+    from verifier.taxonomy import REPRODUCED_VERDICTS
 
     if certificate["verdict"] not in REPRODUCED_VERDICTS or not certificate["config"].get("decode_witness", True):
         return
@@ -631,11 +633,7 @@ def _check_summary(result: VerifyResult, folder: Path) -> None:
     except (CertificateFormatError, json.JSONDecodeError, UnicodeDecodeError) as error:
         result.add("(run)", "summary", False, str(error))
         return
-    recorded_policy = summary["policy"]
-    policy = None if recorded_policy is None else Policy(
-        fail={category: tuple(levels) for category, levels in recorded_policy["fail"].items()},
-        public_only=recorded_policy["public_only"], description=recorded_policy["description"],
-        source=recorded_policy["source"], sha256=recorded_policy["sha256"])
+    policy = None if summary["policy"] is None else Policy.from_record(summary["policy"])
     differences = []
     for entry in summary["images"]:
         certificate_path = folder / entry["certificate"]
