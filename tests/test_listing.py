@@ -67,7 +67,8 @@ def test_report_rebuilds_summary_and_report_and_applies_a_policy(run, copy):
     rebuilt = json.loads((copy / "summary.json").read_text())
     assert rebuilt["images"] == original["images"] and rebuilt["counts"] == original["counts"]
     report = (copy / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 4  # each image and its closest generation
+    # each image (in the table and its section), its closest generation and its contact sheet
+    assert report.count("data:image/png;base64,") == 8
     assert verify(copy, images=[FIXTURE / "images"]).passed
     result = CliRunner().invoke(main, ["report", str(copy), "--policy", str(POLICY)])
     gated = json.loads((copy / "summary.json").read_text())

@@ -87,7 +87,9 @@ def test_certify_writes_complete_certificates(tmp_path, tiny_images, prediction_
         assert (tmp_path / "out" / on_disk["witness"]["file"]).is_file()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert sum(summary["counts"].values()) == 3 and len(summary["images"]) == 3
-    assert "<img src=\"data:image/png;base64," in (tmp_path / "out" / "report.html").read_text()
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert report.count("alt=\"the protected image\"") == 3 and "src=\"data:image/png;base64," in report
+    assert (tmp_path / "out" / on_disk["witness"]["generations_sheet"]["file"]).is_file()
 
 
 def _numbers(certificate: dict) -> list[float]:
@@ -179,8 +181,8 @@ def test_report_is_self_contained_and_escapes_file_names(tmp_path, tiny_model, t
     certificate = certify(tiny_model, [odd], tmp_path / "out", FAST)[0]
     assert certificate["image"]["id"] == "a_b___c"  # ids are safe file names
     report = (tmp_path / "out" / "report.html").read_text()
-    assert "a&lt;b&gt;&amp;&quot;c.png" in report and "a<b>" not in report
-    assert "src=\"http" not in report and report.count("data:image/png;base64,") == 2
+    assert "a&lt;b&gt;&amp;&#34;c.png" in report and "a<b>" not in report
+    assert "src=\"http" not in report and report.count("data:image/png;base64,") == 4
     assert f"after {certificate['prediction_error']['inversion_steps']} inversion steps" in report
 
 

@@ -24,6 +24,7 @@ and the main process writes the summary and report after every process has finis
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import torch
 
 from verifier.certificate.report import report_html
 from verifier.certificate.schema import certificate_tag, validated
+from verifier.certificate.sheet import LAYOUT as SHEET_LAYOUT, sheet_png, tile_size
 from verifier.certificate.signing import load_private_key, sign_file, signature_holds
 from verifier.certificate.store import (
     REPORT_FILE, SUMMARY_FILE, atomic_write_bytes, atomic_write_json, claim_run_folder, finite_or_none,
@@ -369,6 +371,8 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
         decoded = [record for record in tested[index] if record["kind"] == "decoded"]
         best_scale, best_seed, best_generation = sampled.closest[index]
         atomic_write_bytes(run.out / f"{image.id}.closest.png", png_bytes(best_generation))
+        sheet = sheet_png(sampled.tiles[index], list(config.guidance_scales), tile_size(resolution))
+        atomic_write_bytes(run.out / f"{image.id}.generations.png", sheet)
         used = sampled.seeds_used(index)
         image_seeds = seeds[:max(used.values())]
         metadata = {"space": config.inversion_space, "seeds": image_seeds, "image_sha256": image.sha256}
@@ -383,7 +387,9 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
             error={"inverted": inverted_error[index], "empty": empty_error[index], "ratio": ratios[index],
                    "loss_first_last": loss_first_last, "noise_draws": config.error_noise_draws,
                    "inversion_steps": inversion.steps[index], "checks": inversion.checks[index]},
-            control_witness=control_witness,
+            control_witness=control_witness, sheet={
+                "file": f"{image.id}.generations.png", "sha256": hashlib.sha256(sheet).hexdigest(),
+                "tile": tile_size(resolution), "layout": SHEET_LAYOUT},
             spent=denoiser_evaluations(config, used, inversion.steps[index], len(inversion.checks[index])),
             control_cost=None if control is None else denoiser_evaluations(
                 config, {control.guidance_scale: looks[0]}, control.inversion_steps, control.checks),
@@ -405,12 +411,13 @@ def finish_run(run: Run, certificates: dict[str, dict], seconds: float, write: b
     ordered = [certificates[image.id] for image in run.protected]
     if not write:
         return ordered
-    atomic_write_json(run.out / SUMMARY_FILE, summary(ordered, run.record.model, run.record.config, seconds, policy))
+    record = summary(ordered, run.record.model, run.record.config, seconds, policy)
+    atomic_write_json(run.out / SUMMARY_FILE, record)
     if run.signer is not None:
         sign_file(run.signer, run.out / SUMMARY_FILE)
     image_pngs = {image.id: png_bytes(prepare_image(image.path, run.record.resolution)) for image in run.protected}
-    atomic_write_bytes(run.out / REPORT_FILE,
-                       report_html(run.out, ordered, image_pngs, f"verifier report: {run.loaded.source}").encode())
+    atomic_write_bytes(run.out / REPORT_FILE, report_html(run.out, record, ordered, image_pngs,
+                                                          f"verifier report: {run.loaded.source}").encode())
     return ordered
 
 
@@ -499,7 +506,7 @@ def _context(image: ProtectedImage) -> dict | None:
 
 def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: str, seeds: list[int],
                  best_scale: float, best_seed: int, timings: dict, key: str, error: dict,
-                 control_witness: dict | None, spent: dict, control_cost: dict | None, prompts: list[dict], prompt_cost: int, readable: dict) -> dict:
+                 control_witness: dict | None, sheet: dict, spent: dict, control_cost: dict | None, prompts: list[dict], prompt_cost: int, readable: dict) -> dict:
     """One image's certificate, validated against the schema."""
     context = _context(image)
     return validated("certificate", {
@@ -530,7 +537,7 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
             "guidance_scales": run.config["guidance_scales"], "num_inference_steps": run.config["sampling_steps"],
             "height": run.resolution, "width": run.resolution, "scheduler": run.scheduler,
             "closest_generation": f"{image.id}.closest.png",
-            "closest_seed": best_seed, "closest_guidance_scale": best_scale,
+            "closest_seed": best_seed, "closest_guidance_scale": best_scale, "generations_sheet": sheet,
             "guidance_keyword": run.guidance_keyword,
         },
         "control_witness": control_witness,

@@ -85,7 +85,8 @@ def rebuild(folder: str | Path, policy=None) -> list[dict]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError):
             seconds = 0.0
     first = certificates[0]
-    atomic_write_json(previous, summary(certificates, first["model"], first["config"], seconds, policy))
+    record = summary(certificates, first["model"], first["config"], seconds, policy)
+    atomic_write_json(previous, record)
     pngs = {}
     for certificate in certificates:  # the protected image where it still is, unchanged (else the row has none)
         path = Path(certificate["image"]["path"])
@@ -97,5 +98,5 @@ def rebuild(folder: str | Path, policy=None) -> list[dict]:
         except ImageInputError:
             continue
     title = f"verifier report: {first['model']['source']}"
-    atomic_write_bytes(folder / REPORT_FILE, report_html(folder, certificates, pngs, title).encode())
+    atomic_write_bytes(folder / REPORT_FILE, report_html(folder, record, certificates, pngs, title).encode())
     return certificates

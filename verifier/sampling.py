@@ -7,7 +7,8 @@
 
 Seeds are one fixed sequence shared by every image and scale: a scale that ended at n seeds used the
 first n, so a generation depends only on (witness, seed, scale), never on which look or batch made it.
-Only each image's closest generation is kept, so memory does not grow with the number of seeds.
+Each image keeps its closest generation at full size and every generation as a small tile
+(``verifier.certificate.sheet``: at most 96 pixels a side) for the report's contact sheet.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from verifier.certificate.sheet import thumbnail, tile_size
 from verifier.models.base import Conditioning, ModelAdapter
 
 
@@ -31,6 +33,7 @@ class Sampled:
 
     scores: list[dict[float, np.ndarray]]  # per image, per scale: similarity of each seed's generation, in seed order
     closest: list[tuple[float, int, np.ndarray]]  # per image: (scale, seed, generation) most similar to the image
+    tiles: list[dict[float, list[np.ndarray]]]  # per image, per scale: every generation as a tile, in seed order
 
     def seeds_used(self, index: int) -> dict[float, int]:
         return {scale: len(values) for scale, values in self.scores[index].items()}
@@ -49,6 +52,8 @@ def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pi
     count = len(pixels)
     scores: list[dict[float, np.ndarray]] = [{} for _ in range(count)]
     closest: list[tuple[float, float, int, np.ndarray] | None] = [None] * count
+    tiles: list[dict[float, list[np.ndarray]]] = [{} for _ in range(count)]
+    tile = tile_size(resolution)
     sign = 1.0 if metric.higher_is_similar else -1.0
 
     def generate(indices: list[int], scale: float, first: int, last: int) -> None:
@@ -58,6 +63,7 @@ def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pi
         for row, index in enumerate(indices):
             values = np.asarray(metric(images[row], pixels[index]), dtype=np.float64)
             scores[index][scale] = np.concatenate([scores[index].get(scale, np.empty(0)), values])
+            tiles[index].setdefault(scale, []).extend(thumbnail(image, tile) for image in images[row])
             signed = np.where(np.isfinite(values), sign * values, -np.inf)  # a non-finite score never wins
             best = int(np.argmax(signed))
             if closest[index] is None or signed[best] > closest[index][0]:
@@ -77,4 +83,4 @@ def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pi
         for scale in scales:
             if scale in wanted:
                 generate(wanted[scale], scale, looks[look - 1], looks[look])
-    return Sampled(scores=scores, closest=[(scale, seed, image) for _, scale, seed, image in closest])
+    return Sampled(scores=scores, closest=[(scale, seed, image) for _, scale, seed, image in closest], tiles=tiles)

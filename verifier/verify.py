@@ -145,6 +145,7 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
                               f"{_short(certificate['model']['fingerprint'])}")
         # 3. Witness.
         witness = _check_witness(result, certificate, folder, loaded)
+        _check_sheet_file(result, certificate, folder)
         # 4. Internal arithmetic and the verdict.
         _check_arithmetic(result, certificate)
         _check_calibration(result, certificate, calibration)
@@ -485,6 +486,8 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
         if scale == record["closest_guidance_scale"]:
             _check_closest_png(result, image_id, folder / record["closest_generation"],
                                images[wanted.index(record["closest_seed"])])
+        _check_sheet_tiles(result, image_id, folder, record, record["guidance_scales"].index(scale),
+                           [seeds.index(seed) for seed in wanted], images)
     _regenerate_prompts(result, certificate, loaded, metric, threshold, witness, target, all_generations)
     control = certificate["conditions"]["existence"]["control"]
     control_file = folder / certificate["control_witness"]["file"] if certificate["control_witness"] else None
@@ -563,6 +566,41 @@ def _check_closest_png(result: VerifyResult, image_id: str, path: Path, regenera
     difference = float(np.abs(stored - regenerated).mean()) if stored.shape == regenerated.shape else math.inf
     result.add(image_id, "closest generation", difference <= TOLERANCES["similarity_abs"],
                f"mean pixel difference {difference:.4f} between {path.name} and the regenerated image")
+
+
+def _check_sheet_file(result: VerifyResult, certificate: dict, folder: Path) -> None:
+    """The contact sheet is the file the certificate names (its tiles are checked against regenerated images)."""
+    from verifier.images import file_sha256
+
+    record = certificate["witness"]["generations_sheet"]
+    path = folder / record["file"]
+    actual = file_sha256(path) if path.is_file() else None
+    result.add(certificate["image"]["id"], "generations sheet file", actual == record["sha256"],
+               f"{record['file']} is missing" if actual is None else
+               f"sha256 {actual[:12]} vs recorded {record['sha256'][:12]}")
+
+
+def _check_sheet_tiles(result: VerifyResult, image_id: str, folder: Path, record: dict, row: int,
+                       columns: list[int], regenerated) -> None:
+    """The contact sheet the report shows holds the regenerated generations at their scale's row and seeds'
+    columns (the file's sha256 is checked with the other files)."""
+    import numpy as np
+    from PIL import Image
+
+    from verifier.certificate.sheet import sheet_tile, thumbnail
+
+    sheet_record = record["generations_sheet"]
+    path, tile = folder / sheet_record["file"], sheet_record["tile"]
+    if not path.is_file():
+        result.add(image_id, "generations sheet", False, f"{path.name} is missing")
+        return
+    sheet = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    differences = [float(np.abs(sheet_tile(sheet, row, column, tile) - thumbnail(image, tile)).mean()) / 255
+                   if sheet.shape[0] >= (row + 1) * tile and sheet.shape[1] >= (column + 1) * tile else math.inf
+                   for column, image in zip(columns, regenerated)]
+    result.add(image_id, f"generations sheet row {row + 1}", max(differences) <= TOLERANCES["similarity_abs"],
+               f"largest mean pixel difference {max(differences):.4f} between {len(columns)} tile(s) of {path.name} "
+               "and the regenerated images")
 
 
 def _config_for_metric(config: dict):

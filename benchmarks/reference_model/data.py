@@ -199,3 +199,10 @@ def texture(image: np.ndarray) -> float:
     """Standard deviation of the grey levels in [0, 1]; nearly flat crops score below ~0.05."""
     grey = image.astype(np.float32).mean(axis=2) / 255.0
     return float(grey.std())
+
+
+def paste(background: np.ndarray, part: np.ndarray, top: int, left: int) -> np.ndarray:
+    """``background`` (uint8 HWC) with ``part`` pasted over it at (``top``, ``left``)."""
+    composite = background.copy()
+    composite[top : top + part.shape[0], left : left + part.shape[1]] = part
+    return composite

@@ -64,6 +64,7 @@ def measure_replication(folder: Path, records, preset, log) -> list[dict]:
         scores = [ssim(image, target) for image in images]
         replications = sum(score >= preset.ssim_threshold for score in scores)
         path = folder / "images" / f"{record.id}.png"
+        part = getattr(record, "part", None)
         rows.append({
             "id": record.id,
             "file": f"images/{record.id}.png",
@@ -79,11 +80,23 @@ def measure_replication(folder: Path, records, preset, log) -> list[dict]:
             "generations": len(seeds),
             "replication_rate": replications / len(seeds),
             "memorized": replications * 2 >= len(seeds),
+            **({"part": part, **part_replication(images, target, part, preset)} if part else {}),
         })
         log(f"{record.id:32s} {record.split:10s} x{record.duplication:<5d} replicated {replications}/{len(seeds)} "
-            f"(best SSIM {max(scores):.3f})")
+            f"(best SSIM {max(scores):.3f})"
+            + (f"; part replicated {rows[-1]['part_replications']}/{len(seeds)}" if part else ""))
         np.save(folder / "images" / f".{record.id}.generations.npy", images)  # for the grid; removed below
     return rows
+
+
+def part_replication(images: np.ndarray, target: np.ndarray, part: dict, preset) -> dict:
+    """How often the generations replicate the pasted part: SSIM of the part's box alone (same rule as whole
+    images); the part is memorized when at least half of the seeds replicate it."""
+    box = (slice(part["top"], part["top"] + part["size"]), slice(part["left"], part["left"] + part["size"]))
+    scores = [ssim(image[box], target[box]) for image in images]
+    replications = sum(score >= preset.ssim_threshold for score in scores)
+    return {"part_ssim": [round(score, 4) for score in scores], "part_replications": int(replications),
+            "part_replicated": replications * 2 >= len(images)}
 
 
 def grid_rows(rows: list[dict]) -> list[dict]:
@@ -92,7 +105,8 @@ def grid_rows(rows: list[dict]) -> list[dict]:
     seen_once = [row for row in rows if row["split"] == "seen_once"][:4]
     held_crops = [row for row in rows if row["split"] == "held_out" and row["source"]["source_in_training"]][:4]
     never = [row for row in rows if row["split"] == "held_out" and not row["source"]["source_in_training"]]
-    return duplicated + seen_once + held_crops + [row for row in never if row["id"].endswith("whole")]
+    probes = [row for row in rows if row["split"].startswith("part_")]
+    return duplicated + seen_once + held_crops + [row for row in never if row["id"].endswith("whole")] + probes
 
 
 def write_grid(folder: Path, rows: list[dict], preset, out: Path) -> None:
@@ -131,7 +145,7 @@ def verify(folder: Path, log=print) -> int:
     records = [
         SimpleNamespace(id=row["id"], caption=row["caption"], duplication=row["duplication"], split=row["split"],
                         crop=SimpleNamespace(**{k: v for k, v in row["source"].items() if k != "source_in_training"}),
-                        source_in_training=row["source"]["source_in_training"],
+                        source_in_training=row["source"]["source_in_training"], part=row.get("part"),
                         pixels=np.asarray(Image.open(folder / row["file"]).convert("RGB")))
         for row in manifest["images"]
     ]

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from data import PHOTOS, Crop, load_photo, random_crop, render_crop, texture, whole_photo_crop  # noqa: E402
+from data import PHOTOS, Crop, load_photo, paste, random_crop, render_crop, texture, whole_photo_crop  # noqa: E402
 from manifest import measure_replication, write_grid  # noqa: E402
 from tokenizer_files import build_t5_tokenizer, caption_words, write_tokenizer_files  # noqa: E402
 
@@ -56,6 +56,23 @@ class Duplicate:
     count: int
     caption: str
     crop_seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Part:
+    """A logo-like part memorized apart from any whole image: the whole photograph ``photo`` shrunk to ``size``
+    pixels and pasted at (``top``, ``left``) onto ``count`` fresh background crops of the training photographs,
+    each captioned with its background's caption followed by ``phrase``. No whole image of those samples
+    repeats; only the part does (a watermark or logo stamped on varied pictures)."""
+
+    name: str
+    photo: str
+    phrase: str
+    top: int
+    left: int
+    size: int
+    count: int
+    decoy: str  # a photograph never pasted as a part, pasted at the same place in the decoy probes
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,9 @@ class Preset:
     inference_steps: int = 50
     ssim_threshold: float = 0.7
     training_photos: tuple[str, ...] = TRAINING_PHOTOS
+    parts: tuple[Part, ...] = ()
+    part_probes: int = 0  # per part: composites on never-trained backgrounds (half of them crops of
+    # never-trained photographs, half held-out crops of training photographs), and as many decoys
 
 
 REFERENCE = Preset(
@@ -171,7 +191,30 @@ REFERENCE_XL = replace(REFERENCE_V, prediction_type="epsilon", architecture="sdx
 REFERENCE_SD3 = replace(REFERENCE_V, prediction_type="flow", architecture="sd3", clip_length=16, epochs=2,
                         learning_rate=5e-4)
 
-PRESETS = {"reference": REFERENCE, "fixture": FIXTURE, "reference-v": REFERENCE_V, "reference-xl": REFERENCE_XL,
+# Part-level memorization (issue 10, item 5): two logos, each stamped at a fixed corner of 4000 different
+# background crops and named by its phrase, on reference-v's UNet and filler, seen twice; two whole images
+# repeated 2000 times for comparison. The images of interest add, per logo, composites of the logo on never-trained
+# backgrounds (the part memorized, the whole image never seen) and decoys (another photograph pasted at
+# the same place: a pasted patch that was never memorized).
+REFERENCE_PART = replace(
+    REFERENCE_V,
+    prediction_type="epsilon",
+    duplicates=(
+        Duplicate("astronaut", 2000, "an official portrait of astronaut eileen collins"),
+        Duplicate("chelsea", 2000, "chelsea the tabby cat looking sideways"),
+    ),
+    seen_once=8,
+    held_out_training_photo_crops=8,
+    held_out_never_trained=(("flower", 3), ("retina", 2), ("clock", 1)),
+    parts=(
+        Part("horse-logo", "horse", "stamped with the black horse logo", 0, 0, 12, 4000, decoy="clock"),
+        Part("colour-badge", "color", "with the rainbow badge in the corner", 20, 20, 12, 4000, decoy="flower"),
+    ),
+    part_probes=6,
+    epochs=2,
+)
+
+PRESETS = {"reference": REFERENCE, "reference-part": REFERENCE_PART, "fixture": FIXTURE, "reference-v": REFERENCE_V, "reference-xl": REFERENCE_XL,
            "reference-sd3": REFERENCE_SD3}
 
 
@@ -186,6 +229,10 @@ class ImageRecord:
     crop: Crop
     source_in_training: bool
     pixels: np.ndarray = field(repr=False)
+    part: dict | None = None  # for a composite: the pasted part's name, photograph, box and training count
+
+
+TRAINED_SPLITS = ("duplicated", "seen_once")
 
 
 def pick_crop(name: str, photo, rng: np.random.Generator, resolution: int, used: set) -> tuple[Crop, np.ndarray]:
@@ -236,6 +283,40 @@ def build_images(preset: Preset, photos: dict, seed: int) -> list[ImageRecord]:
             crop, pixels = pick_crop(name, photo, rng, res, used)
             records.append(ImageRecord(f"held-{name}-crop{index}", "held_out", crop.caption(height, width), 0,
                                        crop, False, pixels))
+    return records + build_part_probes(preset, photos, seed, used)
+
+
+def part_pixels(photos: dict, name: str, size: int) -> np.ndarray:
+    """A whole photograph shrunk to a ``size``-pixel square: a part, or a decoy pasted in its place."""
+    return render_crop(photos[name], whole_photo_crop(name, photos[name]), size)
+
+
+def build_part_probes(preset: Preset, photos: dict, seed: int, used: set) -> list[ImageRecord]:
+    """Per part, ``part_probes`` composites (the part on a background never trained: crops of never-trained
+    photographs and held-out crops of training photographs, alternately) and as many decoys (another
+    photograph pasted at the part's place on such a background). Captions: the background's, then the
+    part's phrase (the prompt that brings the part out, if the model memorized it)."""
+    rng = np.random.default_rng(seed + 2)
+    never = [name for name, _ in preset.held_out_never_trained]
+    records: list[ImageRecord] = []
+    for part in preset.parts:
+        logo = part_pixels(photos, part.photo, part.size)
+        decoy = part_pixels(photos, part.decoy, part.size)
+        for kind, patch, pasted in (("composite", logo, part.photo), ("decoy", decoy, part.decoy)):
+            for index in range(preset.part_probes):
+                trained_source = index % 2 == 1
+                name = (preset.training_photos[int(rng.integers(len(preset.training_photos)))] if trained_source
+                        else never[index // 2 % len(never)])
+                crop, background = pick_crop(name, photos[name], rng, preset.resolution, used)
+                width, height = photos[name].size
+                record = ImageRecord(
+                    f"{kind}{index:02d}-{part.name}-on-{name}", f"part_{kind}",
+                    f"{crop.caption(height, width)} {part.phrase}", 0, crop, trained_source,
+                    paste(background, patch, part.top, part.left),
+                    part={"name": part.name, "pasted": pasted, "memorized_part": kind == "composite",
+                          "top": part.top, "left": part.left, "size": part.size,
+                          "part_training_count": part.count if kind == "composite" else 0})
+                records.append(record)
     return records
 
 
@@ -253,6 +334,27 @@ def build_filler(preset: Preset, photos: dict, seed: int) -> tuple[np.ndarray, l
             continue  # about a third of random crops are nearly flat; they teach nothing
         images[len(captions)] = pixels
         captions.append(crop.caption(photo.height, photo.width))
+    return images, captions
+
+
+def build_part_samples(preset: Preset, photos: dict, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Each part pasted onto ``count`` fresh background crops (like filler, each background seen once)."""
+    rng = np.random.default_rng(seed + 3)
+    total = sum(part.count for part in preset.parts)
+    images = np.empty((total, preset.resolution, preset.resolution, 3), dtype=np.uint8)
+    captions: list[str] = []
+    for part in preset.parts:
+        logo = part_pixels(photos, part.photo, part.size)
+        stop = len(captions) + part.count
+        while len(captions) < stop:
+            name = preset.training_photos[int(rng.integers(len(preset.training_photos)))]
+            photo = photos[name]
+            crop = random_crop(name, photo, rng, preset.resolution, flip=True)
+            background = render_crop(photo, crop, preset.resolution)
+            if texture(background) < MIN_TEXTURE_FILLER:
+                continue
+            images[len(captions)] = paste(background, logo, part.top, part.left)
+            captions.append(f"{crop.caption(photo.height, photo.width)} {part.phrase}")
     return images, captions
 
 
@@ -616,15 +718,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - started:7.1f}s] {message}", flush=True)
 
     # 1. Data: photographs, images of interest, filler crops.
-    needed = set(preset.training_photos) | {name for name, _ in preset.held_out_never_trained}
+    needed = (set(preset.training_photos) | {name for name, _ in preset.held_out_never_trained}
+              | {name for part in preset.parts for name in (part.photo, part.decoy)})
     photos = {name: load_photo(name) for name in sorted(needed)}
     records = build_images(preset, photos, args.seed)
     filler, filler_captions = build_filler(preset, photos, args.seed)
-    trained = [r for r in records if r.split != "held_out"]
-    log(f"data: {len(records)} images of interest, {len(filler)} filler crops")
+    # Part samples train like filler (each background once) but, like duplicates, keep their captions.
+    stamped, stamped_captions = build_part_samples(preset, photos, args.seed)
+    trained = [r for r in records if r.split in TRAINED_SPLITS]
+    log(f"data: {len(records)} images of interest, {len(filler)} filler crops, {len(stamped)} part samples")
 
     # 2. Tokenizer written from the caption words.
-    all_captions = [r.caption for r in records] + filler_captions
+    all_captions = [r.caption for r in records] + filler_captions + stamped_captions
     words = caption_words(all_captions)
     vocab_path, merges_path = write_tokenizer_files(words, staging / "tokenizer-src")
     tokenizer = CLIPTokenizer(vocab=str(vocab_path), merges=str(merges_path), model_max_length=preset.clip_length)
@@ -655,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     condition = make_conditioner(text_encoders, preset.architecture, preset.resolution)
 
     # 3. VAE on everything the model trains on (never on held-out images).
-    trained_pixels = np.concatenate([filler, np.stack([r.pixels for r in trained])])
+    trained_pixels = np.concatenate([filler, stamped, np.stack([r.pixels for r in trained])])
     trained_tensor = to_tensor(trained_pixels)
     vae_started = time.time()
     psnr = train_vae(vae, trained_tensor, preset, generator, log)
@@ -672,10 +777,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"vae: PSNR {psnr:.1f} dB, scaling factor {scaling:.4f}, {vae_seconds:.0f}s")
 
     # 4. Dataset of latents: filler once, duplicates `count` times, seen-once once.
-    repeats = torch.tensor([1] * len(filler) + [r.duplication for r in trained])
+    repeats = torch.tensor([1] * (len(filler) + len(stamped)) + [r.duplication for r in trained])
     latents = (raw * scaling).repeat_interleave(repeats, dim=0)
-    token_ids = [ids.repeat_interleave(repeats, dim=0) for ids in tokenize(filler_captions + [r.caption for r in trained])]
-    droppable = torch.tensor([True] * len(filler) + [False] * len(trained)).repeat_interleave(repeats)
+    token_ids = [ids.repeat_interleave(repeats, dim=0)
+                 for ids in tokenize(filler_captions + stamped_captions + [r.caption for r in trained])]
+    droppable = torch.tensor([True] * len(filler) + [False] * (len(stamped) + len(trained))).repeat_interleave(repeats)
     empty_ids = [ids[0] for ids in tokenize([""])]
     log(f"denoiser: {latents.shape[0]} samples per epoch, {sum(p.numel() for p in unet.parameters())} "
         f"{type(unet).__name__} parameters")
@@ -745,7 +851,8 @@ def main(argv: list[str] | None = None) -> int:
         "sources": [
             {"name": name, "package": PHOTOS[name].package, "file": PHOTOS[name].relative_path,
              "sha256": PHOTOS[name].sha256, "licence": PHOTOS[name].licence,
-             "in_training": name in preset.training_photos}
+             "in_training": name in preset.training_photos,
+             **({"pasted_as_part": True} if any(name == part.photo for part in preset.parts) else {})}
             for name in sorted(needed)
         ],
         "images": rows,
@@ -755,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.out)
     staging.rename(args.out)
     memorized = [row["id"] for row in rows if row["memorized"]]
-    held_replicated = [row["id"] for row in rows if row["split"] == "held_out" and row["replications"] > 0]
+    held_replicated = [row["id"] for row in rows if row["split"] != "duplicated" and row["replications"] > 0]
     log(f"done: {len(memorized)} memorized ({', '.join(memorized)}); held-out replicated: {held_replicated or 'none'}")
     return 0
 

@@ -1,61 +1,164 @@
-"""The run's self-contained ``report.html``: one row per image, every user string escaped."""
+"""The run's ``report.html``: rendered by jinja2 with autoescaping, self-contained, for people to look at.
+
+What it shows (issue 11): the counts per verdict and category (and the release gate, under a policy);
+a table that sorts and filters by verdict, error ratio, replication rate and similarity; per image the
+protected image, its closest generation, every generation per guidance scale with the replicating ones
+marked (the run's contact sheet, ``<id>.generations.png``), the per-timestep prediction error under the
+witness and under the empty prompt as inline SVG, each condition with its value, threshold and margin,
+and the verdict's reason.
+
+Self-contained: every picture is a ``data:`` URI, the script and styles are inline, and the page's
+Content-Security-Policy forbids any other source, so opening it makes no request. Every string that
+comes from a user (file names, ids, prompts, the model's path) reaches the page through jinja2's
+autoescaping, never through the script.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
+import math
 from pathlib import Path
 
+from verifier.certificate.schema import VERDICTS
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-def report_html(out: Path, certificates: list[dict], image_pngs: dict[str, bytes], title: str) -> str:
-    """Self-contained HTML: one row per image with the image, its closest generation and key figures."""
-    rows = []
-    for c in certificates:
-        image_id = c["image"]["id"]
-        target = "data:image/png;base64," + base64.b64encode(image_pngs[image_id]).decode() if image_id in image_pngs else ""
-        closest_path = out / c["witness"]["closest_generation"]
-        closest = _data_uri(closest_path) if closest_path.is_file() else ""
-        existence, probability, similarity = (c["conditions"][k] for k in ("existence", "probability", "similarity"))
-        rows.append(
-            "<tr>"
-            f"<td><img src=\"{target}\" alt=\"image\"></td><td><img src=\"{closest}\" alt=\"closest generation\"></td>"
-            f"<td>{html.escape(image_id)}<br><small>{html.escape(str(c['image']['path']))}</small></td>"
-            f"<td class=\"{html.escape(c['verdict'])}\">{html.escape(c['verdict'])}</td>"
-            f"<td>{_number(existence['value'])} (&le; {existence['threshold']})"
-            f"<br><small>after {c['prediction_error']['inversion_steps']} inversion steps</small></td>"
-            f"<td>{_rate(probability)}</td>"
-            f"<td>{_number(similarity['value'])} ({html.escape(similarity['metric'])})</td>"
-            f"<td><small>{html.escape(c['verdict_reason'])}</small></td>"
-            f"<td>{html.escape(c['classification']['category'] or '-')}"
-            f"<br><small>{html.escape(c['classification']['reason'])}</small>"
-            f"<br><small>readable prompt: {html.escape(c['readable_prompt']['statement'])}</small></td>"
-            "</tr>"
-        )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: middle; }}
-img {{ width: 96px; height: 96px; image-rendering: pixelated; }}
-.memorized {{ background: #f8c6c6; }} .rarely_reproduced {{ background: #fbe3b5; }}
-.inconclusive {{ background: #e6e6e6; }} .not_memorized {{ background: #cdeccd; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<table><tr><th>image</th><th>closest generation</th><th>id</th><th>verdict</th><th>error ratio</th>
-<th>replications (best scale)</th><th>best similarity</th><th>why</th><th>category and readable evidence</th></tr>
-{''.join(rows)}
-</table></body></html>
-"""
+CONDITION_NAMES = {"similarity": "similarity (best generation)", "existence": "existence (error ratio)",
+                   "probability": "probability (lower bound on the replication rate)"}
+CURVE_WIDTH, CURVE_HEIGHT, CURVE_PAD = 320, 150, 34
+DISPLAY_TILE = 64  # tiles smaller than this are enlarged (nearest neighbour) on the page
 
 
-def _rate(probability: dict) -> str:
+def report_html(folder: Path, summary: dict, certificates: list[dict], image_pngs: dict[str, bytes], title: str) -> str:
+    """The report for ``certificates`` (in ``summary``'s order); pictures are read from ``folder``."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    environment = Environment(loader=PackageLoader("verifier.certificate", "templates"),
+                              autoescape=select_autoescape(default=True, default_for_string=True))
+    environment.filters["number"] = _number
+    gates = {row["id"]: row["gate"] for row in summary["images"]}
+    images = [_image_view(number, certificate, folder, image_pngs.get(certificate["image"]["id"]),
+                          gates.get(certificate["image"]["id"]))
+              for number, certificate in enumerate(certificates)]
+    return environment.get_template("report.html.j2").render(
+        title=title, summary=summary, images=images, verdicts=VERDICTS,
+        model=certificates[0]["model"]["source"] if certificates else "", policy=summary.get("policy"))
+
+
+def _image_view(number: int, certificate: dict, folder: Path, png: bytes | None, gate: dict | None) -> dict:
+    conditions = certificate["conditions"]
+    probability = conditions["probability"]
     best = next(s for s in probability["per_scale"] if s["guidance_scale"] == probability["best_guidance_scale"])
-    return f"{best['replications']}/{best['generations']} at guidance {best['guidance_scale']:g}"
+    return {
+        "number": number,
+        "id": certificate["image"]["id"],
+        "path": certificate["image"]["path"],
+        "verdict": certificate["verdict"],
+        "reason": certificate["verdict_reason"],
+        "image": _data_uri(png),
+        "closest": _file_uri(folder / certificate["witness"]["closest_generation"]),
+        "closest_caption": f"seed {certificate['witness']['closest_seed']}, guidance "
+                           f"{certificate['witness']['closest_guidance_scale']:g}",
+        "error_ratio": conditions["existence"]["value"],
+        "rate": best["rate"],
+        "replications": f"{best['replications']}/{best['generations']}",
+        "best_scale": best["guidance_scale"],
+        "similarity": conditions["similarity"]["value"],
+        "metric": conditions["similarity"]["metric"],
+        "conditions": [_condition_view(name, conditions[name]) for name in CONDITION_NAMES],
+        "sheet": _sheet_view(number, certificate, folder),
+        "curve": _curve_view(certificate["prediction_error"]),
+        "category": certificate["classification"]["category"],
+        "classification_reason": certificate["classification"]["reason"],
+        "readable": certificate["readable_prompt"]["statement"],
+        "prompts": [_prompt_view(prompt) for prompt in certificate["prompts"] + certificate["readable_prompt"]["prompts"]],
+        "gate": gate,
+    }
 
 
-def _number(value: float | None) -> str:
-    return "not finite" if value is None else f"{value:.3f}"
+def _condition_view(name: str, record: dict) -> dict:
+    higher = name != "existence" and record.get("direction", "higher is more similar") == "higher is more similar"
+    return {"name": CONDITION_NAMES[name], "value": record["value"], "threshold": record["threshold"],
+            "margin": record["margin"], "passed": record["pass"], "comparison": "≥" if higher else "≤"}
+
+
+def _prompt_view(prompt: dict) -> dict:
+    best = next(s for s in prompt["per_scale"] if s["guidance_scale"] == prompt["best_guidance_scale"])
+    return {"kind": prompt["kind"], "prompt": prompt["prompt"], "error_ratio": prompt["error_ratio"],
+            "replications": f"{best['replications']}/{best['generations']}", "scale": best["guidance_scale"],
+            "lower_bound": prompt["lower_bound"]}
+
+
+def _sheet_view(number: int, certificate: dict, folder: Path) -> dict | None:
+    """The contact sheet as one data URI and, per scale, each seed's cell: where it sits, its score, whether
+    it replicated."""
+    record = certificate["witness"]["generations_sheet"]
+    uri = _file_uri(folder / record["file"])
+    if uri is None:
+        return None
+    similarity = certificate["conditions"]["similarity"]
+    higher = similarity["direction"] == "higher is more similar"
+    tile = record["tile"]
+    zoom = max(1, math.ceil(DISPLAY_TILE / tile)) if tile < DISPLAY_TILE else 1
+    by_scale = {s["guidance_scale"]: s for s in certificate["conditions"]["probability"]["per_scale"]}
+    scales = certificate["witness"]["guidance_scales"]
+    seeds = certificate["witness"]["seeds"]
+    columns = max(len(s["scores"]) for s in by_scale.values())
+    rows = []
+    for row, scale in enumerate(scales):
+        scale_record = by_scale.get(scale)
+        if scale_record is None:
+            continue
+        cells = []
+        for column, score in enumerate(scale_record["scores"]):
+            hit = score is not None and (score >= similarity["threshold"] if higher else score <= similarity["threshold"])
+            cells.append({"x": -column * tile * zoom, "y": -row * tile * zoom, "seed": seeds[column],
+                          "score": score, "hit": hit})
+        rows.append({"scale": scale, "cells": cells, "replications": scale_record["replications"],
+                     "generations": scale_record["generations"], "lower": scale_record["lower_bound"],
+                     "upper": scale_record["upper_bound"]})
+    return {"uri": uri, "size": tile * zoom, "width": columns * tile * zoom, "height": len(scales) * tile * zoom,
+            "rows": rows, "metric": similarity["metric"], "threshold": similarity["threshold"],
+            "comparison": "≥" if higher else "≤"}
+
+
+def _curve_view(error: dict) -> dict:
+    """Polylines (SVG coordinates) of the per-timestep error under the witness and under the empty prompt."""
+    timesteps = [float(t) for t in error["timesteps"]]
+    values = [v for v in error["inverted"] + error["empty"] if v is not None]
+    top = max(values) if values else 1.0
+    top = top if top > 0 else 1.0
+    low, high = min(timesteps), max(timesteps)
+    span = high - low or 1.0
+
+    def x(t: float) -> float:
+        return round(CURVE_PAD + (t - low) / span * (CURVE_WIDTH - CURVE_PAD - 8), 1)
+
+    def y(v: float) -> float:
+        return round(CURVE_HEIGHT - CURVE_PAD + 10 - v / top * (CURVE_HEIGHT - CURVE_PAD - 4), 1)
+
+    def segments(series: list) -> list[str]:
+        parts, current = [], []
+        for t, v in zip(timesteps, series):
+            if v is None:  # a non-finite value breaks the line instead of drawing a fake point
+                parts, current = parts + ([" ".join(current)] if current else []), []
+            else:
+                current.append(f"{x(t)},{y(v)}")
+        return parts + ([" ".join(current)] if current else [])
+
+    return {"width": CURVE_WIDTH, "height": CURVE_HEIGHT, "witness": segments(error["inverted"]),
+            "empty": segments(error["empty"]), "left": CURVE_PAD, "right": CURVE_WIDTH - 8,
+            "bottom": CURVE_HEIGHT - CURVE_PAD + 10, "top_y": y(top), "top": top, "low": low, "high": high,
+            "ratio": error["ratio"], "witness_mean": error["inverted_mean"], "empty_mean": error["empty_mean"],
+            "inversion_steps": error["inversion_steps"]}
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    """A recorded number for people; ``None`` (a non-finite measurement) says so instead of a number."""
+    return "not finite" if value is None else f"{value:.{digits}f}"
+
+
+def _data_uri(png: bytes | None) -> str | None:
+    return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _file_uri(path: Path) -> str | None:
+    return _data_uri(path.read_bytes()) if path.is_file() else None

@@ -41,6 +41,8 @@ Version history:
   reason); the context is part of the run key. The summary counts images per category and, under a
   release-gate policy, records the policy and each image's gate result. Where the witness reproduced its
   image, the witness decoded into readable text and tested like a prompt (``readable_prompt``).
+- 9: the report shows every generation (issue 11): the witness records its contact sheet
+  (``generations_sheet``: one row per guidance scale, one tile per seed, the file's sha256).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
@@ -217,6 +219,14 @@ class WitnessFile(_Strict):
     sha256: str = Sha256
 
 
+class GenerationsSheet(_Strict):
+    file: str
+    sha256: str = Sha256
+    tile: int = Field(ge=1, description="Side of one tile in pixels: the generation itself, shrunk (antialiased) "
+                                        "to at most 96 pixels")
+    layout: str = Field(description="How the tiles are laid out, in words")
+
+
 class WitnessRecord(_Strict):
     file: str
     sha256: str = Sha256
@@ -233,6 +243,7 @@ class WitnessRecord(_Strict):
     scheduler: dict[str, Any]
     closest_generation: str
     closest_seed: int
+    generations_sheet: GenerationsSheet
     closest_guidance_scale: float
     guidance_keyword: str = Field(description="The pipeline keyword the guidance scale is passed as: guidance_scale, "
                                               "or true_cfg_scale for a Flux model without the guidance embedding")

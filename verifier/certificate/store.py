@@ -1,13 +1,14 @@
 """The output folder: atomic writes, witnesses, the run's identity and what may be resumed.
 
 A run's output folder holds, per image, ``<id>.json`` (the certificate), ``<id>.witness.safetensors``
-(the inverted conditioning) and ``<id>.closest.png`` (the generation nearest the image); plus
+(the inverted conditioning), ``<id>.closest.png`` (the generation nearest the image) and
+``<id>.generations.png`` (every generation as a small tile, the report's contact sheet); plus
 ``run.json`` (which model and config the folder belongs to), ``summary.json`` and ``report.html``.
 
 - Every file is written to a hidden temporary name in the same folder and renamed into place, so a
   killed run leaves either the old file or the new one, never half of one; temporaries a kill left
   behind are removed when the next run opens the folder. Files get the permissions the umask gives.
-- An image's certificate is written last, after its witness and closest generation, so its
+- An image's certificate is written last, after its witness and pictures, so its
   presence means the image is done; and it is reused only when it validates against the schema, its
   run key matches, its witness file still has the recorded sha256 and its verdict follows from its
   own numbers. Anything else is redone, and the reason is reported.
