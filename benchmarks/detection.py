@@ -1,6 +1,6 @@
 """Detection benchmark on the shipped reference models: confusion tables, AUCs, cost per verdict.
 
-    python benchmarks/detection.py [--model NAME ...] [--out DIR] [--config FILE] [--runs 1]
+    python benchmarks/detection.py [--model NAME ...] [--out DIR] [--config FILE] [--runs 1] [--plot PNG]
 
 Certifies every image of each model's manifest (default: every shipped reference model) with
 verifier's defaults (or --config), then prints per model:
@@ -13,7 +13,9 @@ verifier's defaults (or --config), then prints per model:
   sampling and the never-seen twin control included, averaged over the images) and wall time per
   image, on this machine;
 
-and one line per model at the end (the README's per-family table).
+and one line per model at the end (the README's per-family table). With ``--plot PNG`` it also draws,
+per model, the error ratio and the replication rate of every image grouped by ground truth, with the
+thresholds the verdicts used (matplotlib; ``pip install -e ".[plot]"``).
 
 Each run certifies into a fresh folder (no resume), so wall times are real; with --runs > 1 the
 spread across runs is printed.
@@ -46,6 +48,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="keep the certificates of each model's last run here")
     parser.add_argument("--config", default=None, help="TOML/JSON config (default: verifier's defaults)")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--plot", type=Path, default=None, help="also draw the score distributions into this PNG")
     args = parser.parse_args()
 
     from verifier.config import build_config
@@ -57,6 +60,9 @@ def main() -> int:
     for result in results:
         print_model(result, config)
     print_summary(results)
+    if args.plot is not None:
+        plot_distributions(results, args.plot)
+        print(f"\nwrote {args.plot}")
     return 0
 
 
@@ -178,6 +184,54 @@ def print_summary(results: list[dict]) -> None:
               f"{memorized['memorized']:>10d}/{sum(memorized.values()):<10d} "
               f"{never['not_memorized']:>10d}/{sum(never.values()):<10d} {aucs[0]:>10.3f} {aucs[1]:>9.3f} "
               f"{_evaluations_per_verdict(result['certificates']):>14.0f} {per_image:>8.2f}")
+
+
+GROUP_COLOURS = {"memorized": "#c62828", "trained, not memorized": "#ef8f00", "never trained": "#2e7d32"}
+
+
+def plot_distributions(results: list[dict], path: Path) -> dict[str, dict[str, int]]:
+    """One row per model: the error ratio (left) and the best scale's replication rate (right) of every image,
+    one strip per ground-truth group, with the existence threshold and the probability condition's minimum
+    rate as dashed lines. Returns the points drawn per model and group (non-finite ratios are not drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figure, axes = plt.subplots(len(results), 2, figsize=(10, 2.6 * len(results)), squeeze=False)
+    jitter = np.random.default_rng(0)
+    drawn: dict[str, dict[str, int]] = {}
+    for (ratio_axis, rate_axis), result in zip(axes, results):
+        certificates, truth = result["certificates"], result["truth"]
+        conditions = certificates[0]["conditions"]
+        drawn[result["name"]] = {}
+        for position, group in enumerate(reversed(ROWS)):
+            chosen = [c for c in certificates if truth[c["image"]["id"]] == group]
+            ratios = [c["conditions"]["existence"]["value"] for c in chosen]
+            ratios = [r for r in ratios if r is not None]
+            rates = [c["conditions"]["probability"]["rate"] for c in chosen]
+            drawn[result["name"]][group] = len(ratios)
+            for axis, values in ((ratio_axis, ratios), (rate_axis, rates)):
+                axis.scatter(values, position + jitter.uniform(-0.18, 0.18, len(values)), s=18, alpha=0.75,
+                             color=GROUP_COLOURS[group], label=f"{group} ({len(chosen)})")
+        labels = [f"{group}" for group in reversed(ROWS)]
+        for axis in (ratio_axis, rate_axis):
+            axis.set_yticks(range(len(ROWS)), labels)
+            axis.set_ylim(-0.6, len(ROWS) - 0.4)
+            axis.grid(axis="x", alpha=0.3)
+        ratio_axis.axvline(conditions["existence"]["threshold"], color="black", linestyle="--", linewidth=1)
+        ratio_axis.set_xlabel("error ratio (witness / empty prompt; memorized below the dashed line)")
+        rate_axis.axvline(conditions["probability"]["threshold"], color="black", linestyle="--", linewidth=1)
+        rate_axis.set_xlim(-0.03, 1.03)
+        rate_axis.set_xlabel("replication rate at the best guidance scale (minimum rate dashed)")
+        ratio_axis.set_title(f"{result['name']}: error ratio", fontsize=10, loc="left")
+        rate_axis.set_title(f"{result['name']}: replication rate", fontsize=10, loc="left")
+        rate_axis.tick_params(labelleft=False)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return drawn
 
 
 if __name__ == "__main__":
