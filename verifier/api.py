@@ -11,9 +11,10 @@ The recipe, top to bottom (method.md section 3): ``certify`` = ``open_run`` (ste
    witness over the yardstick, checked every few steps) levels off; the last check is the witness's;
 5. check the three conditions on generations from the witness (5b: where the witness replicates the
    image but the error ratio stays high, a never-seen twin control tells specific from generic; 5c:
-   decide; 5d: test the owner's prompts and, where the witness reproduced the image, its decoding
-   into readable text, like the witness);
-6. certify: write the witness, the closest generation and then the certificate;
+   decide; 5d: where the whole image was not reproduced, look for a replicated part and check it
+   against the twin; 5e: test the owner's prompts and, where the witness reproduced the image, its
+   decoding into readable text, like the witness);
+6. certify: write the witness, the closest generation, the contact sheet and then the certificate;
 7. write the run's summary and report.
 
 Images are processed in batches of ``config.batch_size``; each image has its own variables and
@@ -58,6 +59,7 @@ from verifier.progress import RunProgress
 from verifier.prompts import prompt_tests
 from verifier.readable import METHOD as READABLE_METHOD, decoded_prompts
 from verifier.readable import statement as readable_statement
+from verifier.regions import WindowSSIM, best_window, is_candidate, part_record
 from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
 from verifier.sampling import sample, seed_sequence
 from verifier.similarity import replicated
@@ -195,6 +197,7 @@ class Run:
     empty: Conditioning
     space: object
     todo: list[ProtectedImage]
+    window_metric: WindowSSIM  # the part-level windows of stage 5d
 
     def resume(self, say: Callable[[str], None]) -> dict[str, dict]:
         """Certificates in ``out`` that may be reused; what is left goes to ``todo``."""
@@ -288,7 +291,7 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
                protected=protected, keys=keys, record=record, signer=signer,
                empty=empty,
                space=INVERSION_SPACES.get(config.inversion_space)(loaded, config.inversion_tokens),
-               todo=list(protected))
+               todo=list(protected), window_metric=WindowSSIM(resolution))
 
 
 def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | None = None) -> list[dict]:
@@ -331,7 +334,7 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
     tracker.stage("generate", len(batch) * len(config.guidance_scales) * looks[0], "generation")
     sampled = sample(model, inversion.conditioning, empty, pixels, metric, seeds=seeds, looks=looks,
                      scales=config.guidance_scales, steps=config.sampling_steps, resolution=resolution, extend=extend,
-                     on_generated=tracker.advance)
+                     window_metric=run.window_metric, on_generated=tracker.advance)
     scores = sampled.scores
     clock["generate_s"] = time.time() - tick
     # 5b. Where a witness replicates its image but the error ratio stayed high, run the control.
@@ -344,7 +347,16 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
               for index in range(len(batch))]
     decisions = [_decide(run, ratios[index], scores[index], losses[index], controls.get(index), looks)
                  for index in range(len(batch))]
-    # 5d. The owner's prompts (where the manifest lists some) and, where the witness reproduced its image,
+    # 5d. Where the whole image was not reproduced, a part of it may be: the best window against the twin's.
+    tick = time.time()
+    part_controls = _part_controls(run, batch, pixels, sampled.window_scores, decisions, seeds[:looks[0]])
+    parts = [part_record(decisions[index].verdict, sampled.window_scores[index], run.window_metric, looks[0],
+                         config.confidence, None if index not in part_controls else
+                         {"guidance_scale": part_controls[index].guidance_scale,
+                          "scores": part_controls[index].scores})
+             for index in range(len(batch))]
+    clock["parts_s"] = time.time() - tick
+    # 5e. The owner's prompts (where the manifest lists some) and, where the witness reproduced its image,
     #     the witness decoded into readable text: each tested like the witness (one look).
     tick = time.time()
     owner_prompts = [image.context.prompts() if image.context else [] for image in batch]
@@ -393,6 +405,9 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
             spent=denoiser_evaluations(config, used, inversion.steps[index], len(inversion.checks[index])),
             control_cost=None if control is None else denoiser_evaluations(
                 config, {control.guidance_scale: looks[0]}, control.inversion_steps, control.checks),
+            part=parts[index], part_control_cost=None if index not in part_controls else denoiser_evaluations(
+                config, {part_controls[index].guidance_scale: looks[0]}, part_controls[index].inversion_steps,
+                part_controls[index].checks),
             prompts=prompts, prompt_cost=prompt_evaluations(config, len(tested[index])),
             readable={"method": READABLE_METHOD, "prompts": decoded,
                       "statement": readable_statement(decision.verdict, config.inversion_space, decoded,
@@ -460,6 +475,21 @@ def _controls(model: ModelAdapter, space, metric, thresholds: Thresholds, batch,
     return {index: run for (index, _), run in zip(wanted, runs)}
 
 
+def _part_controls(run: Run, batch, pixels, window_scores, decisions, seeds) -> dict[int, "ControlRun"]:
+    """The never-seen twin, sampled at the candidate's scale, for each image whose best window is a candidate."""
+    wanted = []
+    for index in range(len(batch)):
+        best = best_window(window_scores[index], run.window_metric, len(seeds))
+        if is_candidate(decisions[index].verdict, best, run.config.confidence):
+            wanted.append((index, best["guidance_scale"]))
+    if not wanted:
+        return {}
+    runs = run_controls(run.loaded, run.space, run.window_metric,
+                        [(pixels[i], batch[i].sha256, scale) for i, scale in wanted], empty=run.empty, seeds=seeds,
+                        config=run.config, resolution=run.record.resolution)
+    return {index: control for (index, _), control in zip(wanted, runs)}
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """What every certificate of a run shares."""
@@ -506,7 +536,7 @@ def _context(image: ProtectedImage) -> dict | None:
 
 def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: str, seeds: list[int],
                  best_scale: float, best_seed: int, timings: dict, key: str, error: dict,
-                 control_witness: dict | None, sheet: dict, spent: dict, control_cost: dict | None, prompts: list[dict], prompt_cost: int, readable: dict) -> dict:
+                 control_witness: dict | None, sheet: dict, part: dict, part_control_cost: dict | None, spent: dict, control_cost: dict | None, prompts: list[dict], prompt_cost: int, readable: dict) -> dict:
     """One image's certificate, validated against the schema."""
     context = _context(image)
     return validated("certificate", {
@@ -541,12 +571,14 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
             "guidance_keyword": run.guidance_keyword,
         },
         "control_witness": control_witness,
+        "part_replication": part,
         "context": context,
         "prompts": prompts,
         "classification": classify(decision.verdict, context, prompts),
         "readable_prompt": readable,
         "calibration": run.calibration,
         "budget": run.budget | {"denoiser_evaluations_spent": spent, "control_denoiser_evaluations": control_cost,
+                                "part_control_denoiser_evaluations": part_control_cost,
                                 "prompt_denoiser_evaluations": prompt_cost},
         "config": run.config,
         "environment": run.environment,

@@ -1,4 +1,4 @@
-"""Stage 5c: the owner's prompts, tested for replication with the witness's machinery (issue 10).
+"""Stage 5e: the owner's prompts, tested for replication with the witness's machinery (issue 10).
 
 Each prompt an owner lists for an image (``verifier.context``) is encoded as the stock pipeline
 encodes it, then:

@@ -1,4 +1,4 @@
-"""Stage 5d: readable evidence: the witness decoded into text a person can type, tested like any prompt.
+"""Stage 5e: readable evidence: the witness decoded into text a person can type, tested like any prompt.
 
 A witness is an embedding file; an owner showing a person that the model reproduces their image is
 better served by a sentence. For each image the witness reproduced (``memorized`` or

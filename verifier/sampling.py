@@ -34,6 +34,7 @@ class Sampled:
     scores: list[dict[float, np.ndarray]]  # per image, per scale: similarity of each seed's generation, in seed order
     closest: list[tuple[float, int, np.ndarray]]  # per image: (scale, seed, generation) most similar to the image
     tiles: list[dict[float, list[np.ndarray]]]  # per image, per scale: every generation as a tile, in seed order
+    window_scores: list[dict[float, np.ndarray]]  # per image, per scale: (seeds, windows) scores (verifier.regions)
 
     def seeds_used(self, index: int) -> dict[float, int]:
         return {scale: len(values) for scale, values in self.scores[index].items()}
@@ -42,8 +43,9 @@ class Sampled:
 def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pixels: list[np.ndarray], metric, *,
            seeds: list[int], looks: list[int], scales: tuple[float, ...], steps: int, resolution: int,
            extend: Callable[[int, dict[float, np.ndarray], int], tuple[float, ...]],
-           on_generated: Callable[[int], None] | None = None) -> Sampled:
+           window_metric=None, on_generated: Callable[[int], None] | None = None) -> Sampled:
     """Generate and score, look by look; ``extend(image index, its scores so far, look)`` picks the scales to extend.
+    ``window_metric`` (``verifier.regions.WindowSSIM``) also scores each generation's windows.
     ``on_generated(count)`` is told how many generations each call made (progress).
 
     The closest generation is the most similar one; ties go to the earlier look, then to the order of
@@ -53,6 +55,7 @@ def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pi
     scores: list[dict[float, np.ndarray]] = [{} for _ in range(count)]
     closest: list[tuple[float, float, int, np.ndarray] | None] = [None] * count
     tiles: list[dict[float, list[np.ndarray]]] = [{} for _ in range(count)]
+    window_scores: list[dict[float, np.ndarray]] = [{} for _ in range(count)]
     tile = tile_size(resolution)
     sign = 1.0 if metric.higher_is_similar else -1.0
 
@@ -64,6 +67,10 @@ def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pi
             values = np.asarray(metric(images[row], pixels[index]), dtype=np.float64)
             scores[index][scale] = np.concatenate([scores[index].get(scale, np.empty(0)), values])
             tiles[index].setdefault(scale, []).extend(thumbnail(image, tile) for image in images[row])
+            if window_metric is not None:
+                windows = window_metric(images[row], pixels[index])
+                before = window_scores[index].get(scale)
+                window_scores[index][scale] = windows if before is None else np.concatenate([before, windows])
             signed = np.where(np.isfinite(values), sign * values, -np.inf)  # a non-finite score never wins
             best = int(np.argmax(signed))
             if closest[index] is None or signed[best] > closest[index][0]:
@@ -83,4 +90,5 @@ def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pi
         for scale in scales:
             if scale in wanted:
                 generate(wanted[scale], scale, looks[look - 1], looks[look])
-    return Sampled(scores=scores, closest=[(scale, seed, image) for _, scale, seed, image in closest], tiles=tiles)
+    return Sampled(scores=scores, closest=[(scale, seed, image) for _, scale, seed, image in closest], tiles=tiles,
+                   window_scores=window_scores)

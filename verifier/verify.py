@@ -151,6 +151,7 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
         _check_calibration(result, certificate, calibration)
         _check_verdict(result, certificate)
         _check_prompts_and_category(result, certificate)
+        _check_part(result, certificate)
         # 5-6. Regenerate and re-measure (only meaningful on the same model, image and witness).
         if witness is None or image_path is None or not model_ok:
             result.add(image_id, "re-measurement", False, "skipped: it needs the recorded model, image and witness")
@@ -479,10 +480,14 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
         wanted = [seed for seed, hit in zip(seeds, hits) if hit or all_generations]
         if scale == record["closest_guidance_scale"] and record["closest_seed"] not in wanted:
             wanted.append(record["closest_seed"])
+        part_seeds = _part_seeds(certificate, scale, seeds)
+        wanted += [seed for seed in part_seeds if seed not in wanted]
         if not wanted:
             continue
         images = _regenerate(result, image_id, f"generations at guidance {scale:g}", loaded, metric, threshold,
                              witness, target, scale, wanted, seeds, recorded, record)
+        if part_seeds:
+            _check_part_windows(result, certificate, scale, target, seeds, wanted, images)
         if scale == record["closest_guidance_scale"]:
             _check_closest_png(result, image_id, folder / record["closest_generation"],
                                images[wanted.index(record["closest_seed"])])
@@ -502,6 +507,35 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
             seeds[int(np.nanargmax(recorded) if metric.higher_is_similar else np.nanargmin(recorded))]]
         _regenerate(result, image_id, "control generations", loaded, metric, threshold, tensors,
                     never_seen_twin(target), control["guidance_scale"], wanted, seeds, recorded, record)
+
+
+def _part_seeds(certificate: dict, scale: float, seeds: list[int]) -> list[int]:
+    """The seeds whose generations replicated the best window at ``scale``, where a part was found."""
+    part = certificate["part_replication"]
+    if not part["found"] or part["best"]["guidance_scale"] != scale:
+        return []
+    rows = next(s["scores"] for s in part["per_scale"] if s["guidance_scale"] == scale)
+    window = part["best"]["window"]
+    return [seed for seed, row in zip(seeds, rows[:part["seeds_compared"]])
+            if row[window] is not None and row[window] >= part["threshold"]]
+
+
+def _check_part_windows(result: VerifyResult, certificate: dict, scale: float, target, seeds: list[int],
+                        wanted: list[int], images) -> None:
+    """The regenerated images' window scores match the recorded ones (the part finding's replications)."""
+    from verifier.regions import WindowSSIM
+
+    part = certificate["part_replication"]
+    rows = next(s["scores"] for s in part["per_scale"] if s["guidance_scale"] == scale)
+    regenerated = WindowSSIM(certificate["image"]["preprocessing"]["resolution"])(images, target)
+    largest = 0.0
+    for seed, row in zip(wanted, regenerated):
+        recorded = rows[seeds.index(seed)]
+        largest = max([largest] + [abs(float(a) - float(b)) for a, b in zip(row, recorded) if b is not None])
+    result.add(certificate["image"]["id"], f"part windows at guidance {scale:g}",
+               largest <= TOLERANCES["similarity_abs"],
+               f"{len(wanted)} regenerated generation(s): largest window-score difference {largest:.2g} "
+               f"(tolerance {TOLERANCES['similarity_abs']:g})")
 
 
 def _regenerate_prompts(result: VerifyResult, certificate: dict, loaded, metric, threshold: float, witness: dict,
@@ -566,6 +600,37 @@ def _check_closest_png(result: VerifyResult, image_id: str, path: Path, regenera
     difference = float(np.abs(stored - regenerated).mean()) if stored.shape == regenerated.shape else math.inf
     result.add(image_id, "closest generation", difference <= TOLERANCES["similarity_abs"],
                f"mean pixel difference {difference:.4f} between {path.name} and the regenerated image")
+
+
+def _check_part(result: VerifyResult, certificate: dict) -> None:
+    """The part finding follows from the recorded window scores (and the twin's): the windows are the resolution's,
+    the best window, the candidacy, the Fisher test and the finding are recomputed and must agree."""
+    import numpy as np
+
+    from verifier.regions import WindowSSIM, part_record
+
+    part = certificate["part_replication"]
+    metric = WindowSSIM(certificate["image"]["preprocessing"]["resolution"])
+    if [list(window) for window in metric.windows] != part["windows"] or metric.threshold != part["threshold"]:
+        result.add(certificate["image"]["id"], "part replication", False,
+                   "the recorded windows or threshold are not the ones verifier uses at this resolution")
+        return
+    scores = {s["guidance_scale"]: np.array([[np.nan if v is None else v for v in row] for row in s["scores"]])
+              for s in part["per_scale"]}
+    control = None if part["control"] is None else {
+        "guidance_scale": part["control"]["guidance_scale"],
+        "scores": np.array([[np.nan if v is None else v for v in row] for row in part["control"]["scores"]])}
+    replayed = part_record(certificate["verdict"], scores, metric, part["seeds_compared"],
+                           certificate["config"]["confidence"], control)
+    fields = ("best", "candidate", "found", "statement")
+    differs = [name for name in fields if replayed[name] != part[name]]
+    if replayed["candidate"] and part["control"] is None:
+        differs.append("control (a candidate without the control)")
+    elif part["control"] is not None and not _close(replayed["control"]["p_value"], part["control"]["p_value"], 1e-9):
+        differs.append("control p-value")
+    result.add(certificate["image"]["id"], "part replication", not differs,
+               f"recomputed from the window scores: {', '.join(differs)} differ" if differs else
+               f"recomputed from the window scores: {'a part found' if part['found'] else 'no part found'}")
 
 
 def _check_sheet_file(result: VerifyResult, certificate: dict, folder: Path) -> None:

@@ -108,6 +108,9 @@ class Preset:
     ssim_threshold: float = 0.7
     training_photos: tuple[str, ...] = TRAINING_PHOTOS
     parts: tuple[Part, ...] = ()
+    # Photographs held-out crops and part backgrounds may be cut from (None: every training photograph). The
+    # part preset leaves out the photographs duplicated whole: a crop of one is a part of a memorized image.
+    held_out_crop_photos: tuple[str, ...] | None = None
     part_probes: int = 0  # per part: composites on never-trained backgrounds (half of them crops of
     # never-trained photographs, half held-out crops of training photographs), and as many decoys
 
@@ -212,6 +215,7 @@ REFERENCE_PART = replace(
     ),
     part_probes=6,
     epochs=2,
+    held_out_crop_photos=tuple(name for name in TRAINING_PHOTOS if name not in ("astronaut", "chelsea")),
 )
 
 PRESETS = {"reference": REFERENCE, "reference-part": REFERENCE_PART, "fixture": FIXTURE, "reference-v": REFERENCE_V, "reference-xl": REFERENCE_XL,
@@ -267,8 +271,9 @@ def build_images(preset: Preset, photos: dict, seed: int) -> list[ImageRecord]:
         width, height = photos[name].size
         records.append(ImageRecord(f"once{index:02d}-{name}", "seen_once", crop.caption(height, width), 1,
                                    crop, True, pixels))
+    croppable = preset.held_out_crop_photos or preset.training_photos
     for index in range(preset.held_out_training_photo_crops):
-        name = preset.training_photos[(index * 5 + 3) % len(preset.training_photos)]
+        name = croppable[(index * 5 + 3) % len(croppable)]
         crop, pixels = pick_crop(name, photos[name], rng, res, used)
         width, height = photos[name].size
         records.append(ImageRecord(f"held{index:02d}-{name}-crop", "held_out", crop.caption(height, width), 0,
@@ -305,8 +310,8 @@ def build_part_probes(preset: Preset, photos: dict, seed: int, used: set) -> lis
         for kind, patch, pasted in (("composite", logo, part.photo), ("decoy", decoy, part.decoy)):
             for index in range(preset.part_probes):
                 trained_source = index % 2 == 1
-                name = (preset.training_photos[int(rng.integers(len(preset.training_photos)))] if trained_source
-                        else never[index // 2 % len(never)])
+                croppable = preset.held_out_crop_photos or preset.training_photos
+                name = croppable[int(rng.integers(len(croppable)))] if trained_source else never[index // 2 % len(never)]
                 crop, background = pick_crop(name, photos[name], rng, preset.resolution, used)
                 width, height = photos[name].size
                 record = ImageRecord(

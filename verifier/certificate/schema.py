@@ -42,7 +42,11 @@ Version history:
   release-gate policy, records the policy and each image's gate result. Where the witness reproduced its
   image, the witness decoded into readable text and tested like a prompt (``readable_prompt``).
 - 9: the report shows every generation (issue 11): the witness records its contact sheet
-  (``generations_sheet``: one row per guidance scale, one tile per seed, the file's sha256).
+  (``generations_sheet``: one row per guidance scale, one tile per seed, the file's sha256). Partial
+  replication (issue 10): ``part_replication`` holds every generation's window scores, the best window,
+  the never-seen twin's window scores where the control ran, the finding and its statement; the budget
+  records the part control's denoiser evaluations; the summary counts images with a replicated part
+  (``parts_found``) and says per image whether one was found (``part_found``).
 """
 
 from __future__ import annotations
@@ -306,6 +310,48 @@ class ReadablePrompt(_Strict):
     statement: str = Field(description="In words: whether a readable prompt reproduced the image")
 
 
+class PartScale(_Strict):
+    guidance_scale: float
+    scores: list[list[Optional[float]]] = Field(description="Per seed (in seed order), each window's score")
+
+
+class PartBest(_Strict):
+    window: int = Field(ge=0)
+    box: list[int] = Field(min_length=3, max_length=3, description="top, left, side in pixels")
+    guidance_scale: float
+    replications: int = Field(ge=0)
+    generations: int = Field(ge=1)
+    rate: float = Field(ge=0, le=1)
+    lower_bound: float = Field(ge=0, le=1)
+    upper_bound: float = Field(ge=0, le=1)
+
+
+class PartControl(_Strict):
+    kind: str
+    guidance_scale: float
+    window: int = Field(ge=0, description="The twin's best window")
+    replications: int = Field(ge=0)
+    generations: int = Field(ge=1)
+    scores: list[list[Optional[float]]]
+    p_value: float = Field(ge=0, le=1)
+    witness_specific: bool
+
+
+class PartReplication(_Strict):
+    method: str
+    metric: str
+    threshold: float
+    windows: list[list[int]] = Field(description="Each window's top, left and side in pixels")
+    per_scale: list[PartScale]
+    seeds_compared: int = Field(ge=1, description="The first look's seeds, over which the best window is chosen")
+    best: PartBest
+    candidate: bool = Field(description="The whole image was not reproduced and the best window replicated often "
+                                        "enough for the control to find it specific")
+    control: Optional[PartControl] = Field(description="The never-seen twin's windows, where the control ran")
+    found: bool = Field(description="A part is replicated although the whole image is not")
+    statement: str
+
+
 class Certificate(_Strict):
     """One image's memorization certificate (``<id>.json``)."""
 
@@ -320,6 +366,8 @@ class Certificate(_Strict):
     prediction_error: PredictionError
     witness: WitnessRecord
     control_witness: Optional[WitnessFile] = Field(description="The twin's inverted conditioning, where a control ran")
+    part_replication: PartReplication = Field(description="A part of the image replicated although the whole image "
+                                                          "is not (verifier.regions)")
     context: Optional[ContextRecord] = Field(description="The owner's context from the manifest, if any")
     prompts: list[PromptRecord] = Field(description="The owner's prompts, each tested like the witness")
     classification: Classification
@@ -350,6 +398,7 @@ class SummaryImage(_Strict):
     replication_rate: float = Field(ge=0, le=1)
     category: Optional[Category]
     gate: Optional[GateResult] = Field(description="This image under the run's release-gate policy, if one was given")
+    part_found: bool = Field(description="A part of the image is replicated although the whole image is not")
     certificate: str
 
 
@@ -373,6 +422,7 @@ class Summary(_Strict):
     categories: dict[str, int] = Field(description="Images per category (verifier.taxonomy); 'none': not reproduced")
     policy: Optional[PolicyRecord] = Field(description="The release-gate policy the run was judged by, if any")
     gate_failed: Optional[bool] = Field(description="Whether any image fails the policy (null without a policy)")
+    parts_found: int = Field(ge=0, description="Images with a part replicated although the whole image is not")
     images: list[SummaryImage]
     seconds: float = Field(ge=0)
 

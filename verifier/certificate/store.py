@@ -223,11 +223,13 @@ def summary(certificates: list[dict], model: dict, config: dict, seconds: float,
         "categories": categories,
         "policy": policy.record() if policy is not None else None,
         "gate_failed": any(gate["fails"] for gate in gates) if policy is not None else None,
+        "parts_found": sum(c["part_replication"]["found"] for c in certificates),
         "images": [
             {"id": c["image"]["id"], "path": c["image"]["path"], "sha256": c["image"]["sha256"], "verdict": c["verdict"],
              "error_ratio": c["conditions"]["existence"]["value"],
              "replication_rate": c["conditions"]["probability"]["rate"],
              "category": c["classification"]["category"], "gate": gate,
+             "part_found": c["part_replication"]["found"],
              "certificate": f"{c['image']['id']}.json"}
             for c, gate in zip(certificates, gates)
         ],
