@@ -41,10 +41,10 @@ COLUMNS = ["memorized", "rarely_reproduced", "inconclusive", "not_memorized"]
 
 
 def main() -> int:
-    from verifier.reference_models import REFERENCE_MODELS
+    from verifier.reference_models import REFERENCE_MODELS, WHOLE_IMAGE_MODELS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", nargs="+", default=list(REFERENCE_MODELS), choices=REFERENCE_MODELS)
+    parser.add_argument("--model", nargs="+", default=list(WHOLE_IMAGE_MODELS), choices=REFERENCE_MODELS)
     parser.add_argument("--out", type=Path, default=None, help="keep the certificates of each model's last run here")
     parser.add_argument("--config", default=None, help="TOML/JSON config (default: verifier's defaults)")
     parser.add_argument("--runs", type=int, default=1)

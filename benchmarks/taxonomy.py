@@ -110,10 +110,10 @@ def report(result: dict) -> dict:
 
 
 def main() -> int:
-    from verifier.reference_models import REFERENCE_MODELS
+    from verifier.reference_models import REFERENCE_MODELS, WHOLE_IMAGE_MODELS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    models = [name for name in REFERENCE_MODELS if name != "fixture-16px"]
+    models = [name for name in WHOLE_IMAGE_MODELS if name != "fixture-16px"]
     parser.add_argument("--model", nargs="+", default=models, choices=REFERENCE_MODELS)
     parser.add_argument("--never-trained", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)

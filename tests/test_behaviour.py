@@ -10,7 +10,7 @@ from PIL import Image
 from verifier.api import certify
 from verifier.config import VerifierConfig
 from verifier.models import load_model
-from verifier.reference_models import REFERENCE_MODELS, load_manifest, reference_model_path
+from verifier.reference_models import WHOLE_IMAGE_MODELS, load_manifest, reference_model_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -87,7 +87,7 @@ def test_simple_images_are_not_called_memorized_on_similarity_alone(reference, t
             assert "similarity alone is no proof" in certificate["verdict_reason"]
 
 
-@pytest.mark.parametrize("name", [n for n in REFERENCE_MODELS if n not in ("reference-32px", "fixture-16px")])
+@pytest.mark.parametrize("name", [n for n in WHOLE_IMAGE_MODELS if n not in ("reference-32px", "fixture-16px")])
 def test_one_default_config_gives_the_ground_truth_on_every_family(name, tmp_path):
     """The defaults, unchanged, on each other shipped family (v-prediction, SDXL): its most duplicated
     memorized image is certified memorized and a never-trained photograph not_memorized."""

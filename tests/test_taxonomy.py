@@ -102,9 +102,9 @@ def test_each_category_follows_the_rule(verdict, context, prompts, category, lev
 
 # --- the policy -----------------------------------------------------------------------------------
 
-def _certificate(category, level, public) -> dict:
+def _certificate(category, level, public, part_found: bool = False) -> dict:
     return {"classification": {"category": category, "level": level},
-            "context": None if public is None else {"public": public}}
+            "context": None if public is None else {"public": public}, "part_replication": {"found": part_found}}
 
 
 def test_the_default_policy_fails_unintended_and_passes_intended_public_works():
@@ -116,6 +116,17 @@ def test_the_default_policy_fails_unintended_and_passes_intended_public_works():
     private = policy.judge(_certificate("explicit_intended", "memorized", False))
     assert private["fails"] and private["category"] == "unintended" and "not marked public" in private["reason"]
     assert not policy.judge(_certificate(None, None, True))["fails"]
+    part = policy.judge(_certificate(None, None, None, part_found=True))
+    assert part["fails"] and "a part is replicated" in part["reason"]
+
+
+def test_a_replicated_part_fails_only_where_the_policy_says_so(tmp_path):
+    (tmp_path / "p.toml").write_text("[fail]\nunintended = ['memorized']\n[parts]\nfail = false\n")
+    lenient = Policy.read(tmp_path / "p.toml")
+    assert not lenient.judge(_certificate(None, None, None, part_found=True))["fails"]
+    assert Policy.from_record(lenient.record()).fail_on_part is False
+    (tmp_path / "q.toml").write_text("[fail]\n")  # no [parts] table: parts do not fail
+    assert not Policy.read(tmp_path / "q.toml").judge(_certificate(None, None, None, part_found=True))["fails"]
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -124,6 +135,8 @@ def test_the_default_policy_fails_unintended_and_passes_intended_public_works():
     ("description = 'x'\n", "needs a [fail] table"),
     ("[fail]\n[intended]\npublic_only = 'yes'\n", "public_only = 'yes' is not allowed"),
     ("[fail]\n[gate]\n", "unknown key 'gate'"),
+    ("[fail]\n[parts]\nfail = 'yes'\n", "[parts] fail = 'yes' is not allowed"),
+    ("[fail]\n[parts]\nfails = true\n", "unknown key 'fails' (did you mean 'fail'?)"),
     ("[fail\n", "is not valid UTF-8 TOML"),
 ])
 def test_bad_policy_is_refused_with_the_key_and_what_is_allowed(tmp_path, text, message):

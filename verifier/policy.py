@@ -12,12 +12,16 @@ A policy is a small TOML file (``certify --policy FILE``; the default ships as `
     [intended]
     public_only = true             # intended categories count as intended only for works marked public
 
+    [parts]
+    fail = true                    # an image otherwise not reproduced fails when a part of it is
+
 An image's *level* is the strongest reproduction measured for it: ``memorized`` when the witness's
 verdict is memorized or one of the owner's prompts replicates it with a lower bound at the minimum
 rate, ``rarely_reproduced`` when either replicated it at all, else none (it passes). Its category
 comes from ``verifier.taxonomy``. With ``public_only``, an intended category on a work the owner did
 not mark ``public = true`` is judged as ``unintended``. The gate fails when any image's (category,
-level) is listed under ``[fail]``; ``certify`` then exits 1.
+level) is listed under ``[fail]``, or, with ``[parts] fail = true``, when an image nothing reproduced
+whole has a part replicated (``verifier.regions``); ``certify`` then exits 1.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from verifier.taxonomy import CATEGORIES, REPRODUCED_VERDICTS
 
 LEVELS = REPRODUCED_VERDICTS  # an image's reproduction level is named after the verdict it reaches
-SECTIONS = {"description": None, "fail": CATEGORIES, "intended": ("public_only",)}
+SECTIONS = {"description": None, "fail": CATEGORIES, "intended": ("public_only",), "parts": ("fail",)}
 
 
 class PolicyError(ValueError):
@@ -49,6 +53,7 @@ class Policy:
 
     fail: dict[str, tuple[str, ...]]
     public_only: bool
+    fail_on_part: bool
     description: str
     source: str
     sha256: str
@@ -92,13 +97,25 @@ class Policy:
         public_only = intended.get("public_only", False)
         if not isinstance(public_only, bool):
             raise PolicyError(f"{where} [intended] public_only = {public_only!r} is not allowed: expected true or false")
-        return cls(fail=fail, public_only=public_only, description=description, source=source, sha256=sha256)
+        parts = values.get("parts", {})
+        if not isinstance(parts, dict):
+            raise PolicyError(f"{where}: [parts] must be a table with fail = true or false")
+        _known(parts, SECTIONS["parts"], f"{where} [parts]")
+        fail_on_part = parts.get("fail", False)
+        if not isinstance(fail_on_part, bool):
+            raise PolicyError(f"{where} [parts] fail = {fail_on_part!r} is not allowed: expected true or false")
+        return cls(fail=fail, public_only=public_only, fail_on_part=fail_on_part, description=description,
+                   source=source, sha256=sha256)
 
     def judge(self, certificate: dict) -> dict:
         """This image's gate result: the category judged, its level, pass or fail, and why."""
         classification = certificate["classification"]
         category, level = classification["category"], classification["level"]
         if category is None or level is None:
+            if certificate["part_replication"]["found"]:
+                verb = "fails" if self.fail_on_part else "passes"
+                return {"category": None, "level": level, "fails": self.fail_on_part,
+                        "reason": f"not reproduced whole, but a part is replicated: {verb} under this policy"}
             return {"category": None, "level": level, "fails": False, "reason": "not reproduced: passes"}
         judged, note = category, ""
         public = (certificate.get("context") or {}).get("public")
@@ -113,13 +130,14 @@ class Policy:
     def from_record(cls, record: dict) -> "Policy":
         """The policy a summary recorded (``record()``'s output), to judge its images again."""
         return cls(fail={category: tuple(levels) for category, levels in record["fail"].items()},
-                   public_only=record["public_only"], description=record["description"], source=record["source"],
+                   public_only=record["public_only"], fail_on_part=record["fail_on_part"],
+                   description=record["description"], source=record["source"],
                    sha256=record["sha256"])
 
     def record(self) -> dict:
         return {"source": self.source, "sha256": self.sha256, "description": self.description,
                 "fail": {category: list(levels) for category, levels in self.fail.items()},
-                "public_only": self.public_only}
+                "public_only": self.public_only, "fail_on_part": self.fail_on_part}
 
 
 def _known(table: dict, allowed: tuple[str, ...], where: str) -> None:

@@ -71,7 +71,17 @@ def _image_view(number: int, certificate: dict, folder: Path, png: bytes | None,
         "readable": certificate["readable_prompt"]["statement"],
         "prompts": [_prompt_view(prompt) for prompt in certificate["prompts"] + certificate["readable_prompt"]["prompts"]],
         "gate": gate,
+        "part": _part_view(certificate),
     }
+
+
+def _part_view(certificate: dict) -> dict:
+    """The part finding and, where one was found, its window as percentages of the image (drawn over it)."""
+    part = certificate["part_replication"]
+    resolution = certificate["image"]["preprocessing"]["resolution"]
+    top, left, side = part["best"]["box"]
+    return {"found": part["found"], "statement": part["statement"],
+            "box": {"top": 100 * top / resolution, "left": 100 * left / resolution, "side": 100 * side / resolution}}
 
 
 def _condition_view(name: str, record: dict) -> dict:
@@ -99,6 +109,7 @@ def _sheet_view(number: int, certificate: dict, folder: Path) -> dict | None:
     tile = record["tile"]
     zoom = max(1, math.ceil(DISPLAY_TILE / tile)) if tile < DISPLAY_TILE else 1
     by_scale = {s["guidance_scale"]: s for s in certificate["conditions"]["probability"]["per_scale"]}
+    part_hits = _part_hits(certificate["part_replication"])
     scales = certificate["witness"]["guidance_scales"]
     seeds = certificate["witness"]["seeds"]
     columns = max(len(s["scores"]) for s in by_scale.values())
@@ -111,13 +122,23 @@ def _sheet_view(number: int, certificate: dict, folder: Path) -> dict | None:
         for column, score in enumerate(scale_record["scores"]):
             hit = score is not None and (score >= similarity["threshold"] if higher else score <= similarity["threshold"])
             cells.append({"x": -column * tile * zoom, "y": -row * tile * zoom, "seed": seeds[column],
-                          "score": score, "hit": hit})
+                          "score": score, "hit": hit, "part": (scale, column) in part_hits})
         rows.append({"scale": scale, "cells": cells, "replications": scale_record["replications"],
                      "generations": scale_record["generations"], "lower": scale_record["lower_bound"],
                      "upper": scale_record["upper_bound"]})
     return {"uri": uri, "size": tile * zoom, "width": columns * tile * zoom, "height": len(scales) * tile * zoom,
             "rows": rows, "metric": similarity["metric"], "threshold": similarity["threshold"],
             "comparison": "≥" if higher else "≤"}
+
+
+def _part_hits(part: dict) -> set[tuple[float, int]]:
+    """(scale, seed index) of the generations whose best window replicated, where a part was found."""
+    if not part["found"]:
+        return set()
+    scale, window = part["best"]["guidance_scale"], part["best"]["window"]
+    rows = next(s["scores"] for s in part["per_scale"] if s["guidance_scale"] == scale)
+    return {(scale, index) for index, row in enumerate(rows[:part["seeds_compared"]])
+            if row[window] is not None and row[window] >= part["threshold"]}
 
 
 def _curve_view(error: dict) -> dict:

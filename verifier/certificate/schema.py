@@ -408,6 +408,7 @@ class PolicyRecord(_Strict):
     description: str
     fail: dict[Category, list[Level]]
     public_only: bool
+    fail_on_part: bool = Field(description="An image nothing reproduced whole fails when a part of it is replicated")
 
 
 class Summary(_Strict):

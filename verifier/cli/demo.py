@@ -9,14 +9,14 @@ import click
 
 from verifier.cli import EXIT_FOUND, EXIT_OK, main, run_guarded
 from verifier.cli.options import build, config_options, print_table, progress_options, tracker
-from verifier.reference_models import REFERENCE_MODELS
+from verifier.reference_models import WHOLE_IMAGE_MODELS
 
 
 @main.command()
 @click.option("--out", default="verifier-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for certificates and report.")
 @click.option("--model", "model_name", default="reference-32px", show_default=True,
-              type=click.Choice(REFERENCE_MODELS), help="Which shipped reference model.")
+              type=click.Choice(WHOLE_IMAGE_MODELS), help="Which shipped reference model.")
 @click.option("--all", "everything", is_flag=True,
               help="Certify every image of the manifest (default: a representative subset, in minutes).")
 @progress_options

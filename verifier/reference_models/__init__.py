@@ -14,6 +14,9 @@ They are stock diffusers folders: the pipeline class their ``model_index.json`` 
   MMDiT transformer, rectified flow with shift 3); loads as ``StableDiffusion3Pipeline``.
 - ``fixture-16px``: 16x16 images, a few memorized and held-out images, loads in well under a second
   for tests.
+- ``reference-part-32px``: 32x32 images, two logos each stamped on thousands of different backgrounds
+  (part-level memorization: the logo is replicated, the picture around it is not), with composites of
+  each logo on never-trained backgrounds and decoys among its images of interest.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-REFERENCE_MODELS = ("reference-32px", "fixture-16px", "reference-v-32px", "reference-xl-32px", "reference-sd3-32px")
+# Models whose ground truth is whole images (memorized or not); the part model's is per part too.
+WHOLE_IMAGE_MODELS = ("reference-32px", "fixture-16px", "reference-v-32px", "reference-xl-32px", "reference-sd3-32px")
+PART_MODELS = ("reference-part-32px",)
+REFERENCE_MODELS = WHOLE_IMAGE_MODELS + PART_MODELS
 
 
 def reference_model_path(name: str = "reference-32px") -> Path:
