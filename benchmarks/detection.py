@@ -1,6 +1,7 @@
 """Detection benchmark on the shipped reference models: confusion tables, AUCs, cost per verdict.
 
     python benchmarks/detection.py [--model NAME ...] [--out DIR] [--config FILE] [--runs 1] [--plot PNG]
+    python benchmarks/detection.py --model NAME ... --from DIR [--plot PNG]   # tables and plot of a kept run
 
 Certifies every image of each model's manifest (default: every shipped reference model) with
 verifier's defaults (or --config), then prints per model:
@@ -49,12 +50,18 @@ def main() -> int:
     parser.add_argument("--config", default=None, help="TOML/JSON config (default: verifier's defaults)")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--plot", type=Path, default=None, help="also draw the score distributions into this PNG")
+    parser.add_argument("--from", dest="kept", type=Path, default=None,
+                        help="read the certificates an earlier --out DIR kept (DIR/<model>) instead of certifying")
     args = parser.parse_args()
 
     from verifier.config import build_config
 
     config = build_config(args.config)
-    results = [measure(name, config, args.runs, None if args.out is None else args.out / name) for name in args.model]
+    if args.kept is not None:
+        results = [kept(name, args.kept / name) for name in args.model]
+    else:
+        results = [measure(name, config, args.runs, None if args.out is None else args.out / name)
+                   for name in args.model]
     print(f"config: {args.config or 'defaults'}, runs per model: {args.runs}, machine: {platform.machine()} "
           f"{platform.processor() or ''}, torch threads {torch.get_num_threads()}")
     for result in results:
@@ -73,9 +80,7 @@ def measure(name: str, config, runs: int, keep: Path | None) -> dict:
 
     folder = reference_model_path(name)
     manifest = load_manifest(name)
-    truth = {image["id"]: ("memorized" if image["memorized"] else
-                           "never trained" if image["split"] == "held_out" else "trained, not memorized")
-             for image in manifest["images"]}
+    truth = ground_truth(name)
     listing = Path(tempfile.mkdtemp()) / "images.jsonl"
     listing.write_text("".join(json.dumps({"path": str(folder / i["file"]), "id": i["id"]}) + "\n"
                                for i in manifest["images"]))
@@ -91,6 +96,24 @@ def measure(name: str, config, runs: int, keep: Path | None) -> dict:
             shutil.copytree(out, keep)
         shutil.rmtree(out)
     return {"name": name, "truth": truth, "certificates": certificates, "seconds": seconds}
+
+
+def ground_truth(name: str) -> dict[str, str]:
+    """Each image's ground-truth group, from the model's manifest."""
+    from verifier.reference_models import load_manifest
+
+    return {image["id"]: ("memorized" if image["memorized"] else
+                          "never trained" if image["split"] == "held_out" else "trained, not memorized")
+            for image in load_manifest(name)["images"]}
+
+
+def kept(name: str, folder: Path) -> dict:
+    """A kept run's certificates (``--out``); its wall time is not known."""
+    from verifier.certificate.schema import read_certificate
+    from verifier.verify import certificate_files
+
+    return {"name": name, "truth": ground_truth(name), "seconds": [],
+            "certificates": [read_certificate(path) for path in certificate_files(folder)]}
 
 
 def _aucs(result: dict) -> tuple[float, float] | None:
@@ -165,6 +188,9 @@ def print_model(result: dict, config) -> None:
           f"sampled further, max {max(spent)}) + {_control_evaluations(certificates):.0f} per image on average for "
           f"the control")
     per_image = [s / len(certificates) for s in result["seconds"]]
+    if not per_image:
+        print("wall time per image: not known (certificates read from a kept run)")
+        return
     spread = f" (min {min(per_image):.2f}, max {max(per_image):.2f} over {len(per_image)} runs)" \
         if len(per_image) > 1 else ""
     print(f"wall time per image: {statistics.median(per_image):.2f} s{spread}, batch size {config.batch_size}")
@@ -179,7 +205,8 @@ def print_summary(results: list[dict]) -> None:
         table = _table(result)
         memorized, never = table["memorized"], table["never trained"]
         aucs = _aucs(result) or (float("nan"), float("nan"))
-        per_image = statistics.median(s / len(result["certificates"]) for s in result["seconds"])
+        per_image = statistics.median(s / len(result["certificates"]) for s in result["seconds"]) \
+            if result["seconds"] else float("nan")
         print(f"{result['name']:22s} {model['family']:7s} {model['prediction_type']:13s} "
               f"{memorized['memorized']:>10d}/{sum(memorized.values()):<10d} "
               f"{never['not_memorized']:>10d}/{sum(never.values()):<10d} {aucs[0]:>10.3f} {aucs[1]:>9.3f} "
@@ -199,7 +226,7 @@ def plot_distributions(results: list[dict], path: Path) -> dict[str, dict[str, i
     import matplotlib.pyplot as plt
     import numpy as np
 
-    figure, axes = plt.subplots(len(results), 2, figsize=(10, 2.6 * len(results)), squeeze=False)
+    figure, axes = plt.subplots(len(results), 2, figsize=(11, 2.8 * len(results)), squeeze=False)
     jitter = np.random.default_rng(0)
     drawn: dict[str, dict[str, int]] = {}
     for (ratio_axis, rate_axis), result in zip(axes, results):
@@ -221,10 +248,10 @@ def plot_distributions(results: list[dict], path: Path) -> dict[str, dict[str, i
             axis.set_ylim(-0.6, len(ROWS) - 0.4)
             axis.grid(axis="x", alpha=0.3)
         ratio_axis.axvline(conditions["existence"]["threshold"], color="black", linestyle="--", linewidth=1)
-        ratio_axis.set_xlabel("error ratio (witness / empty prompt; memorized below the dashed line)")
+        ratio_axis.set_xlabel("error ratio, witness / empty prompt (threshold dashed)")
         rate_axis.axvline(conditions["probability"]["threshold"], color="black", linestyle="--", linewidth=1)
         rate_axis.set_xlim(-0.03, 1.03)
-        rate_axis.set_xlabel("replication rate at the best guidance scale (minimum rate dashed)")
+        rate_axis.set_xlabel("replication rate, best guidance scale (minimum dashed)")
         ratio_axis.set_title(f"{result['name']}: error ratio", fontsize=10, loc="left")
         rate_axis.set_title(f"{result['name']}: replication rate", fontsize=10, loc="left")
         rate_axis.tick_params(labelleft=False)

@@ -32,6 +32,6 @@ def test_plot_draws_every_finite_score_per_ground_truth_group(tmp_path):
     assert drawn == {"m1": {"never trained": 1, "trained, not memorized": 1, "memorized": 2},
                      "m2": {"never trained": 1, "trained, not memorized": 1, "memorized": 2}}
     with Image.open(tmp_path / "plot.png") as picture:
-        assert picture.size == (1100, int(2.6 * 2 * 110))
+        assert picture.size == (1210, int(2.8 * 2 * 110))
         colours = {colour for _, colour in picture.convert("RGB").getcolors(1 << 20)}
     assert any(r - g > 80 and r - b > 80 for r, g, b in colours)  # the memorized points (red) were drawn

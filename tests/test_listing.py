@@ -32,7 +32,7 @@ def test_ls_prints_every_certificate_and_its_json_form(run):
     table = CliRunner().invoke(main, ["ls", str(run)])
     assert table.exit_code == 0, table.output
     lines = table.output.splitlines()
-    assert lines[0].split() == ["image", "verdict", "err.ratio", "repl.rate", "category", "schema"]
+    assert lines[0].split() == ["image", "verdict", "err.ratio", "repl.rate", "category", "part", "schema"]
     assert any(line.startswith(MEMORIZED) and "memorized" in line and "unintended" in line for line in lines)
     assert any(line.startswith(HELD_OUT) and "not_memorized" in line for line in lines)
     listed = json.loads(CliRunner().invoke(main, ["ls", str(run), "--json"]).output)

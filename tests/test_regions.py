@@ -43,6 +43,7 @@ def scores_with(replications: int, window: int, seeds: int = 16) -> np.ndarray:
     ("not_memorized", 0, True, True),
     ("not_memorized", 8, True, False),  # the twin's best window replicates as often: not specific
     ("memorized", 0, False, False),  # the whole image is reproduced: nothing to add
+    ("inconclusive", 0, True, True),  # the error fell but the whole image was not replicated: a part may explain it
 ])
 def test_a_part_is_found_only_against_a_twin_that_does_not_replicate(verdict, twin_replications, candidate, found):
     metric = WindowSSIM(32)

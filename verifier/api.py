@@ -394,6 +394,12 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
             "file": f"{image.id}.control.safetensors",
             "sha256": write_witness(run.out / f"{image.id}.control.safetensors", control.witness, empty,
                                     control.variables, metadata | {"control": TWIN})}
+        if index in part_controls:
+            twin = part_controls[index]
+            parts[index]["control"]["witness"] = {
+                "file": f"{image.id}.part-control.safetensors",
+                "sha256": write_witness(run.out / f"{image.id}.part-control.safetensors", twin.witness, empty,
+                                        twin.variables, metadata | {"control": f"{TWIN}, for the part check"})}
         certificate = _certificate(
             run.record, image, decision, witness_sha, image_seeds, best_scale, best_seed, timings, run.keys[image.id],
             error={"inverted": inverted_error[index], "empty": empty_error[index], "ratio": ratios[index],

@@ -40,7 +40,7 @@ class ControlRun:
     """What the control measured for one image."""
 
     guidance_scale: float
-    scores: np.ndarray  # similarity of each seed's generation to the twin
+    scores: np.ndarray  # similarity of each seed's generation to the twin (per window for the part check)
     error_ratio: float
     witness: Conditioning  # the twin's inverted conditioning (batch 1)
     variables: dict[str, torch.Tensor]
@@ -50,7 +50,10 @@ class ControlRun:
 
 def run_controls(model: ModelAdapter, space, metric, requests: list[tuple[np.ndarray, str, float]], *,
                  empty: Conditioning, seeds: list[int], config, resolution: int) -> list[ControlRun]:
-    """Run the control for each (pixels, image sha256, guidance scale) request, batched like certification."""
+    """Run the control for each (pixels, image sha256, guidance scale) request, batched like certification.
+
+    ``metric`` scores the twin's generations against the twin: the run's whole-image metric (stage 5b), or
+    ``verifier.regions.WindowSSIM`` for the part check (stage 5d), whose scores are per window."""
     from verifier.error import prediction_error
     from verifier.invert import InversionSchedule, invert
 

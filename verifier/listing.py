@@ -2,7 +2,8 @@
 
 ``rows(folder)`` reads every certificate in a folder, of any schema version that declares itself
 (2 onwards), and returns one row per image with the fields every version has (id, verdict, error
-ratio, replication rate) and those of later versions where present (category: 8); a file that is not
+ratio, replication rate) and those of later versions where present (category: 8; a replicated part: 9); a
+file that is not
 a certificate this verifier can read is a row that says why. ``rebuild(folder)`` writes
 ``summary.json`` and ``report.html`` again from the certificates, which must be of the current
 schema version (the report shows fields older ones lack); it says which files are older and how to
@@ -14,7 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-FIELDS = ("id", "verdict", "error_ratio", "replication_rate", "category", "schema_version", "certificate", "problem")
+FIELDS = ("id", "verdict", "error_ratio", "replication_rate", "category", "part_found", "schema_version", "certificate",
+          "problem")
 
 
 def _field(value: dict, *path: str):
@@ -42,7 +44,8 @@ def rows(folder: str | Path) -> list[dict]:
         row |= {"schema_version": version, "id": _field(value, "image", "id") or path.stem,
                 "verdict": value.get("verdict"), "error_ratio": _field(value, "conditions", "existence", "value"),
                 "replication_rate": _field(value, "conditions", "probability", "rate"),
-                "category": _field(value, "classification", "category")}
+                "category": _field(value, "classification", "category"),
+                "part_found": _field(value, "part_replication", "found")}
         if _field(value, "schema", "id") == CERTIFICATE_SCHEMA_ID and version == SCHEMA_VERSION:
             try:
                 read_certificate(path)

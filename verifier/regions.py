@@ -11,9 +11,9 @@ checks what it finds against a control:
    with its documented threshold, whatever the run's whole-image metric: LPIPS and SSCD need larger
    inputs than a window); a window replicates in a generation when its score passes the threshold;
 3. **the best window**: the (window, guidance scale) with the most replications among the first look's
-   seeds. It is a candidate only where the whole image was not reproduced (verdict ``not_memorized``)
-   and where it replicated often enough that the control could find it specific: at least the
-   replications a one-sided Fisher exact test needs against a twin with none;
+   seeds. It is a candidate only where the whole image was not reproduced (verdict ``not_memorized`` or
+   ``inconclusive``) and where it replicated often enough that the control could find it specific: at
+   least the replications a one-sided Fisher exact test needs against a twin with none;
 4. **the control**: the image's never-seen twin (upside down, ``verifier.control``) is inverted with
    the same schedule and sampled with the same seeds at the candidate's scale; its statistic is its own
    best window's replications, the same maximum over the same windows, so selecting the best window
@@ -96,10 +96,15 @@ def best_window(window_scores: dict[float, np.ndarray], metric: WindowSSIM, seed
     return best
 
 
+WHOLE_IMAGE_REPRODUCED = ("memorized", "rarely_reproduced")
+
+
 def is_candidate(verdict: str, best: dict, confidence: float) -> bool:
-    """The control runs where the whole image was not reproduced and the best window could prove specific."""
+    """The control runs where the whole image was not reproduced (``not_memorized``, or ``inconclusive``: a witness
+    that lowers the error without replicating the whole image may be drawing a part of it) and the best window
+    could prove specific."""
     needed = fewest_specific_replications(best["generations"], confidence)
-    return verdict == "not_memorized" and needed is not None and best["replications"] >= needed
+    return verdict not in WHOLE_IMAGE_REPRODUCED and needed is not None and best["replications"] >= needed
 
 
 def part_record(verdict: str, window_scores: dict[float, np.ndarray], metric: WindowSSIM, seeds: int,
@@ -107,7 +112,7 @@ def part_record(verdict: str, window_scores: dict[float, np.ndarray], metric: Wi
     """The certificate's ``part_replication``: every window score, the best window, the control and the finding.
 
     ``control`` is the twin's window scores at the candidate's scale (``guidance_scale``, ``scores``) or None
-    where it did not run.
+    where it did not run. The caller adds the twin's witness file to ``control`` once it is written.
     """
     best = best_window(window_scores, metric, seeds)
     lower, upper = clopper_pearson(best["replications"], best["generations"], confidence)
@@ -146,10 +151,12 @@ def statement(verdict: str, best: dict, candidate: bool, control: dict | None, f
     top, left, side = best["box"]
     where = (f"the {side}-pixel window at (top {top}, left {left}) replicated in {best['replications']} of "
              f"{best['generations']} generations at guidance {best['guidance_scale']:g}")
-    if verdict != "not_memorized":
+    if verdict in WHOLE_IMAGE_REPRODUCED:
         return f"not checked: the whole image's verdict is {verdict}; {where}"
     if not candidate:
         return f"no part replicated: {where}, too few for the control to find it specific"
+    if control is None:
+        return f"not decided: {where}, but the never-seen twin control did not run"
     twin = (f"the never-seen twin's best window in {control['replications']} of {control['generations']} "
             f"(Fisher p = {control['p_value']:.3g})")
     if found:

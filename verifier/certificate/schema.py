@@ -335,6 +335,7 @@ class PartControl(_Strict):
     scores: list[list[Optional[float]]]
     p_value: float = Field(ge=0, le=1)
     witness_specific: bool
+    witness: WitnessFile = Field(description="The twin's inverted conditioning (<id>.part-control.safetensors)")
 
 
 class PartReplication(_Strict):

@@ -87,7 +87,7 @@ def _number(value: float | None) -> str:
 
 
 def print_table(certificates, truth: dict | None = None) -> None:
-    header = f"{'image':34s} {'verdict':18s} {'err.ratio':>9s} {'repl.':>7s} {'best sim':>8s}  {'category':17s}"
+    header = f"{'image':34s} {'verdict':18s} {'err.ratio':>9s} {'repl.':>7s} {'best sim':>8s}  {'category':17s} {'part':4s}"
     if truth is not None:
         header += f"  {'ground truth':22s} {'agrees':6s}"
     click.echo(header)
@@ -96,7 +96,7 @@ def print_table(certificates, truth: dict | None = None) -> None:
         best = next(s for s in probability["per_scale"] if s["guidance_scale"] == probability["best_guidance_scale"])
         line = (f"{c['image']['id'][:34]:34s} {c['verdict']:18s} {_number(c['conditions']['existence']['value']):>9s} "
                 f"{best['replications']:>3d}/{best['generations']:<3d} {_number(c['conditions']['similarity']['value']):>8s}"
-                f"  {c['classification']['category'] or '-':17s}")
+                f"  {c['classification']['category'] or '-':17s} {'yes' if c['part_replication']['found'] else '-':4s}")
         if truth is not None:
             expected, label = truth[c["image"]["id"]]
             agrees = "-" if expected is None else ("yes" if c["verdict"] == expected else "NO")
