@@ -90,22 +90,9 @@ class Policy:
                 raise PolicyError(f"{where} [fail] {category} = {levels!r} is not allowed: expected a list of "
                                   f"levels from {', '.join(LEVELS)} (empty: the category always passes)")
             fail[category] = tuple(dict.fromkeys(levels))
-        intended = values.get("intended", {})
-        if not isinstance(intended, dict):
-            raise PolicyError(f"{where}: [intended] must be a table with public_only = true or false")
-        _known(intended, SECTIONS["intended"], f"{where} [intended]")
-        public_only = intended.get("public_only", False)
-        if not isinstance(public_only, bool):
-            raise PolicyError(f"{where} [intended] public_only = {public_only!r} is not allowed: expected true or false")
-        parts = values.get("parts", {})
-        if not isinstance(parts, dict):
-            raise PolicyError(f"{where}: [parts] must be a table with fail = true or false")
-        _known(parts, SECTIONS["parts"], f"{where} [parts]")
-        fail_on_part = parts.get("fail", False)
-        if not isinstance(fail_on_part, bool):
-            raise PolicyError(f"{where} [parts] fail = {fail_on_part!r} is not allowed: expected true or false")
-        return cls(fail=fail, public_only=public_only, fail_on_part=fail_on_part, description=description,
-                   source=source, sha256=sha256)
+        return cls(fail=fail, public_only=_flag(values, "intended", "public_only", where),
+                   fail_on_part=_flag(values, "parts", "fail", where), description=description, source=source,
+                   sha256=sha256)
 
     def judge(self, certificate: dict) -> dict:
         """This image's gate result: the category judged, its level, pass or fail, and why."""
@@ -138,6 +125,18 @@ class Policy:
         return {"source": self.source, "sha256": self.sha256, "description": self.description,
                 "fail": {category: list(levels) for category, levels in self.fail.items()},
                 "public_only": self.public_only, "fail_on_part": self.fail_on_part}
+
+
+def _flag(values: dict, section: str, key: str, where: str) -> bool:
+    """``[section] key = true|false`` (false where the table or the key is absent)."""
+    table = values.get(section, {})
+    if not isinstance(table, dict):
+        raise PolicyError(f"{where}: [{section}] must be a table with {key} = true or false")
+    _known(table, SECTIONS[section], f"{where} [{section}]")
+    flag = table.get(key, False)
+    if not isinstance(flag, bool):
+        raise PolicyError(f"{where} [{section}] {key} = {flag!r} is not allowed: expected true or false")
+    return flag
 
 
 def _known(table: dict, allowed: tuple[str, ...], where: str) -> None:

@@ -271,13 +271,18 @@ class ContextRecord(_Strict):
     public: Optional[bool] = Field(description="Whether the owner marked the work public (null: not said)")
 
 
-class PromptScale(_Strict):
+class _Replications(_Strict):
+    """Replications among generations at one guidance scale, with their one-sided Clopper-Pearson bounds."""
+
     guidance_scale: float
     replications: int = Field(ge=0)
     generations: int = Field(ge=1)
     rate: float = Field(ge=0, le=1)
     lower_bound: float = Field(ge=0, le=1)
     upper_bound: float = Field(ge=0, le=1)
+
+
+class PromptScale(_Replications):
     scores: list[Optional[float]] = Field(description="Similarity of each seed's generation, in seed order")
 
 
@@ -315,15 +320,9 @@ class PartScale(_Strict):
     scores: list[list[Optional[float]]] = Field(description="Per seed (in seed order), each window's score")
 
 
-class PartBest(_Strict):
+class PartBest(_Replications):
     window: int = Field(ge=0)
     box: list[int] = Field(min_length=3, max_length=3, description="top, left, side in pixels")
-    guidance_scale: float
-    replications: int = Field(ge=0)
-    generations: int = Field(ge=1)
-    rate: float = Field(ge=0, le=1)
-    lower_bound: float = Field(ge=0, le=1)
-    upper_bound: float = Field(ge=0, le=1)
 
 
 class PartControl(_Strict):
