@@ -132,12 +132,12 @@ def _sheet_view(number: int, certificate: dict, folder: Path) -> dict | None:
 
 
 def _part_hits(part: dict) -> set[tuple[float, int]]:
-    """(scale, seed index) of the generations whose best window replicated, where a part was found."""
+    """(scale, seed index) of every generation whose window holding the found part replicated it, at every scale."""
     if not part["found"]:
         return set()
-    scale, window = part["best"]["guidance_scale"], part["best"]["window"]
-    rows = next(s["scores"] for s in part["per_scale"] if s["guidance_scale"] == scale)
-    return {(scale, index) for index, row in enumerate(rows[:part["seeds_compared"]])
+    window = part["best"]["window"]
+    return {(scale_record["guidance_scale"], index) for scale_record in part["per_scale"]
+            for index, row in enumerate(scale_record["scores"])
             if row[window] is not None and row[window] >= part["threshold"]}
 
 
