@@ -146,6 +146,15 @@ def test_the_table_sorts_and_filters(page, run):
                             ".filter(r => !r.hidden).map(r => r.dataset.verdict)")
     assert verdicts[0] not in visible and len(visible) == sum(v != verdicts[0] for v in verdicts)
     assert page.locator(f"section.image[data-verdict='{verdicts[0]}']").first.is_hidden()
+    page.check(f".verdict-filter[value='{verdicts[0]}']")
+    rates = page.evaluate("Array.from(document.querySelectorAll('#images tbody tr')).map(r => parseFloat(r.dataset.rate))")
+    page.fill("#min-rate", "0.5")
+    shown = page.evaluate("Array.from(document.querySelectorAll('#images tbody tr'))"
+                          ".filter(r => !r.hidden).map(r => parseFloat(r.dataset.rate))")
+    assert sorted(shown) == sorted(rate for rate in rates if rate >= 0.5) and len(shown) < len(rates)
+    page.fill("#min-rate", "")
+    page.fill("#max-ratio", "0.6")
+    assert all(value <= 0.6 for value in ratios())
     assert page.problems == [], page.problems
 
 
