@@ -26,6 +26,12 @@ def test_a_window_scores_high_only_where_the_generation_copies_the_image():
     assert WindowSSIM(32).replications(scores).tolist() == [0] * 8 + [1]
 
 
+def test_windows_of_a_tiny_image_are_scored_with_a_window_they_hold():
+    image = np.random.default_rng(1).random((8, 8, 3))
+    scores = WindowSSIM(8)(image[None], image)  # 4-pixel windows: SSIM over 3 x 3 neighbourhoods
+    assert scores.shape == (1, 9) and np.allclose(scores, 1.0)
+
+
 def test_the_candidate_needs_as_many_replications_as_fisher_needs_against_a_twin_with_none():
     # 4 of 16 against 0 of 16: p = 0.0506 (not significant at 95%); 5 of 16: p = 0.0217.
     assert fewest_specific_replications(16, 0.95) == 5

@@ -63,9 +63,11 @@ class WindowSSIM:
     def __call__(self, generations: np.ndarray, target: np.ndarray) -> np.ndarray:
         from skimage.metrics import structural_similarity
 
+        # SSIM's 7-pixel window, or the largest odd one a window of a very small image holds.
+        size = min(7, self.windows[0][2] - (1 - self.windows[0][2] % 2))
         return np.array([[structural_similarity(generation[top:top + side, left:left + side],
                                                 target[top:top + side, left:left + side],
-                                                channel_axis=2, data_range=1.0)
+                                                channel_axis=2, data_range=1.0, win_size=size)
                           for top, left, side in self.windows] for generation in generations])
 
     def replications(self, scores: np.ndarray) -> np.ndarray:
