@@ -17,7 +17,8 @@ checks what it finds against a control:
 4. **the control**: the image's never-seen twin (upside down, ``verifier.control``) is inverted with
    the same schedule and sampled with the same seeds at the candidate's scale; its statistic is its own
    best window's replications, the same maximum over the same windows, so selecting the best window
-   favours neither side;
+   favours neither side (the image's count is also the best of its guidance scales, the twin's is at
+   the candidate's scale only: the one asymmetry, which favours the image);
 5. **the finding**: a part is replicated when the image's best window replicates significantly more
    often than the twin's best window (one-sided Fisher exact test at the run's confidence).
 

@@ -321,6 +321,9 @@ class PartScale(_Strict):
 
 
 class PartBest(_Replications):
+    """The best window; its bounds are this window's alone, at the run's confidence, not adjusted for choosing it
+    (the finding rests on the twin control, which chooses its own best window the same way)."""
+
     window: int = Field(ge=0)
     box: list[int] = Field(min_length=3, max_length=3, description="top, left, side in pixels")
 
