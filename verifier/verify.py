@@ -518,21 +518,16 @@ def _regenerate_part_twin(result: VerifyResult, certificate: dict, loaded, targe
     from safetensors.torch import load_file
 
     from verifier.control import never_seen_twin
-    from verifier.images import file_sha256
     from verifier.regions import WindowSSIM
 
     control = certificate["part_replication"]["control"]
     if control is None:
         return
     image_id, path = certificate["image"]["id"], folder / control["witness"]["file"]
-    actual = file_sha256(path) if path.is_file() else None
-    if not result.add(image_id, "part control witness", actual == control["witness"]["sha256"],
-                      f"{path.name} is missing" if actual is None else
-                      f"sha256 {actual[:12]} vs recorded {control['witness']['sha256'][:12]}"):
+    if not _check_file(result, image_id, "part control witness", path, control["witness"]["sha256"]):
         return
     metric = WindowSSIM(certificate["image"]["preprocessing"]["resolution"])
-    recorded = np.array([[np.nan if v is None else v for v in row] for row in control["scores"]])
-    column = recorded[:, control["window"]]
+    column = np.array(control["scores"], dtype=np.float64)[:, control["window"]]  # null -> nan
     hits = np.nan_to_num(column, nan=-np.inf) >= metric.threshold
     wanted = [seed for seed, hit in zip(seeds, hits) if hit or all_generations] or [seeds[int(np.nanargmax(column))]]
     tensors = {name: tensor.float() for name, tensor in load_file(str(path)).items()}
@@ -540,11 +535,28 @@ def _regenerate_part_twin(result: VerifyResult, certificate: dict, loaded, targe
     record = certificate["witness"]
     images = loaded.generate(witness_condition.to(loaded.device), negative.to(loaded.device), wanted,
                              control["guidance_scale"], record["num_inference_steps"], record["height"])[0]
-    regenerated = metric(images, never_seen_twin(target))
-    largest = max(abs(float(a) - float(b)) for seed, row in zip(wanted, regenerated)
-                  for a, b in zip(row, recorded[seeds.index(seed)]) if np.isfinite(b))
-    result.add(image_id, "part control generations", largest <= TOLERANCES["similarity_abs"],
-               f"{len(wanted)} regenerated twin generation(s): largest window-score difference {largest:.2g} "
+    _check_window_scores(result, image_id, "part control generations", metric(images, never_seen_twin(target)),
+                         control["scores"], wanted, seeds)
+
+
+def _check_file(result: VerifyResult, image_id: str, name: str, path: Path, recorded_sha256: str) -> bool:
+    """A file the certificate names exists and has the recorded sha256."""
+    from verifier.images import file_sha256
+
+    actual = file_sha256(path) if path.is_file() else None
+    return result.add(image_id, name, actual == recorded_sha256, f"{path.name} is missing" if actual is None else
+                      f"sha256 {actual[:12]} vs recorded {recorded_sha256[:12]}")
+
+
+def _check_window_scores(result: VerifyResult, image_id: str, name: str, regenerated, recorded: list,
+                         wanted: list[int], seeds: list[int]) -> None:
+    """Regenerated images' window scores (one row per ``wanted`` seed) against the recorded rows (one per seed)."""
+    import numpy as np
+
+    rows = np.array([recorded[seeds.index(seed)] for seed in wanted], dtype=np.float64)  # null -> nan
+    largest = float(np.nanmax(np.abs(np.asarray(regenerated, dtype=np.float64) - rows), initial=0.0))
+    result.add(image_id, name, largest <= TOLERANCES["similarity_abs"],
+               f"{len(wanted)} regenerated generation(s): largest window-score difference {largest:.2g} "
                f"(tolerance {TOLERANCES['similarity_abs']:g})")
 
 
@@ -567,14 +579,8 @@ def _check_part_windows(result: VerifyResult, certificate: dict, scale: float, t
     part = certificate["part_replication"]
     rows = next(s["scores"] for s in part["per_scale"] if s["guidance_scale"] == scale)
     regenerated = WindowSSIM(certificate["image"]["preprocessing"]["resolution"])(images, target)
-    largest = 0.0
-    for seed, row in zip(wanted, regenerated):
-        recorded = rows[seeds.index(seed)]
-        largest = max([largest] + [abs(float(a) - float(b)) for a, b in zip(row, recorded) if b is not None])
-    result.add(certificate["image"]["id"], f"part windows at guidance {scale:g}",
-               largest <= TOLERANCES["similarity_abs"],
-               f"{len(wanted)} regenerated generation(s): largest window-score difference {largest:.2g} "
-               f"(tolerance {TOLERANCES['similarity_abs']:g})")
+    _check_window_scores(result, certificate["image"]["id"], f"part windows at guidance {scale:g}", regenerated, rows,
+                         wanted, seeds)
 
 
 def _regenerate_prompts(result: VerifyResult, certificate: dict, loaded, metric, threshold: float, witness: dict,
@@ -654,11 +660,10 @@ def _check_part(result: VerifyResult, certificate: dict) -> None:
         result.add(certificate["image"]["id"], "part replication", False,
                    "the recorded windows or threshold are not the ones verifier uses at this resolution")
         return
-    scores = {s["guidance_scale"]: np.array([[np.nan if v is None else v for v in row] for row in s["scores"]])
-              for s in part["per_scale"]}
+    scores = {s["guidance_scale"]: np.array(s["scores"], dtype=np.float64) for s in part["per_scale"]}  # null -> nan
     control = None if part["control"] is None else {
         "guidance_scale": part["control"]["guidance_scale"],
-        "scores": np.array([[np.nan if v is None else v for v in row] for row in part["control"]["scores"]])}
+        "scores": np.array(part["control"]["scores"], dtype=np.float64)}
     replayed = part_record(certificate["verdict"], scores, metric, part["seeds_compared"],
                            certificate["config"]["confidence"], control)
     if replayed["control"] is not None:
@@ -674,14 +679,8 @@ def _check_part(result: VerifyResult, certificate: dict) -> None:
 
 def _check_sheet_file(result: VerifyResult, certificate: dict, folder: Path) -> None:
     """The contact sheet is the file the certificate names (its tiles are checked against regenerated images)."""
-    from verifier.images import file_sha256
-
     record = certificate["witness"]["generations_sheet"]
-    path = folder / record["file"]
-    actual = file_sha256(path) if path.is_file() else None
-    result.add(certificate["image"]["id"], "generations sheet file", actual == record["sha256"],
-               f"{record['file']} is missing" if actual is None else
-               f"sha256 {actual[:12]} vs recorded {record['sha256'][:12]}")
+    _check_file(result, certificate["image"]["id"], "generations sheet file", folder / record["file"], record["sha256"])
 
 
 def _check_sheet_tiles(result: VerifyResult, image_id: str, folder: Path, record: dict, row: int,
