@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest_images import write_images
-from tiny_models import build_tiny_pipeline
+from tiny_models import TEST_DEVICE, build_tiny_pipeline
 from verifier.api import certify
 from verifier.config import VerifierConfig
 from verifier.models import Conditioning, ModelLoadError, load_model
@@ -22,7 +22,7 @@ from verifier.models import Conditioning, ModelLoadError, load_model
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 FAST = VerifierConfig(inversion_steps=3, inversion_noise_draws=2, error_timesteps=3, error_noise_draws=2,
-                      generations=2, guidance_scales=(1.0, 2.0), sampling_steps=3, device="cpu")
+                      generations=2, guidance_scales=(1.0, 2.0), sampling_steps=3, device=TEST_DEVICE)
 
 # name -> (family, prediction type, upcast attention): SD 1.x-like, SD 2.x-v-like, SDXL-like, SD3-like
 # (CLIP-L, CLIP-G, T5, MMDiT), Flux-dev-like (CLIP, T5, guidance-distilled transformer, dynamic shift).
@@ -43,7 +43,7 @@ def variant(request, tmp_path_factory):
     family, prediction_type, upcast = VARIANTS[request.param]
     folder = build_tiny_pipeline(tmp_path_factory.mktemp(request.param) / "model", prediction_type=prediction_type,
                                  family=family, upcast_attention=upcast)
-    return request.param, folder, load_model(folder, device="cpu")
+    return request.param, folder, load_model(folder, device=TEST_DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +51,10 @@ def images(tmp_path_factory):
     return write_images(tmp_path_factory.mktemp("images"), count=2)
 
 
-def _stock(folder, family: str):
+def _stock(folder, family: str, device: str = "cpu"):
     import diffusers
 
-    pipeline = getattr(diffusers, PIPELINES[family]).from_pretrained(folder, local_files_only=True)
+    pipeline = getattr(diffusers, PIPELINES[family]).from_pretrained(folder, local_files_only=True).to(device)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -78,7 +78,8 @@ def _assert_same(mine: Conditioning, theirs: Conditioning) -> None:
     # recipe (another layer, order or padding) differs by O(1).
     assert set(mine.tensors()) == set(theirs.tensors())
     for name, tensor in theirs.tensors().items():
-        torch.testing.assert_close(mine.tensors()[name].float(), tensor.float(), rtol=1e-4, atol=2e-5, msg=name)
+        torch.testing.assert_close(mine.tensors()[name].float().cpu(), tensor.float().cpu(), rtol=1e-4, atol=2e-5,
+                                   msg=name)
 
 
 def test_family_and_native_resolution_come_from_the_model(variant):
@@ -120,7 +121,7 @@ def test_soft_tokens_holding_word_embeddings_reproduce_the_prompt(variant):
         ids = tokenizer(["cat dog"], return_tensors="pt").input_ids  # CLIP: BOS cat dog EOS; T5: cat dog EOS
         offset = adapter.soft_token_offset(key)
         assert ids.shape[1] == offset + 3
-        soft[key] = table(ids)[:, offset : offset + 2].detach()
+        soft[key] = table(ids.to(table.weight.device))[:, offset : offset + 2].detach()
     _assert_same(adapter.encode_text(soft), _stock_encoding(_stock(folder, family), family, "cat dog"))
 
 
@@ -136,10 +137,11 @@ def test_objective_matches_the_training_scheduler(variant):
     generator = torch.Generator().manual_seed(0)
     z0, noise = torch.randn(3, 4, 8, 8, generator=generator), torch.randn(3, 4, 8, 8, generator=generator)
     timesteps = torch.tensor([10, 500, 990])
-    objective = adapter.objective
-    torch.testing.assert_close(objective.noisy(z0, noise, timesteps), training.add_noise(z0, noise, timesteps))
+    objective, device = adapter.objective, adapter.device
+    on_device = [tensor.to(device) for tensor in (z0, noise, timesteps)]
+    torch.testing.assert_close(objective.noisy(*on_device).cpu(), training.add_noise(z0, noise, timesteps))
     wanted = noise if training.config.prediction_type == "epsilon" else training.get_velocity(z0, noise, timesteps)
-    torch.testing.assert_close(objective.target(z0, noise, timesteps), wanted)
+    torch.testing.assert_close(objective.target(*on_device).cpu(), wanted)
     assert objective.num_train_timesteps == training.config.num_train_timesteps
 
 
@@ -154,7 +156,7 @@ def _check_flow_objective(folder, adapter) -> None:
     objective = adapter.objective
     if training.config.use_dynamic_shifting:
         training.set_timesteps(1000, mu=objective.shift_record["mu"])
-    torch.testing.assert_close(objective.table, training.timesteps.float())
+    torch.testing.assert_close(objective.table.cpu(), training.timesteps.float())
     timesteps = objective.sample_timesteps(torch.Generator().manual_seed(0), 3)
     assert all(float(t) in objective.table.tolist() for t in timesteps)
     assert all(t in objective.table.tolist() for t in objective.grid(10))
@@ -262,7 +264,7 @@ def test_witness_regenerates_through_the_stock_pipeline(variant, images, tmp_pat
     tensors = load_file(tmp_path / "out" / witness["file"])
     keywords = {key: tensors[key] for key in witness["tensors"] + witness["negative_tensors"]}
     keywords |= {key: tuple(value) for key, value in witness["pipeline_kwargs"].items()}
-    image = _stock(folder, family)(
+    image = _stock(folder, family, TEST_DEVICE)(
         **keywords, **{witness["guidance_keyword"]: witness["closest_guidance_scale"]},
         num_inference_steps=witness["num_inference_steps"],
         height=witness["height"], width=witness["width"],
@@ -323,7 +325,7 @@ def test_certificate_and_verify_agree(tmp_path, images, family):
     folder = build_tiny_pipeline(tmp_path / "model", family=family)
     out = tmp_path / "out"
     certify(folder, images, out, replace(FAST, batch_size=2))
-    result = verify(out, model=folder, images=images, device="cpu", all_generations=True)
+    result = verify(out, model=folder, images=images, device=TEST_DEVICE, all_generations=True)
     failures = [check for check in result.checks if not check.passed]
     assert not failures, failures
 
@@ -413,7 +415,7 @@ def test_sd2_v_model_is_certified_at_its_native_768_px(tmp_path, images):
     """An SD 2.x-v-like model (v-prediction, attention upcast, latents 96 x 96, VAE factor 8) runs at 768 px."""
     folder = build_tiny_pipeline(tmp_path / "model", prediction_type="v_prediction", upcast_attention=True,
                                  latent_size=96, vae_levels=4)
-    adapter = load_model(folder, device="cpu")
+    adapter = load_model(folder, device=TEST_DEVICE)
     assert adapter.resolution == 768
     config = replace(FAST, inversion_steps=1, inversion_noise_draws=1, error_timesteps=2, error_noise_draws=1,
                      generations=1, guidance_scales=(2.0,), sampling_steps=2)

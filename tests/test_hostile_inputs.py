@@ -189,6 +189,8 @@ CASES = [
     ("fractional count in a file", lambda m, d: certify_args([_image(d)], m, d, "--config", _file(
         d, "c.toml", "error_timesteps = 2.5\n")), 2, "error_timesteps=2.5 is not allowed: expected an integer"),
     ("unknown dtype", lambda m, d: certify_args([_image(d)], m, d, "--dtype", "float64"), 2, "dtype='float64'"),
+    ("unknown autocast", lambda m, d: certify_args([_image(d)], m, d, "--autocast", "int8"), 2,
+     "autocast='int8' is not allowed: expected one of off, bfloat16, float16"),
     ("meta device", lambda m, d: certify_args([_image(d)], m, d, "--device", "meta"), 2,
      "device='meta' is not allowed: expected auto, cpu, cuda, cuda:N or mps"),
     ("unknown fail-on level", lambda m, d: certify_args([_image(d)], m, d, "--fail-on", "always"), 2,

@@ -5,12 +5,15 @@ As diffusers' ``get_dummy_components``, but offline: the tokenizers are written 
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import torch
 
 FAMILIES = ("sd", "sdxl", "sd3", "flux")
+# Where the adapter contract runs: the CPU here and in CI; benchmarks/gpu_check.py runs it on cuda.
+TEST_DEVICE = os.environ.get("VERIFIER_TEST_DEVICE", "cpu")
 
 
 def _tokenizer(folder: Path, pad_token: str | None = None):

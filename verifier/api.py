@@ -54,7 +54,7 @@ from verifier.error import prediction_error
 from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect_images, prepare_image
 from verifier.invert import InversionSchedule, invert
 from verifier.memory import row_budget
-from verifier.models import Conditioning, ModelAdapter, load_model
+from verifier.models import Conditioning, ModelAdapter, autocast_dtype, load_model
 from verifier.progress import RunProgress
 from verifier.prompts import prompt_tests
 from verifier.readable import METHOD as READABLE_METHOD, decoded_prompts
@@ -260,7 +260,8 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
         loaded.denoiser().enable_gradient_checkpointing()
     else:
         loaded.denoiser().disable_gradient_checkpointing()
-    rows = row_budget(loaded, config.denoiser_batch)
+    loaded.autocast = autocast_dtype(config.autocast)
+    rows = row_budget(loaded, config.denoiser_batch)  # after the precision: autocast halves what a row keeps
     loaded.rows_per_call = rows.rows
     say(f"model {loaded.source} ({loaded.family}, {loaded.kind}, {loaded.prediction_type}, {resolution}px) on "
         f"{loaded.device}; {len(protected)} image{'s' if len(protected) != 1 else ''}; {rows.rows} rows per denoiser "

@@ -27,6 +27,7 @@ FAIL_ON_LEVELS = ("memorized", "rarely_reproduced", "never")
 MAX_STEPS, MAX_DRAWS, MAX_BATCH, MAX_GENERATIONS, MAX_GUIDANCE = 100_000, 1024, 4096, 10_000, 100.0
 MAX_SEED = 2**32 - 1
 DTYPES = ("float32", "float16", "bfloat16")
+AUTOCAST = ("off", "bfloat16", "float16")  # the denoiser's compute dtype under torch.autocast (weights stay dtype)
 ERROR_FORMS = ("native", "x0")  # how verifier.objectives measures the prediction error
 TIMESTEP_DENSITIES = ("logit_normal", "uniform")  # flow-matching training densities (verifier.objectives)
 
@@ -76,7 +77,8 @@ class VerifierConfig:
     # Run.
     seed: int = 0
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "float32"  # the weights' dtype
+    autocast: str = "off"  # run the denoiser and sampling under torch.autocast in this dtype; off: in the weights'
     resolution: int | None = None  # None: the model's native resolution
     fail_on: str = "memorized"
     lpips_weights: str | None = None
@@ -128,6 +130,7 @@ class VerifierConfig:
              "a number in (0, 1), or unset for the bound the first look's seeds give"),
             ("seed", 0 <= self.seed <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
             ("dtype", self.dtype in DTYPES, f"one of {', '.join(DTYPES)}"),
+            ("autocast", self.autocast in AUTOCAST, f"one of {', '.join(AUTOCAST)}"),
             ("device", re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
              "auto, cpu, cuda, cuda:N or mps"),
             ("fail_on", self.fail_on in FAIL_ON_LEVELS, f"one of {', '.join(FAIL_ON_LEVELS)}"),
@@ -186,7 +189,10 @@ class VerifierConfig:
         files lie: the run key takes the weights' sha256 instead of their path)."""
         ignored = {"device", "fail_on", "batch_size", "denoiser_batch", "gradient_checkpointing", "lpips_weights",
                    "sscd_weights", "calibration"}
-        return {key: value for key, value in self.to_dict().items() if key not in ignored}
+        values = {key: value for key, value in self.to_dict().items() if key not in ignored}
+        if values["autocast"] == "off":  # added after schema v9 was declared: keys of earlier runs stay valid
+            del values["autocast"]
+        return values
 
 
 FIELD_TYPES = {f.name: f for f in fields(VerifierConfig)}

@@ -157,6 +157,7 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
             result.add(image_id, "re-measurement", False, "skipped: it needs the recorded model, image and witness")
             continue
         say(f"{image_id}: regenerating and re-measuring")
+        loaded.autocast = _recorded_autocast(certificate)
         _check_generations(result, certificate, loaded, witness, image_path, folder, all_generations)
         _check_error(result, certificate, loaded, witness, image_path)
         _check_decoding(result, certificate, loaded, witness)
@@ -191,6 +192,16 @@ def _check_image(result: VerifyResult, certificate: dict, by_hash: dict[str, Pat
     actual = file_sha256(path)
     result.add(image_id, "image", actual == wanted, f"sha256 {actual[:12]} vs recorded {wanted[:12]} ({path})")
     return path if actual == wanted else None
+
+
+def _recorded_autocast(certificate: dict):
+    """The precision the certificate's numbers were measured in, replayed by the re-measurement (a value that is
+    not a valid one is named by the arithmetic check; the replay then runs without autocast)."""
+    from verifier.config import AUTOCAST
+    from verifier.models import autocast_dtype
+
+    name = certificate.get("config", {}).get("autocast", "off")
+    return autocast_dtype(name) if name in AUTOCAST else None
 
 
 def _check_witness(result: VerifyResult, certificate: dict, folder: Path, loaded) -> dict | None:

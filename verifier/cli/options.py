@@ -9,7 +9,10 @@ FAIL_LEVELS = {"memorized": ("memorized",), "rarely_reproduced": ("memorized", "
 CONFIG_OPTIONS = [
     click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML or JSON config file (see configs/)."),
     click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps."),
-    click.option("--dtype", default=None, help="float32 (default), float16 or bfloat16."),
+    click.option("--dtype", default=None, help="The weights' dtype: float32 (default), float16 or bfloat16."),
+    click.option("--autocast", default=None,
+                 help="Run the denoiser and sampling under torch.autocast in bfloat16 or float16, the weights, free "
+                      "variables and loss staying in --dtype/float32; off (default). docs/gpu.md says when to use it."),
     click.option("--similarity", default=None, help="ssim (default), lpips or sscd."),
     click.option("--similarity-threshold", type=float, default=None, help="Override the metric's default threshold."),
     click.option("--inversion-space", default=None, help="token_embeddings (default), shared_token_embeddings or hidden_states."),

@@ -88,6 +88,7 @@ class ModelAdapter(ABC):
         self.device, self.dtype = device, dtype
         self.objective = self._objective()
         self.rows_per_call: int | None = None  # the most rows one denoiser call takes (verifier.memory); None: no limit
+        self.autocast: torch.dtype | None = None  # the denoiser's compute dtype under torch.autocast; None: its own
         self._prompt_ids: dict[int, dict[str, torch.Tensor]] = {}  # inversion encodes every step: tokenize once
 
     # -- what the model is -------------------------------------------------------------------
@@ -227,9 +228,24 @@ class ModelAdapter(ABC):
         return self.encode_text(None).map(lambda tensor: tensor.float())
 
     # -- the denoiser ------------------------------------------------------------------------
-    @abstractmethod
+    def precision(self) -> contextlib.AbstractContextManager:
+        """Where the denoiser and the sampling pipeline run: under ``torch.autocast`` in ``self.autocast``
+        (matrix multiplies and convolutions in that dtype, normalizations and softmax in float32), or as the
+        weights are. Text encoders, the free variables, the loss and the optimizer stay outside it, in float32."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
+
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
-        """The denoiser's output (float32, same shape as ``noisy``) in the objective's target form."""
+        """The denoiser's output (float32, same shape as ``noisy``) in the objective's target form, computed in
+        the run's precision."""
+        with self.precision():
+            prediction = self.denoise(noisy, timesteps, conditioning)
+        return prediction.float()
+
+    @abstractmethod
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+        """One denoiser call in the family's own way (``predict`` sets the precision and returns float32)."""
 
     # -- generation through the stock pipeline -----------------------------------------------
     def guidance_kwargs(self, guidance_scale: float) -> dict:
@@ -260,12 +276,13 @@ class ModelAdapter(ABC):
         images = []
         for first in range(0, len(rows), per_call):
             part = rows[first : first + per_call]
-            output = self.pipeline(
-                **part.to(dtype).pipeline_kwargs(negative.expand(len(part)).to(dtype)),
-                num_images_per_prompt=1, generator=generators[first : first + per_call],
-                **self.guidance_kwargs(guidance_scale), num_inference_steps=steps, height=resolution, width=resolution,
-                output_type="np", **self.generation_kwargs(resolution, resolution),
-            )
+            with self.precision():
+                output = self.pipeline(
+                    **part.to(dtype).pipeline_kwargs(negative.expand(len(part)).to(dtype)),
+                    num_images_per_prompt=1, generator=generators[first : first + per_call],
+                    **self.guidance_kwargs(guidance_scale), num_inference_steps=steps, height=resolution,
+                    width=resolution, output_type="np", **self.generation_kwargs(resolution, resolution),
+                )
             images.append(np.asarray(output.images, dtype=np.float32))
         images = np.concatenate(images)
         return images.reshape(batch, len(seeds), *images.shape[1:])

@@ -92,7 +92,7 @@ class FluxAdapter(ModelAdapter):
         tokens = self.pipeline.text_encoder_2(ids["tokens_2"], output_hidden_states=False)[0]
         return Conditioning(prompt_embeds=tokens, pooled_prompt_embeds=pooled.to(tokens.dtype))
 
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
         from diffusers import FluxPipeline
 
         transformer = self.pipeline.transformer

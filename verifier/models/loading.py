@@ -49,6 +49,11 @@ class ModelLoadError(RuntimeError):
     """MODEL could not be loaded; the message says what was tried and what is missing."""
 
 
+def autocast_dtype(name: str) -> torch.dtype | None:
+    """The torch dtype of a config's ``autocast`` (None for off)."""
+    return None if name == "off" else TORCH_DTYPES[name]
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else the CPU; anything else must be a device torch accepts."""
     if name == "auto":

@@ -50,7 +50,7 @@ class StableDiffusionAdapter(ModelAdapter):
     def _encode_ids(self, ids: dict[str, torch.Tensor]) -> Conditioning:
         return Conditioning(prompt_embeds=self.pipeline.text_encoder(ids["tokens"])[0])
 
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
         unet = self.pipeline.unet
         return unet(noisy.to(unet.dtype), timesteps,
                     encoder_hidden_states=conditioning.prompt_embeds.to(unet.dtype)).sample.float()

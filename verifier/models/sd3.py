@@ -99,7 +99,7 @@ class StableDiffusion3Adapter(ModelAdapter):
         return Conditioning(prompt_embeds=torch.cat([clip, t5.to(clip.dtype)], dim=-2),
                             pooled_prompt_embeds=torch.cat([first[0], second[0]], dim=-1))
 
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
         transformer = self.pipeline.transformer
         dtype = transformer.dtype
         # The pipeline passes sigma x num_train_timesteps as the timestep, as the objective's timesteps are.

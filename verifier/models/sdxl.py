@@ -80,7 +80,7 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
         encoded = super().empty_conditioning()
         return encoded.map(torch.zeros_like) if self.empty_prompt == "zeros" else encoded
 
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
         unet = self.pipeline.unet
         # The image size follows from the latent's, so a run at another resolution conditions on it.
         scale = int(self.pipeline.vae_scale_factor)
