@@ -83,6 +83,10 @@ def _environment(model: ModelAdapter) -> dict:
         "device": str(model.device),
         "device_name": torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else platform.machine(),
         "dtype": str(model.dtype).replace("torch.", ""),
+        "autocast": None if model.autocast is None else str(model.autocast).replace("torch.", ""),
+        # On CUDA, float32 convolutions (and matrix multiplies, where enabled) may run in TF32: record which.
+        "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+        if model.device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
     }
 

@@ -90,6 +90,12 @@ class ModelAdapter(ABC):
         self.rows_per_call: int | None = None  # the most rows one denoiser call takes (verifier.memory); None: no limit
         self.autocast: torch.dtype | None = None  # the denoiser's compute dtype under torch.autocast; None: its own
         self._prompt_ids: dict[int, dict[str, torch.Tensor]] = {}  # inversion encodes every step: tokenize once
+        # The row budget (verifier.memory) sizes a call for the denoiser; the VAE then encodes and decodes the
+        # call's images one at a time (diffusers' slicing), so a GPU call of a hundred rows does not also hold a
+        # hundred full-size decoder activations at once. Per image, the numbers are the same.
+        vae = getattr(pipeline, "vae", None)
+        if vae is not None and hasattr(vae, "use_slicing"):
+            vae.enable_slicing()
 
     # -- what the model is -------------------------------------------------------------------
     @property
