@@ -103,13 +103,15 @@ def test_one_default_config_gives_the_ground_truth_on_every_family(name, tmp_pat
 
 
 @pytest.mark.gpu
-def test_fixture_verdicts_on_cuda_in_half_precision(tmp_path):
-    """The same defaults on a GPU in float16: memorized fixture images stay memorized, held-out ones not."""
+@pytest.mark.parametrize("precision", [{"dtype": "float16"}, {"autocast": "bfloat16"}], ids=["float16", "autocast"])
+def test_fixture_verdicts_on_cuda_in_half_precision(tmp_path, precision):
+    """The same defaults on a GPU in float16 weights, or under bfloat16 autocast with float32 weights: memorized
+    fixture images stay memorized, held-out ones not."""
     folder = reference_model_path("fixture-16px")
     manifest = load_manifest("fixture-16px")
     chosen = [i for i in manifest["images"] if i["memorized"] or i["split"] == "held_out"]
     certificates = certify(folder, [folder / i["file"] for i in chosen], tmp_path,
-                           VerifierConfig(device="cuda", dtype="float16"))
+                           VerifierConfig(device="cuda", **precision))
     for image, certificate in zip(chosen, certificates):
         expected = "memorized" if image["memorized"] else "not_memorized"
         assert certificate["verdict"] == expected, (image["id"], certificate["verdict_reason"])
