@@ -40,8 +40,6 @@ NUMBERS = ("error_ratio", "similarity")
 def run_demo(model: str, out: Path, device: str, autocast: str, extra: list[str] | None = None) -> dict:
     """One real ``verifier demo`` run; its exit code, seconds and per-image numbers."""
     from verifier.cli import main
-    from verifier.cli.demo import demo_images
-    from verifier.reference_models import load_manifest
 
     started = time.perf_counter()
     try:
@@ -51,6 +49,15 @@ def run_demo(model: str, out: Path, device: str, autocast: str, extra: list[str]
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 3
     seconds = time.perf_counter() - started
+    return {"model": model, "device": device, "autocast": autocast, "exit_code": code, "seconds": round(seconds, 1),
+            "images": read_numbers(model, out)}
+
+
+def read_numbers(model: str, out: Path) -> dict:
+    """Per image of the demo's subset certified in ``out``: verdict, error ratio, best similarity, replications."""
+    from verifier.cli.demo import demo_images
+    from verifier.reference_models import load_manifest
+
     images = {}
     for image in demo_images(load_manifest(model), everything=False)[0]:
         path = out / f"{image['id']}.json"
@@ -64,8 +71,7 @@ def run_demo(model: str, out: Path, device: str, autocast: str, extra: list[str]
                                "similarity": conditions["similarity"]["value"],
                                "replications": f"{best['replications']}/{best['generations']}",
                                "truth": "memorized" if image["memorized"] else image["split"]}
-    return {"model": model, "device": device, "autocast": autocast, "exit_code": code, "seconds": round(seconds, 1),
-            "images": images}
+    return images
 
 
 def compare(run: dict, reference: dict) -> dict:
