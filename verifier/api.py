@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from verifier.alignment import FramedSimilarity, OwnerImage
 from verifier.certificate.report import report_html
 from verifier.certificate.schema import certificate_tag, validated
 from verifier.certificate.sheet import LAYOUT as SHEET_LAYOUT, sheet_png, tile_size
@@ -51,6 +52,8 @@ from verifier.conditions import (
 from verifier.control import TWIN, ControlRun, run_controls
 from verifier.config import VerifierConfig
 from verifier.error import prediction_error
+from verifier.framing import BOUNDS as FRAMING_BOUNDS, NOISE_FLOOR as FRAMING_NOISE_FLOOR
+from verifier.framing import framing_record, reproduced_nothing, search_summary
 from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect_images, prepare_image
 from verifier.invert import InversionSchedule, invert
 from verifier.memory import row_budget
@@ -316,15 +319,194 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
     empty_error = prediction_error(model, z0, empty.expand(len(batch)),
                                    timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
     clock["error_s"] = time.time() - tick
-    # 4. Invert, each image until its error ratio levels off; its last check is the witness's error.
+    # 4-5c. Invert, generate, control and decide at the owner's framing, every noise level.
+    looks = sampling_looks(config.generations, config.sampling_doublings)
+    first = _search(run, batch, z0, empty_error, pixels, metric, tracker, clock)
+    # 5f. Where that reproduced nothing, the framing search: coarse noise levels, the owner's image framed best.
+    searched = [index for index in range(len(batch))
+                if config.framing_search and reproduced_nothing(first.decisions[index])]
+    framed = None
+    if searched:
+        owners = [OwnerImage.open(batch[index].path, FRAMING_BOUNDS, resolution) for index in searched]
+        framed = _search(run, [batch[index] for index in searched], z0[searched], empty_error[searched], owners,
+                         FramedSimilarity(metric), tracker, clock, noise_floor=FRAMING_NOISE_FLOOR, owners=owners)
+    witnesses = [first.row(index) for index in range(len(batch))]
+    for row, index in enumerate(searched):
+        if framed.decisions[row].verdict in REPRODUCED_VERDICTS or \
+                framed.decisions[row].conditions["similarity"]["replications"] > 0:
+            witnesses[index] = framed.row(row)
+    decisions = [witness.decision for witness in witnesses]
+    # 5d. Where the whole image was not reproduced, a part of it may be: the best window against the twin's.
+    tick = time.time()
+    window_scores = [witness.window_scores for witness in witnesses]
+    part_controls = _part_controls(run, batch, pixels, window_scores, decisions, seeds[:looks[0]])
+    parts = [part_record(decisions[index].verdict, window_scores[index], run.window_metric, looks[0],
+                         config.confidence, None if index not in part_controls else
+                         {"guidance_scale": part_controls[index].guidance_scale,
+                          "scores": part_controls[index].scores})
+             for index in range(len(batch))]
+    clock["parts_s"] = time.time() - tick
+    # 5e. The owner's prompts (where the manifest lists some) and, where the witness reproduced its image,
+    #     the witness decoded into readable text: each tested like the witness (one look), against the owner's
+    #     image framed best where the witness came from the framing search.
+    tick = time.time()
+    owner_prompts = [image.context.prompts() if image.context else [] for image in batch]
+    readable = [decoded_prompts(model, witness.variables)
+                if config.decode_witness and witness.decision.verdict in REPRODUCED_VERDICTS else []
+                for witness in witnesses]
+    to_test = [owner + [("decoded", text) for text in decoded] for owner, decoded in zip(owner_prompts, readable)]
+    tracker.stage("prompts", sum(map(len, to_test)), "prompt")
+    tested = prompt_tests(model, z0, [witness.target for witness in witnesses], empty, empty_error, to_test,
+                          FramedSimilarity(metric), threshold=run.thresholds.similarity, seeds=seeds[:looks[0]],
+                          scales=config.guidance_scales, steps=config.sampling_steps, resolution=resolution,
+                          timesteps=config.error_timesteps, noise_draws=config.error_noise_draws,
+                          confidence=config.confidence, min_rate=config.probability_min_rate)
+    tracker.advance(sum(map(len, to_test)))
+    tracker.end_stage()
+    clock["prompts_s"] = time.time() - tick
+    timings = {key: (round(value / len(batch), 4) if key.endswith("_s") else value)
+               for key, value in clock.items()} | {"note": "seconds: this image's share of its batch"}
+    # 6. Certify each image: witness files and closest generation first, the certificate last.
+    written = []
+    for index, image in enumerate(batch):
+        witness = witnesses[index]
+        control, decision = witness.control, witness.decision
+        prompts = [record for record in tested[index] if record["kind"] != "decoded"]
+        decoded = [record for record in tested[index] if record["kind"] == "decoded"]
+        best_scale, best_seed, best_generation = witness.closest
+        atomic_write_bytes(run.out / f"{image.id}.closest.png", png_bytes(best_generation))
+        sheet = sheet_png(witness.tiles, list(config.guidance_scales), tile_size(resolution))
+        atomic_write_bytes(run.out / f"{image.id}.generations.png", sheet)
+        image_seeds = seeds[:max(witness.used.values())]
+        metadata = {"space": config.inversion_space, "seeds": image_seeds, "image_sha256": image.sha256}
+        witness_sha = write_witness(run.out / f"{image.id}.witness.safetensors", witness.conditioning, empty,
+                                    witness.variables, metadata)
+        control_witness = None if control is None else {
+            "file": f"{image.id}.control.safetensors",
+            "sha256": write_witness(run.out / f"{image.id}.control.safetensors", control.witness, empty,
+                                    control.variables, metadata | {"control": TWIN})}
+        if index in part_controls:
+            twin = part_controls[index]
+            parts[index]["control"]["witness"] = {
+                "file": f"{image.id}.part-control.safetensors",
+                "sha256": write_witness(run.out / f"{image.id}.part-control.safetensors", twin.witness, empty,
+                                        twin.variables, metadata | {"control": f"{TWIN}, for the part check"})}
+        first_row = first.row(index)
+        framed_row = framed.row(searched.index(index)) if index in searched else None
+        framing = framing_record(
+            searched=framed_row is not None, enabled=config.framing_search, used=witness.framed,
+            first=search_summary(first_row.decision, finite_or_none(first_row.ratio)),
+            framed=None if framed_row is None else search_summary(framed_row.decision, finite_or_none(framed_row.ratio)),
+            closest_framing=witness.closest_framing(FramedSimilarity(metric)),
+            evaluations=None if framed_row is None else framed_row.evaluations(config, looks))
+        certificate = _certificate(
+            run.record, image, decision, witness_sha, image_seeds, best_scale, best_seed, timings, run.keys[image.id],
+            error={"inverted": witness.errors, "empty": empty_error[index], "ratio": witness.ratio,
+                   "loss_first_last": witness.loss_first_last, "noise_draws": config.error_noise_draws,
+                   "inversion_steps": witness.steps, "checks": witness.checks},
+            control_witness=control_witness, sheet={
+                "file": f"{image.id}.generations.png", "sha256": hashlib.sha256(sheet).hexdigest(),
+                "tile": tile_size(resolution), "layout": SHEET_LAYOUT},
+            spent=first_row.evaluations(config, looks)["witness"],
+            control_cost=witness.evaluations(config, looks)["control"],
+            part=parts[index], part_control_cost=None if index not in part_controls else denoiser_evaluations(
+                config, {part_controls[index].guidance_scale: looks[0]}, part_controls[index].inversion_steps,
+                part_controls[index].checks),
+            prompts=prompts, prompt_cost=prompt_evaluations(config, len(tested[index])),
+            readable={"method": READABLE_METHOD, "prompts": decoded,
+                      "statement": readable_statement(decision.verdict, config.inversion_space, decoded,
+                                                     config.decode_witness)},
+            framing=framing)
+        atomic_write_json(run.out / f"{image.id}.json", certificate)
+        if run.signer is not None:
+            sign_file(run.signer, run.out / f"{image.id}.json")
+        written.append(certificate)
+    return written
+
+
+@dataclass
+class WitnessRow:
+    """One image's witness from one search, with everything the certificate records of it."""
+
+    conditioning: Conditioning
+    variables: dict[str, torch.Tensor]
+    errors: torch.Tensor  # the grid error under the witness, at the owner's framing
+    ratio: float
+    loss_first_last: list
+    steps: int
+    checks: list[tuple[int, float]]
+    scores: dict[float, np.ndarray]
+    closest: tuple[float, int, np.ndarray]
+    tiles: dict[float, list[np.ndarray]]
+    window_scores: dict[float, np.ndarray]  # every generation's window scores at the owner's framing (stage 5d)
+    used: dict[float, int]
+    control: ControlRun | None
+    decision: object
+    target: object  # what the metric compared generations with: the prepared pixels, or the OwnerImage
+    framed: bool
+
+    def closest_framing(self, framed_metric) -> dict | None:
+        """The framing of the owner's image that the closest generation matches best (framing-search witnesses)."""
+        if not self.framed:
+            return None
+        framing = framed_metric.framings(self.closest[2][None], self.target)[0]
+        return framing.record(self.target.side)
+
+    def evaluations(self, config: VerifierConfig, looks: list[int]) -> dict:
+        control = self.control
+        return {"witness": denoiser_evaluations(config, self.used, self.steps, len(self.checks)),
+                "control": None if control is None else denoiser_evaluations(
+                    config, {control.guidance_scale: looks[0]}, control.inversion_steps, control.checks)}
+
+
+@dataclass
+class Search:
+    """What one witness search (invert, sample, control, decide) measured for a batch."""
+
+    inversion: object
+    ratios: list[float]
+    losses: list[list]
+    sampled: object
+    controls: dict[int, ControlRun]
+    decisions: list
+    targets: list
+    framed: bool
+
+    def row(self, index: int) -> WitnessRow:
+        inversion, sampled = self.inversion, self.sampled
+        return WitnessRow(
+            conditioning=inversion.conditioning[index],
+            variables={name: value[index] for name, value in inversion.variables.items()},
+            errors=inversion.errors[index], ratio=self.ratios[index], loss_first_last=self.losses[index],
+            steps=inversion.steps[index], checks=inversion.checks[index], scores=sampled.scores[index],
+            closest=sampled.closest[index], tiles=sampled.tiles[index], window_scores=sampled.window_scores[index],
+            used=sampled.seeds_used(index),
+            control=self.controls.get(index), decision=self.decisions[index], target=self.targets[index],
+            framed=self.framed)
+
+
+def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error: torch.Tensor, targets: list,
+            metric, tracker: RunProgress, clock: dict, *, noise_floor: float = 0.0,
+            owners: list | None = None) -> Search:
+    """Steps 4-5c for a batch: invert, generate and score against ``targets`` with ``metric``, control, decide.
+
+    The first search inverts at every noise level and compares with the prepared pixels; the framing
+    search (``verifier.framing``) inverts at the noisiest levels only, a fixed number of steps, and
+    compares with each image's ``OwnerImage`` framed best (its control likewise)."""
+    config, model, empty = run.config, run.loaded, run.empty
+    seeds, resolution = run.record.seeds, run.record.resolution
+    stage = "" if not noise_floor else "framing:"
+    # 4. Invert, each image until its error ratio levels off (the framing search: a fixed budget); its last
+    #    check is the witness's error.
     tick = time.time()
     tracker.stage("invert", config.inversion_steps, "step")
-    inversion = invert(model, run.space, z0, [image.sha256 for image in batch], schedule=InversionSchedule.of(config),
+    inversion = invert(model, run.space, z0, [f"{stage}{image.sha256}" if stage else image.sha256 for image in batch],
+                       schedule=InversionSchedule.of(config, fixed=bool(noise_floor)),
                        empty_errors=empty_error.mean(dim=1), learning_rate=config.inversion_learning_rate,
-                       noise_draws=config.inversion_noise_draws, seed=config.seed, on_step=tracker.advance)
-    clock["invert_s"] = time.time() - tick
-    inverted_error = inversion.errors
-    ratios = [float(inverted_error[index].mean() / empty_error[index].mean()) for index in range(len(batch))]
+                       noise_draws=config.inversion_noise_draws, seed=config.seed, on_step=tracker.advance,
+                       noise_floor=noise_floor)
+    clock[f"{stage.rstrip(':') + '_' if stage else ''}invert_s"] = time.time() - tick
+    ratios = [float(inversion.errors[index].mean() / empty_error[index].mean()) for index in range(len(batch))]
     # 5. Generate from the witness and score each generation against its image; double the seeds where
     #    the first look leaves the probability condition undecided.
     tick = time.time()
@@ -337,97 +519,28 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
                                 replication_bound=config.replication_bound)
 
     tracker.stage("generate", len(batch) * len(config.guidance_scales) * looks[0], "generation")
-    sampled = sample(model, inversion.conditioning, empty, pixels, metric, seeds=seeds, looks=looks,
+    sampled = sample(model, inversion.conditioning, empty, targets, metric, seeds=seeds, looks=looks,
                      scales=config.guidance_scales, steps=config.sampling_steps, resolution=resolution, extend=extend,
-                     window_metric=run.window_metric, on_generated=tracker.advance)
-    scores = sampled.scores
-    clock["generate_s"] = time.time() - tick
+                     window_metric=run.window_metric, window_targets=_pixels_of(targets),
+                     on_generated=tracker.advance)
+    clock[f"{stage.rstrip(':') + '_' if stage else ''}generate_s"] = time.time() - tick
     # 5b. Where a witness replicates its image but the error ratio stayed high, run the control.
     tick = time.time()
-    controls = _controls(model, run.space, metric, run.thresholds, batch, pixels, scores, ratios, empty,
-                         seeds[:looks[0]], config, resolution)
-    clock["control_s"] = time.time() - tick
+    controls = _controls(model, run.space, metric, run.thresholds, batch, _pixels_of(targets), sampled.scores, ratios, empty, seeds[:looks[0]], config, resolution, owners=owners,
+                         noise_floor=noise_floor)
+    clock[f"{stage.rstrip(':') + '_' if stage else ''}control_s"] = time.time() - tick
     # 5c. Decide each image from its witness's numbers.
     losses = [[finite_or_none(inversion.loss_curves[index][0]), finite_or_none(inversion.loss_curves[index][-1])]
               for index in range(len(batch))]
-    decisions = [_decide(run, ratios[index], scores[index], losses[index], controls.get(index), looks)
+    decisions = [_decide(run, ratios[index], sampled.scores[index], losses[index], controls.get(index), looks)
                  for index in range(len(batch))]
-    # 5d. Where the whole image was not reproduced, a part of it may be: the best window against the twin's.
-    tick = time.time()
-    part_controls = _part_controls(run, batch, pixels, sampled.window_scores, decisions, seeds[:looks[0]])
-    parts = [part_record(decisions[index].verdict, sampled.window_scores[index], run.window_metric, looks[0],
-                         config.confidence, None if index not in part_controls else
-                         {"guidance_scale": part_controls[index].guidance_scale,
-                          "scores": part_controls[index].scores})
-             for index in range(len(batch))]
-    clock["parts_s"] = time.time() - tick
-    # 5e. The owner's prompts (where the manifest lists some) and, where the witness reproduced its image,
-    #     the witness decoded into readable text: each tested like the witness (one look).
-    tick = time.time()
-    owner_prompts = [image.context.prompts() if image.context else [] for image in batch]
-    readable = [decoded_prompts(model, {name: value[index] for name, value in inversion.variables.items()})
-                if config.decode_witness and decisions[index].verdict in REPRODUCED_VERDICTS else []
-                for index in range(len(batch))]
-    to_test = [owner + [("decoded", text) for text in decoded] for owner, decoded in zip(owner_prompts, readable)]
-    tracker.stage("prompts", sum(map(len, to_test)), "prompt")
-    tested = prompt_tests(model, z0, pixels, empty, empty_error, to_test,
-                          metric, threshold=run.thresholds.similarity, seeds=seeds[:looks[0]],
-                          scales=config.guidance_scales, steps=config.sampling_steps, resolution=resolution,
-                          timesteps=config.error_timesteps, noise_draws=config.error_noise_draws,
-                          confidence=config.confidence, min_rate=config.probability_min_rate)
-    tracker.advance(sum(map(len, to_test)))
-    tracker.end_stage()
-    clock["prompts_s"] = time.time() - tick
-    timings = {key: (round(value / len(batch), 4) if key.endswith("_s") else value)
-               for key, value in clock.items()} | {"note": "seconds: this image's share of its batch"}
-    # 6. Certify each image: witness files and closest generation first, the certificate last.
-    written = []
-    for index, image in enumerate(batch):
-        control, decision, loss_first_last = controls.get(index), decisions[index], losses[index]
-        prompts = [record for record in tested[index] if record["kind"] != "decoded"]
-        decoded = [record for record in tested[index] if record["kind"] == "decoded"]
-        best_scale, best_seed, best_generation = sampled.closest[index]
-        atomic_write_bytes(run.out / f"{image.id}.closest.png", png_bytes(best_generation))
-        sheet = sheet_png(sampled.tiles[index], list(config.guidance_scales), tile_size(resolution))
-        atomic_write_bytes(run.out / f"{image.id}.generations.png", sheet)
-        used = sampled.seeds_used(index)
-        image_seeds = seeds[:max(used.values())]
-        metadata = {"space": config.inversion_space, "seeds": image_seeds, "image_sha256": image.sha256}
-        witness_sha = write_witness(run.out / f"{image.id}.witness.safetensors", inversion.conditioning[index], empty,
-                                    {name: value[index] for name, value in inversion.variables.items()}, metadata)
-        control_witness = None if control is None else {
-            "file": f"{image.id}.control.safetensors",
-            "sha256": write_witness(run.out / f"{image.id}.control.safetensors", control.witness, empty,
-                                    control.variables, metadata | {"control": TWIN})}
-        if index in part_controls:
-            twin = part_controls[index]
-            parts[index]["control"]["witness"] = {
-                "file": f"{image.id}.part-control.safetensors",
-                "sha256": write_witness(run.out / f"{image.id}.part-control.safetensors", twin.witness, empty,
-                                        twin.variables, metadata | {"control": f"{TWIN}, for the part check"})}
-        certificate = _certificate(
-            run.record, image, decision, witness_sha, image_seeds, best_scale, best_seed, timings, run.keys[image.id],
-            error={"inverted": inverted_error[index], "empty": empty_error[index], "ratio": ratios[index],
-                   "loss_first_last": loss_first_last, "noise_draws": config.error_noise_draws,
-                   "inversion_steps": inversion.steps[index], "checks": inversion.checks[index]},
-            control_witness=control_witness, sheet={
-                "file": f"{image.id}.generations.png", "sha256": hashlib.sha256(sheet).hexdigest(),
-                "tile": tile_size(resolution), "layout": SHEET_LAYOUT},
-            spent=denoiser_evaluations(config, used, inversion.steps[index], len(inversion.checks[index])),
-            control_cost=None if control is None else denoiser_evaluations(
-                config, {control.guidance_scale: looks[0]}, control.inversion_steps, control.checks),
-            part=parts[index], part_control_cost=None if index not in part_controls else denoiser_evaluations(
-                config, {part_controls[index].guidance_scale: looks[0]}, part_controls[index].inversion_steps,
-                part_controls[index].checks),
-            prompts=prompts, prompt_cost=prompt_evaluations(config, len(tested[index])),
-            readable={"method": READABLE_METHOD, "prompts": decoded,
-                      "statement": readable_statement(decision.verdict, config.inversion_space, decoded,
-                                                     config.decode_witness)})
-        atomic_write_json(run.out / f"{image.id}.json", certificate)
-        if run.signer is not None:
-            sign_file(run.signer, run.out / f"{image.id}.json")
-        written.append(certificate)
-    return written
+    return Search(inversion=inversion, ratios=ratios, losses=losses, sampled=sampled, controls=controls,
+                  decisions=decisions, targets=targets, framed=bool(noise_floor))
+
+
+def _pixels_of(targets: list) -> list[np.ndarray]:
+    """The prepared pixels of each target (an ``OwnerImage`` carries its own)."""
+    return [target.pixels if isinstance(target, OwnerImage) else target for target in targets]
 
 
 def finish_run(run: Run, certificates: dict[str, dict], seconds: float, write: bool = True, policy=None) -> list[dict]:
@@ -470,7 +583,8 @@ class Thresholds:
 
 
 def _controls(model: ModelAdapter, space, metric, thresholds: Thresholds, batch, pixels, scores, ratios,
-              empty: Conditioning, seeds, config, resolution) -> dict[int, "ControlRun"]:
+              empty: Conditioning, seeds, config, resolution, owners: list | None = None,
+              noise_floor: float = 0.0) -> dict[int, "ControlRun"]:
     """The never-seen twin control for the images of a batch where it can change the verdict."""
     wanted = []
     for index in range(len(batch)):
@@ -482,7 +596,8 @@ def _controls(model: ModelAdapter, space, metric, thresholds: Thresholds, batch,
     if not wanted:
         return {}
     runs = run_controls(model, space, metric, [(pixels[i], batch[i].sha256, scale) for i, scale in wanted],
-                        empty=empty, seeds=seeds, config=config, resolution=resolution)
+                        empty=empty, seeds=seeds, config=config, resolution=resolution,
+                        owners=None if owners is None else [owners[i] for i, _ in wanted], noise_floor=noise_floor)
     return {index: run for (index, _), run in zip(wanted, runs)}
 
 
@@ -547,7 +662,7 @@ def _context(image: ProtectedImage) -> dict | None:
 
 def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: str, seeds: list[int],
                  best_scale: float, best_seed: int, timings: dict, key: str, error: dict,
-                 control_witness: dict | None, sheet: dict, part: dict, part_control_cost: dict | None, spent: dict, control_cost: dict | None, prompts: list[dict], prompt_cost: int, readable: dict) -> dict:
+                 control_witness: dict | None, sheet: dict, part: dict, part_control_cost: dict | None, spent: dict, control_cost: dict | None, prompts: list[dict], prompt_cost: int, readable: dict, framing: dict) -> dict:
     """One image's certificate, validated against the schema."""
     context = _context(image)
     return validated("certificate", {
@@ -587,10 +702,12 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
         "prompts": prompts,
         "classification": classify(decision.verdict, context, prompts),
         "readable_prompt": readable,
+        "framing": framing,
         "calibration": run.calibration,
         "budget": run.budget | {"denoiser_evaluations_spent": spent, "control_denoiser_evaluations": control_cost,
                                 "part_control_denoiser_evaluations": part_control_cost,
-                                "prompt_denoiser_evaluations": prompt_cost},
+                                "prompt_denoiser_evaluations": prompt_cost,
+                                "framing_denoiser_evaluations": framing["denoiser_evaluations"]},
         "config": run.config,
         "environment": run.environment,
         "timings": timings,

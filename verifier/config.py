@@ -73,6 +73,7 @@ class VerifierConfig:
     replication_bound: float | None = None  # a not_memorized claim's target upper bound; None: what the seeds give
     confidence: float = 0.95
     decode_witness: bool = True  # test the witness decoded into readable text where it reproduced the image
+    framing_search: bool = True  # where nothing replicated at the owner's framing, search framings (verifier.framing)
 
     # Run.
     seed: int = 0

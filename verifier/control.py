@@ -30,9 +30,13 @@ from verifier.models.base import Conditioning, ModelAdapter
 TWIN = "the image turned upside down (a never-seen twin), inverted with the same schedule"
 
 
-def never_seen_twin(pixels: np.ndarray) -> np.ndarray:
-    """The image flipped top to bottom; float RGB HWC in [0, 1]."""
-    return np.ascontiguousarray(pixels[::-1])
+def never_seen_twin(target):
+    """The image flipped top to bottom: prepared pixels (float RGB HWC in [0, 1]) or an ``OwnerImage``."""
+    from verifier.alignment import OwnerImage
+
+    if isinstance(target, OwnerImage):
+        return target.upside_down()
+    return np.ascontiguousarray(target[::-1])
 
 
 @dataclass
@@ -49,11 +53,14 @@ class ControlRun:
 
 
 def run_controls(model: ModelAdapter, space, metric, requests: list[tuple[np.ndarray, str, float]], *,
-                 empty: Conditioning, seeds: list[int], config, resolution: int) -> list[ControlRun]:
+                 empty: Conditioning, seeds: list[int], config, resolution: int, owners: list | None = None,
+                 noise_floor: float = 0.0) -> list[ControlRun]:
     """Run the control for each (pixels, image sha256, guidance scale) request, batched like certification.
 
     ``metric`` scores the twin's generations against the twin: the run's whole-image metric (stage 5b), or
-    ``verifier.regions.WindowSSIM`` for the part check (stage 5d), whose scores are per window."""
+    ``verifier.regions.WindowSSIM`` for the part check (stage 5d), whose scores are per window. For the
+    framing search (``verifier.framing``) the twin is inverted as the image was (``noise_floor``) and
+    ``metric`` is a ``FramedSimilarity`` that frames each request's ``owners`` entry turned upside down."""
     from verifier.error import prediction_error
     from verifier.invert import InversionSchedule, invert
 
@@ -64,16 +71,18 @@ def run_controls(model: ModelAdapter, space, metric, requests: list[tuple[np.nda
         z0 = model.encode_images(twins)
         unconditional = prediction_error(model, z0, empty.expand(len(batch)),
                                          timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
-        inversion = invert(model, space, z0, [f"{sha}:control" for _, sha, _ in batch],
-                           schedule=InversionSchedule.of(config), empty_errors=unconditional.mean(dim=1),
-                           learning_rate=config.inversion_learning_rate, noise_draws=config.inversion_noise_draws,
-                           seed=config.seed)
+        stream = "control" if not noise_floor else "framing-control"
+        inversion = invert(model, space, z0, [f"{sha}:{stream}" for _, sha, _ in batch],
+                           schedule=InversionSchedule.of(config, fixed=bool(noise_floor)),
+                           empty_errors=unconditional.mean(dim=1), learning_rate=config.inversion_learning_rate,
+                           noise_draws=config.inversion_noise_draws, seed=config.seed, noise_floor=noise_floor)
+        targets = twins if owners is None else [never_seen_twin(owner) for owner in owners[first:first + len(batch)]]
         inverted = inversion.errors
         for index, (_, _, scale) in enumerate(batch):
             generations = model.generate(inversion.conditioning[index], empty, seeds, scale, config.sampling_steps,
                                          resolution)[0]
             results.append(ControlRun(
-                guidance_scale=scale, scores=metric(generations, twins[index]),
+                guidance_scale=scale, scores=metric(generations, targets[index]),
                 error_ratio=float(inverted[index].mean() / unconditional[index].mean()),
                 witness=inversion.conditioning[index],
                 variables={name: value[index] for name, value in inversion.variables.items()},

@@ -242,8 +242,9 @@ def check_images(images: list[ProtectedImage]) -> None:
         prepare_image(image.path, 8)
 
 
-def prepare_image(path: Path, resolution: int) -> np.ndarray:
-    """Load, normalise and centre-crop one image to ``resolution``; float32 RGB HWC in [0, 1]."""
+def load_rgb(path: Path):
+    """The image as verifier sees it before framing: EXIF orientation applied, 8-bit RGB, transparency over white
+    (a PIL image)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
@@ -260,7 +261,13 @@ def prepare_image(path: Path, resolution: int) -> np.ndarray:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(canvas, rgba)
-    image = image.convert("RGB")
+    return image.convert("RGB")
+
+
+def centre_square(image, resolution: int) -> np.ndarray:
+    """The largest centred square of a PIL RGB image, resized to ``resolution``; float32 RGB HWC in [0, 1]."""
+    from PIL import Image
+
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
@@ -269,3 +276,8 @@ def prepare_image(path: Path, resolution: int) -> np.ndarray:
     if image.size != (resolution, resolution):
         image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def prepare_image(path: Path, resolution: int) -> np.ndarray:
+    """Load, normalise and centre-crop one image to ``resolution``; float32 RGB HWC in [0, 1]."""
+    return centre_square(load_rgb(path), resolution)

@@ -40,9 +40,11 @@ class InversionSchedule:
     error_noise_draws: int
 
     @classmethod
-    def of(cls, config) -> "InversionSchedule":
-        """A run's schedule, from its ``VerifierConfig``."""
-        return cls(steps=config.inversion_steps, max_steps=config.inversion_step_limit(),
+    def of(cls, config, fixed: bool = False) -> "InversionSchedule":
+        """A run's schedule, from its ``VerifierConfig``; ``fixed``: exactly ``inversion_steps`` for every image
+        (the framing search, whose whole-grid ratio is not what it lowers)."""
+        return cls(steps=config.inversion_steps,
+                   max_steps=config.inversion_steps if fixed else config.inversion_step_limit(),
                    window=config.inversion_check_every, min_drop=config.inversion_min_drop,
                    error_timesteps=config.error_timesteps, error_noise_draws=config.error_noise_draws)
 
@@ -102,14 +104,16 @@ def image_generator(seed: int, sha256: str, purpose: str) -> torch.Generator:
 
 def invert(adapter: ModelAdapter, space, z0: torch.Tensor, image_hashes: list[str], *, schedule: InversionSchedule,
            empty_errors: torch.Tensor, learning_rate: float, noise_draws: int, seed: int,
-           on_step: Callable[[], None] | None = None) -> Inversion:
+           on_step: Callable[[], None] | None = None, noise_floor: float = 0.0) -> Inversion:
     """Minimize each image's prediction error over its conditioning with Adam, for as long as its
     schedule says; return the witnesses and their grid errors. ``empty_errors`` (B,) is each image's
     mean grid error under the empty prompt, the yardstick of the checks' ratios. ``on_step`` is called
-    after every Adam step of the batch (progress)."""
+    after every Adam step of the batch (progress). ``noise_floor`` > 0 draws the training timesteps from
+    the noisiest ``1 - noise_floor`` of the schedule only (the framing search, ``verifier.framing``); the
+    checks still measure on the whole grid."""
     batch = z0.shape[0]
     generators = [image_generator(seed, sha, "inversion") for sha in image_hashes]
-    search = InversionSearch(adapter, space, z0, generators, learning_rate, noise_draws)
+    search = InversionSearch(adapter, space, z0, generators, learning_rate, noise_draws, noise_floor)
     final = {name: torch.empty_like(value) for name, value in search.variables.items()}
     errors = torch.empty(batch, schedule.error_timesteps)
     curves: list[list[torch.Tensor]] = [[] for _ in range(batch)]
@@ -154,8 +158,9 @@ class InversionSearch:
     """The images still being inverted: their variables, Adam state and random streams, row-aligned."""
 
     def __init__(self, adapter: ModelAdapter, space, z0: torch.Tensor, generators: list[torch.Generator],
-                 learning_rate: float, noise_draws: int):
+                 learning_rate: float, noise_draws: int, noise_floor: float = 0.0):
         self.adapter, self.space, self.z0, self.generators, self.noise_draws = adapter, space, z0, generators, noise_draws
+        self.noise_floor = noise_floor
         self.variables = {name: value.to(z0.device).requires_grad_(True)
                           for name, value in space.initial(z0.shape[0]).items()}
         self.optimizer = torch.optim.Adam([{"params": [value], "lr": learning_rate * space.scales[name]}
@@ -168,7 +173,8 @@ class InversionSearch:
         z_repeated = self.z0.repeat_interleave(draws, dim=0)
         curve = torch.empty(rows, steps, device=device)  # copied to the host once, not every step
         for step in range(steps):
-            timesteps = torch.cat([objective.sample_timesteps(g, draws) for g in self.generators]).to(device)
+            timesteps = torch.cat([objective.sample_timesteps(g, draws, self.noise_floor)
+                                   for g in self.generators]).to(device)
             noise = torch.cat([torch.randn((draws, *self.z0.shape[1:]), generator=g) for g in self.generators])
             self.optimizer.zero_grad(set_to_none=True)
             conditioning = self.space.conditioning(self.variables)

@@ -92,9 +92,13 @@ class DDPMObjective(_Objective):
             return a.sqrt() * noisy - (1 - a).sqrt() * prediction
         return prediction
 
-    def sample_timesteps(self, generator: torch.Generator, count: int) -> torch.Tensor:
-        """``count`` training timesteps drawn as training drew them (uniformly), from ``generator``."""
-        return torch.randint(0, self.num_train_timesteps, (count,), generator=generator)
+    def sample_timesteps(self, generator: torch.Generator, count: int, noise_floor: float = 0.0) -> torch.Tensor:
+        """``count`` training timesteps drawn as training drew them (uniformly), from ``generator``; with a
+        ``noise_floor`` f > 0, from the noisiest 1 - f of them only (t >= f x num_train_timesteps)."""
+        if noise_floor == 0.0:
+            return torch.randint(0, self.num_train_timesteps, (count,), generator=generator)
+        low = int(round(noise_floor * self.num_train_timesteps))
+        return torch.randint(low, self.num_train_timesteps, (count,), generator=generator)
 
     def grid(self, count: int) -> list[int]:
         """``count`` timesteps at the centres of equal slices of the training schedule."""
@@ -172,10 +176,12 @@ class FlowMatchObjective(_Objective):
             quantiles = torch.sigmoid(self.LOGIT_MEAN + self.LOGIT_STD * torch.special.ndtri(quantiles))
         return (quantiles * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)
 
-    def sample_timesteps(self, generator: torch.Generator, count: int) -> torch.Tensor:
-        """``count`` training timesteps drawn from the training density, from ``generator``."""
+    def sample_timesteps(self, generator: torch.Generator, count: int, noise_floor: float = 0.0) -> torch.Tensor:
+        """``count`` training timesteps drawn from the training density, from ``generator``; with a
+        ``noise_floor`` f > 0, from the noisiest 1 - f of that density only (the table runs from the
+        highest noise down, so those are its first quantiles)."""
         uniform = torch.rand(count, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
-        return self.table[self._indices(uniform)]
+        return self.table[self._indices(uniform * (1.0 - noise_floor))]
 
     def grid(self, count: int) -> list[float]:
         """``count`` timesteps at the centres of equal slices of the training density."""

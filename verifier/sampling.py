@@ -43,9 +43,12 @@ class Sampled:
 def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pixels: list[np.ndarray], metric, *,
            seeds: list[int], looks: list[int], scales: tuple[float, ...], steps: int, resolution: int,
            extend: Callable[[int, dict[float, np.ndarray], int], tuple[float, ...]],
-           window_metric=None, on_generated: Callable[[int], None] | None = None) -> Sampled:
+           window_metric=None, window_targets: list[np.ndarray] | None = None,
+           on_generated: Callable[[int], None] | None = None) -> Sampled:
     """Generate and score, look by look; ``extend(image index, its scores so far, look)`` picks the scales to extend.
-    ``window_metric`` (``verifier.regions.WindowSSIM``) also scores each generation's windows.
+    ``pixels`` holds each image's target for ``metric`` (prepared pixels, or an ``OwnerImage`` for the framing
+    search's ``FramedSimilarity``). ``window_metric`` (``verifier.regions.WindowSSIM``) also scores each
+    generation's windows against ``window_targets`` (default ``pixels``).
     ``on_generated(count)`` is told how many generations each call made (progress).
 
     The closest generation is the most similar one; ties go to the earlier look, then to the order of
@@ -57,6 +60,7 @@ def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pi
     tiles: list[dict[float, list[np.ndarray]]] = [{} for _ in range(count)]
     window_scores: list[dict[float, np.ndarray]] = [{} for _ in range(count)]
     tile = tile_size(resolution)
+    window_targets = pixels if window_targets is None else window_targets
     sign = 1.0 if metric.higher_is_similar else -1.0
 
     def generate(indices: list[int], scale: float, first: int, last: int) -> None:
@@ -68,7 +72,7 @@ def sample(model: ModelAdapter, witnesses: Conditioning, empty: Conditioning, pi
             scores[index][scale] = np.concatenate([scores[index].get(scale, np.empty(0)), values])
             tiles[index].setdefault(scale, []).extend(thumbnail(image, tile) for image in images[row])
             if window_metric is not None:
-                windows = window_metric(images[row], pixels[index])
+                windows = window_metric(images[row], window_targets[index])
                 before = window_scores[index].get(scale)
                 window_scores[index][scale] = windows if before is None else np.concatenate([before, windows])
             signed = np.where(np.isfinite(values), sign * values, -np.inf)  # a non-finite score never wins

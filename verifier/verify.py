@@ -152,6 +152,7 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
         _check_verdict(result, certificate)
         _check_prompts_and_category(result, certificate)
         _check_part(result, certificate)
+        _check_framing(result, certificate)
         # 5-6. Regenerate and re-measure (only meaningful on the same model, image and witness).
         if witness is None or image_path is None or not model_ok:
             result.add(image_id, "re-measurement", False, "skipped: it needs the recorded model, image and witness")
@@ -350,7 +351,7 @@ def _check_inversion_rule(result: VerifyResult, certificate: dict) -> None:
     if config is None:
         result.add(image_id, "inversion schedule", False, "the recorded config is not a valid config")
         return
-    schedule = InversionSchedule.of(config)
+    schedule = InversionSchedule.of(config, fixed=certificate["framing"]["witness"] == "framing search")
     checks = record["inversion_checks"]
     recorded = [check["step"] for check in checks]
     ratios = [math.nan if check["ratio"] is None else check["ratio"] for check in checks]
@@ -469,7 +470,9 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
     """Regenerate the generations the verdict rests on (and the control's, where it ran) and re-score them."""
     import numpy as np
 
+    from verifier.alignment import FramedSimilarity, OwnerImage
     from verifier.control import never_seen_twin
+    from verifier.framing import BOUNDS as FRAMING_BOUNDS
     from verifier.images import prepare_image
     from verifier.registry import SIMILARITY_METRICS
     from verifier.similarity import replicated
@@ -482,7 +485,11 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
         result.add(image_id, "similarity weights", False, "the similarity weights' sha256 differs from the recorded one")
         return
     threshold = certificate["conditions"]["similarity"]["threshold"]
-    target = prepare_image(image_path, record["height"])
+    pixels = prepare_image(image_path, record["height"])
+    # A framing-search witness was scored against the owner's image framed best for each generation.
+    framed = certificate["framing"]["witness"] == "framing search"
+    metric = FramedSimilarity(metric)
+    target = OwnerImage.open(image_path, FRAMING_BOUNDS, record["height"]) if framed else pixels
     seeds = record["seeds"]
     for scale_record in certificate["conditions"]["probability"]["per_scale"]:
         scale = scale_record["guidance_scale"]
@@ -498,14 +505,16 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
         images = _regenerate(result, image_id, f"generations at guidance {scale:g}", loaded, metric, threshold,
                              witness, target, scale, wanted, seeds, recorded, record)
         if part_seeds:
-            _check_part_windows(result, certificate, scale, target, seeds, wanted, images)
+            _check_part_windows(result, certificate, scale, pixels, seeds, wanted, images)
         if scale == record["closest_guidance_scale"]:
-            _check_closest_png(result, image_id, folder / record["closest_generation"],
-                               images[wanted.index(record["closest_seed"])])
+            closest = images[wanted.index(record["closest_seed"])]
+            _check_closest_png(result, image_id, folder / record["closest_generation"], closest)
+            if framed:
+                _check_closest_framing(result, certificate, metric.framings(closest[None], target)[0].record(target.side))
         _check_sheet_tiles(result, image_id, folder, record, record["guidance_scales"].index(scale),
                            [seeds.index(seed) for seed in wanted], images)
     _regenerate_prompts(result, certificate, loaded, metric, threshold, witness, target, all_generations)
-    _regenerate_part_twin(result, certificate, loaded, target, folder, seeds, all_generations)
+    _regenerate_part_twin(result, certificate, loaded, pixels, folder, seeds, all_generations)
     control = certificate["conditions"]["existence"]["control"]
     control_file = folder / certificate["control_witness"]["file"] if certificate["control_witness"] else None
     if control is not None and control_file is not None and control_file.is_file():
@@ -643,6 +652,51 @@ def _regenerate(result: VerifyResult, image_id: str, name: str, loaded, metric, 
                "; ".join(differences[:3]) or f"{len(wanted)} regenerated generation(s) match the recorded "
                f"similarity (largest difference {largest:.2g}, tolerance {TOLERANCES['similarity_abs']:g})")
     return images
+
+
+def _check_closest_framing(result: VerifyResult, certificate: dict, regenerated: dict) -> None:
+    """The framing the regenerated closest generation matches is the recorded one."""
+    recorded = certificate["framing"]["closest_framing"]
+    same = recorded is not None and recorded["mirror"] == regenerated["mirror"] and all(
+        _close(a, b, 1e-6) for a, b in zip([recorded["scale"], *recorded["shift"]],
+                                           [regenerated["scale"], *regenerated["shift"]]))
+    result.add(certificate["image"]["id"], "closest framing", same,
+               f"the closest generation matches the owner's image framed as recorded ({regenerated})" if same else
+               f"the closest generation matches the framing {regenerated}, not the recorded {recorded}")
+
+
+def _check_framing(result: VerifyResult, certificate: dict) -> None:
+    """The framing record follows from its searches: the search ran exactly where the first witness replicated
+    nothing, the witness is the framing search's exactly where that replicated, and the verdict is the witness's."""
+    from verifier.framing import framing_record
+
+    framing, similarity = certificate["framing"], certificate["conditions"]["similarity"]
+    first, framed = framing["first_search"], framing["framing_search"]
+    problems = []
+    should_search = framing["enabled"] and first["verdict"] in ("not_memorized", "inconclusive") and \
+        first["replications"] == 0
+    if framing["searched"] != should_search or (framed is None) == framing["searched"]:
+        problems.append(f"searched is {framing['searched']}, but the first search ({first['verdict']}, "
+                        f"{first['replications']} replications) {'calls' if should_search else 'does not call'} for it")
+    used = framed is not None and framed["replications"] > 0
+    if (framing["witness"] == "framing search") != used:
+        problems.append(f"the witness is the {framing['witness']}'s, but the framing search "
+                        f"{'replicated' if used else 'did not replicate'} the image")
+    chosen = framed if used else first
+    if chosen["verdict"] != certificate["verdict"] or chosen["replications"] != similarity["replications"] or \
+            chosen["generations"] != similarity["generations"]:
+        problems.append(f"the certificate's verdict and replications ({certificate['verdict']}, "
+                        f"{similarity['replications']}/{similarity['generations']}) are not its witness's search's "
+                        f"({chosen['verdict']}, {chosen['replications']}/{chosen['generations']})")
+    if not problems:
+        replayed = framing_record(searched=framing["searched"], enabled=framing["enabled"], used=used, first=first,
+                                  framed=framed, closest_framing=framing["closest_framing"],
+                                  evaluations=framing["denoiser_evaluations"])
+        if replayed != framing:
+            changed = sorted(key for key in replayed if replayed[key] != framing[key])
+            problems.append(f"the framing record's {', '.join(changed)} differ from what its searches give")
+    result.add(certificate["image"]["id"], "framing", not problems,
+               "; ".join(problems) or f"{framing['statement']}")
 
 
 def _check_closest_png(result: VerifyResult, image_id: str, path: Path, regenerated) -> None:

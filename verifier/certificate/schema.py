@@ -47,6 +47,10 @@ Version history:
   the never-seen twin's window scores where the control ran, the finding and its statement; the budget
   records the part control's denoiser evaluations; the summary counts images with a replicated part
   (``parts_found``) and says per image whether one was found (``part_found``).
+- 10: the owner's own copy (issue 22): ``framing`` says whether the framing search ran (where the witness
+  at the owner's framing replicated nothing), what each search found, which one the witness comes from,
+  and the framing of the owner's image its closest generation matches; the budget records the framing
+  search's denoiser evaluations (``framing_denoiser_evaluations``).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
@@ -355,6 +359,39 @@ class PartReplication(_Strict):
     statement: str
 
 
+class SearchSummary(_Strict):
+    verdict: Verdict
+    error_ratio: Optional[float] = Field(description="The witness's error ratio at the owner's framing")
+    replications: int = Field(ge=0)
+    generations: int = Field(ge=0)
+
+
+class FramingValue(_Strict):
+    scale: float = Field(gt=0, description="The model's frame side / the side of the owner image's centred square")
+    shift: list[float] = Field(min_length=2, max_length=2,
+                               description="The frame's centre moved (down, right), in fractions of its side")
+    mirror: bool
+
+
+class FramingRecord(_Strict):
+    method: str
+    noise_floor: float = Field(ge=0, lt=1, description="The framing search inverts at noise levels above this "
+                                                       "fraction of the schedule")
+    bounds: dict[str, Any] = Field(description="The framings searched (verifier.alignment.FramingBounds)")
+    enabled: bool = Field(description="config framing_search")
+    searched: bool = Field(description="Whether the framing search ran (only where the first witness replicated "
+                                       "nothing)")
+    witness: Literal["owner's framing", "framing search"] = Field(description="Which search the witness, the "
+                                                                              "conditions and the verdict come from")
+    first_search: SearchSummary = Field(description="What the search at the owner's framing found")
+    framing_search: Optional[SearchSummary] = Field(description="What the framing search found, where it ran")
+    closest_framing: Optional[FramingValue] = Field(description="The framing of the owner's image the closest "
+                                                                "generation matches, for a framing-search witness")
+    denoiser_evaluations: Optional[dict[str, Any]] = Field(description="The framing search's cost: its witness "
+                                                                       "and its control")
+    statement: str
+
+
 class Certificate(_Strict):
     """One image's memorization certificate (``<id>.json``)."""
 
@@ -376,6 +413,7 @@ class Certificate(_Strict):
     classification: Classification
     readable_prompt: ReadablePrompt = Field(description="The witness decoded into readable text and tested, where it "
                                                         "reproduced the image")
+    framing: FramingRecord = Field(description="The framing search: owners' copies framed unlike the training copy")
     calibration: Optional[CalibrationRecord] = Field(description="The calibration whose thresholds were used, if any")
     budget: dict[str, Any]
     config: dict[str, Any] = Field(description="The fully resolved config (verifier.config.VerifierConfig)")

@@ -31,6 +31,9 @@ CONFIG_OPTIONS = [
     click.option("--decode-witness/--no-decode-witness", default=None,
                  help="Where the witness reproduced an image, decode it into readable text and test that like a "
                       "prompt (default on; README, \"Readable evidence\")."),
+    click.option("--framing-search/--no-framing-search", default=None,
+                 help="Where nothing replicated at the owner's framing, search framings of the owner's image (scale, "
+                      "shift, mirror; default on; docs/owner-copies.md)."),
     click.option("--batch-size", type=int, default=None, help="Images per batch (does not change results)."),
     click.option("--denoiser-batch", type=int, default=None,
                  help="Rows per denoiser call (default: from the free memory, measured; does not change results)."),

@@ -1,0 +1,238 @@
+"""Framing: compare a generation with the owner's image under the best alignment within stated bounds.
+
+An owner holds their photograph, not the model's training crop: the same picture framed a little wider
+or tighter, moved, mirrored. A model that reproduces its training crop reproduces it at the training
+framing, so a pixel-aligned comparison with the owner's framing fails although the copy is exact.
+
+A **framing** places the model's square frame on the owner's image: its side relative to the side of
+the image's centred square (``scale``; 1 is verifier's standard preparation), its centre moved by
+(``dy``, ``dx``) frame pixels from that square's centre, and optionally mirrored. The owner's pixels
+under the frame are resampled to the frame's grid; where the frame reaches past the owner's image
+(the owner cropped tighter than the model was trained), only the overlap is compared, and a framing
+whose overlap is too small is not tried.
+
+The search is exhaustive over a fixed grid (``FramingBounds``) and scored by SSIM at a search
+resolution of at most ``SEARCH_SIDE`` pixels, in one batched computation (``ssim_grid``, equal to
+scikit-image's ``structural_similarity`` on the overlap).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SEARCH_SIDE = 64  # the search compares frames at most this many pixels a side
+SSIM_WINDOW = 7  # scikit-image's default window; an overlap narrower than this cannot be scored
+
+
+@dataclass(frozen=True)
+class Framing:
+    scale: float  # the frame's side / the side of the owner image's centred square
+    dy: int  # the frame's centre moved down by this many frame pixels (at the search resolution)
+    dx: int  # ... and right
+    mirror: bool
+
+    def record(self, search_side: int) -> dict:
+        return {"scale": round(self.scale, 6), "shift": [self.dy / search_side, self.dx / search_side],
+                "mirror": self.mirror}
+
+
+@dataclass(frozen=True)
+class FramingBounds:
+    """The grid searched: scales log-spaced in [1/max_scale, max_scale], shifts up to ``max_shift`` of the side."""
+
+    max_scale: float = 1.25
+    scale_steps: int = 9
+    max_shift: float = 0.2
+    mirror: bool = True
+    min_overlap: float = 0.5  # the compared overlap must cover at least this fraction of the frame
+
+    def framings(self, side: int) -> list[Framing]:
+        scales = np.exp(np.linspace(-math.log(self.max_scale), math.log(self.max_scale), self.scale_steps))
+        reach = int(math.floor(self.max_shift * side + 1e-9))
+        mirrors = (False, True) if self.mirror else (False,)
+        return [Framing(float(scale), dy, dx, mirror) for mirror in mirrors for scale in scales
+                for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)]
+
+
+class OwnerImage:
+    """The owner's whole image (RGB, after verifier's normalisation), framed every way ``bounds`` allows."""
+
+    def __init__(self, image, bounds: FramingBounds, side: int):
+        from PIL import Image
+
+        width, height = image.size
+        shrink = 4 * side / min(width, height)
+        if shrink < 1:  # framing never needs more detail than a few owner pixels per frame pixel
+            image = image.resize((max(1, round(width * shrink)), max(1, round(height * shrink))),
+                                 Image.Resampling.BICUBIC)
+        self.image, self.mirrored = image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        self.side, self.bounds = side, bounds
+        self.pixels: np.ndarray | None = None  # the standard preparation, where ``open`` made it
+        self._frames: tuple[list[Framing], torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def open(cls, path, bounds: FramingBounds, resolution: int) -> "OwnerImage":
+        """The owner's file, normalised as ``verifier.images`` normalises it, framed for a ``resolution`` model;
+        ``pixels`` is its standard preparation (``verifier.images.prepare_image``)."""
+        from verifier.images import centre_square, load_rgb
+
+        image = load_rgb(path)
+        owner = cls(image, bounds, min(resolution, SEARCH_SIDE))
+        owner.pixels = centre_square(image, resolution)
+        return owner
+
+    def upside_down(self) -> "OwnerImage":
+        """The image's never-seen twin (``verifier.control``), framed the same ways."""
+        from PIL import Image
+
+        twin = OwnerImage(self.image.transpose(Image.Transpose.FLIP_TOP_BOTTOM), self.bounds, self.side)
+        twin.pixels = None if self.pixels is None else np.ascontiguousarray(self.pixels[::-1])
+        return twin
+
+    def frame(self, framing: Framing, side: int) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+        """The owner's pixels under ``framing`` on a ``side``-pixel grid: (pixels, (top, left, height, width)
+        of the overlap in frame pixels), pixels outside the overlap zero; None where the overlap is too small.
+        The framing's shift is in pixels of the search side, so one framing means the same at any ``side``."""
+        from PIL import Image
+
+        image = self.mirrored if framing.mirror else self.image
+        width, height = image.size
+        pixel = framing.scale * min(width, height) / side  # one frame pixel, in owner pixels
+        x0 = width / 2 + (framing.dx * side / self.side - side / 2) * pixel
+        y0 = height / 2 + (framing.dy * side / self.side - side / 2) * pixel
+        left, top = max(0, math.ceil(-x0 / pixel - 1e-9)), max(0, math.ceil(-y0 / pixel - 1e-9))
+        right = min(side, math.floor((width - x0) / pixel + 1e-9))
+        bottom = min(side, math.floor((height - y0) / pixel + 1e-9))
+        if right - left < SSIM_WINDOW or bottom - top < SSIM_WINDOW:
+            return None
+        box = (max(0.0, x0 + left * pixel), max(0.0, y0 + top * pixel), min(width, x0 + right * pixel),
+               min(height, y0 + bottom * pixel))  # clamped: rounding must not step outside the image
+        patch = image.resize((right - left, bottom - top), Image.Resampling.BICUBIC, box=box)
+        pixels = np.zeros((side, side, 3), dtype=np.float32)
+        pixels[top:bottom, left:right] = np.asarray(patch, dtype=np.float32) / 255.0
+        return pixels, (top, left, bottom - top, right - left)
+
+    def frames(self) -> tuple[list[Framing], torch.Tensor, torch.Tensor]:
+        """Every framing of ``bounds`` whose overlap is large enough, its frame (F, 3, S, S) and overlap (F, 4)."""
+        if self._frames is None:
+            candidates, frames, overlaps = [], [], []
+            for framing in self.bounds.framings(self.side):
+                framed = self.frame(framing, self.side)
+                if framed is None or framed[1][2] * framed[1][3] < self.bounds.min_overlap * self.side**2:
+                    continue
+                candidates.append(framing)
+                frames.append(framed[0])
+                overlaps.append(framed[1])
+            self._frames = (candidates, to_side(np.stack(frames), self.side), torch.tensor(overlaps))
+        return self._frames
+
+    @torch.no_grad()
+    def best(self, generations: np.ndarray, screened: int = 8) -> tuple[np.ndarray, list[Framing]]:
+        """Each generation's highest SSIM over the framings and the framing that reached it.
+
+        The ``screened`` framings of highest masked correlation with a generation get the exact SSIM."""
+        candidates, frames, overlaps = self.frames()
+        searched = to_side(generations, self.side)
+        masks = torch.zeros_like(frames[:, :1])
+        for row, (top, left, height, width) in enumerate(overlaps.tolist()):
+            masks[row, :, top:top + height, left:left + width] = 1
+        masks = masks.expand_as(frames).flatten(1)
+        correlation = masked_correlation(searched.flatten(1), frames.flatten(1), masks)  # (F, G)
+        top = correlation.topk(min(screened, len(candidates)), dim=0).indices  # (K, G)
+        repeated = searched.repeat_interleave(top.shape[0], dim=0)
+        pairs = top.T.flatten()  # generation-major, like ``repeated``
+        scores = ssim_pairs(repeated, frames[pairs], overlaps[pairs]).view(len(generations), -1)
+        value, position = scores.max(dim=1)
+        chosen = top.T.gather(1, position[:, None]).flatten()
+        return value.numpy().astype(np.float64), [candidates[i] for i in chosen.tolist()]
+
+
+def ssim_pairs(generations: torch.Tensor, frames: torch.Tensor, overlaps: torch.Tensor) -> torch.Tensor:
+    """SSIM of each generation against its framed owner image, over that framing's overlap.
+
+    ``generations`` and ``frames`` (N, 3, S, S) in [0, 1]; ``overlaps`` (N, 4) = top, left, height, width.
+    Returns (N,), equal to ``skimage.metrics.structural_similarity(channel_axis=2, data_range=1)`` of the
+    two overlaps: a uniform 7x7 window, sample covariance, the map's mean over windows inside the overlap.
+    """
+    window, constant_1, constant_2 = SSIM_WINDOW, 0.01**2, 0.03**2
+    covariance_norm = window * window / (window * window - 1)
+    side = frames.shape[-1]
+    positions = side - window + 1
+    index = torch.arange(positions)
+    top, left, height, width = overlaps.unbind(1)
+    rows = (index[None] >= top[:, None]) & (index[None] <= (top + height - window)[:, None])
+    columns = (index[None] >= left[:, None]) & (index[None] <= (left + width - window)[:, None])
+    mask = (rows[:, :, None] & columns[:, None, :]).to(frames.dtype)[:, None]  # (N, 1, P, P)
+
+    def mean(values: torch.Tensor) -> torch.Tensor:  # a separable 7x7 box filter, valid positions only
+        pool = torch.nn.functional.avg_pool2d
+        return pool(pool(values, (window, 1), stride=1), (1, window), stride=1)
+
+    x, y = generations, frames
+    mean_x, mean_y = mean(x), mean(y)
+    var_x = covariance_norm * (mean(x * x) - mean_x**2)
+    var_y = covariance_norm * (mean(y * y) - mean_y**2)
+    cov = covariance_norm * (mean(x * y) - mean_x * mean_y)
+    ssim_map = ((2 * mean_x * mean_y + constant_1) * (2 * cov + constant_2)) / (
+        (mean_x**2 + mean_y**2 + constant_1) * (var_x + var_y + constant_2))  # (N, 3, P, P)
+    return (ssim_map * mask).sum(dim=(1, 2, 3)) / (3 * mask.sum(dim=(1, 2, 3)))
+
+
+def masked_correlation(generations: torch.Tensor, frames: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of every generation with every framed owner image over the framing's overlap.
+
+    ``generations`` (G, D) and ``frames`` (F, D) flattened, ``masks`` (F, D) of 0/1; returns (F, G). Three
+    matrix products: the cheap screen before the exact SSIM.
+    """
+    count = masks.sum(dim=1, keepdim=True)
+    sum_x, sum_xx = masks @ generations.T, masks @ (generations * generations).T
+    sum_y, sum_yy = frames.sum(dim=1, keepdim=True), (frames * frames).sum(dim=1, keepdim=True)
+    sum_xy = frames @ generations.T
+    numerator = count * sum_xy - sum_x * sum_y
+    denominator = ((count * sum_xx - sum_x**2).clamp_min(1e-12) * (count * sum_yy - sum_y**2).clamp_min(1e-12)).sqrt()
+    return numerator / denominator
+
+
+def to_side(images: np.ndarray, side: int) -> torch.Tensor:
+    """(N, H, W, 3) float images in [0, 1] as (N, 3, side, side), resized like verifier resizes images."""
+    batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
+    if batch.shape[-1] != side:
+        batch = torch.nn.functional.interpolate(batch, size=(side, side), mode="bicubic", antialias=True,
+                                                align_corners=False).clamp(0, 1)
+    return batch
+
+
+class FramedSimilarity:
+    """A run's similarity metric applied where the owner's image is framed best for each generation.
+
+    Each generation's framing is the one of highest SSIM at the search side (``OwnerImage.best``); the
+    metric then scores the generation against the owner's pixels under that framing, both cut to the
+    overlap, at the generation's own resolution. It is called like the metric, with an ``OwnerImage`` as
+    the target, and says the same of its scores (direction, threshold, weights)."""
+
+    def __init__(self, metric):
+        self.metric = metric
+        self.name, self.higher_is_similar = metric.name, metric.higher_is_similar
+        self.default_threshold, self.threshold_source = metric.default_threshold, metric.threshold_source
+        self.weights = metric.weights
+
+    def framings(self, generations: np.ndarray, owner: OwnerImage) -> list[Framing]:
+        return owner.best(generations)[1]
+
+    def __call__(self, generations: np.ndarray, owner) -> np.ndarray:
+        if not isinstance(owner, OwnerImage):  # prepared pixels: the owner's framing only, as the metric scores
+            return np.asarray(self.metric(generations, owner), dtype=np.float64)
+        side = generations.shape[1]
+        scores = []
+        for generation, framing in zip(generations, self.framings(generations, owner)):
+            pixels, (top, left, height, width) = owner.frame(framing, side) or (None, (0, 0, 0, 0))
+            if pixels is None or min(height, width) < SSIM_WINDOW:
+                scores.append(float("nan"))  # cannot happen for a framing the search kept; never a replication
+                continue
+            crop = (slice(top, top + height), slice(left, left + width))
+            scores.append(float(self.metric(generation[None][(slice(None), *crop)], pixels[crop])[0]))
+        return np.asarray(scores, dtype=np.float64)

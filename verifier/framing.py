@@ -1,0 +1,75 @@
+"""Stage 5f: the framing search, for owners' copies that are framed unlike the training copy.
+
+A model that memorized its training crop reproduces that crop, at that framing, and on the reference
+models that memorization is pixel-exact: the true caption's prediction error on the same photograph
+moved by one model pixel (3% of the side) is already worse than the empty prompt's (docs/owner-copies.md).
+Inversion on an owner's copy framed 8% wider or moved by 8% therefore finds nothing at low noise levels,
+and the first search certifies ``not_memorized`` a photograph the model reproduces in every seed.
+
+At high noise levels only the coarse layout matters, and there an owner's reframed copy still points
+the inversion to the memorized conditioning. So, for every image whose first search (stages 4-5c, at
+the owner's framing, every noise level) reproduced nothing:
+
+1. invert the owner's image again, drawing training timesteps only from the noisiest
+   ``1 - NOISE_FLOOR`` of the schedule, a fixed ``inversion_steps`` Adam steps;
+2. generate from that witness as from any witness (every guidance scale, the same seeds and looks)
+   and score each generation against the owner's image **framed best for it** within ``BOUNDS``
+   (``verifier.alignment``: scale up to 1.25x either way, the centre moved up to 20% of the side,
+   mirrored or not);
+3. where it replicates but the error ratio stays above the existence threshold (as it does: the
+   ratio is measured at the owner's framing, every noise level), the never-seen twin goes through the
+   same search (inverted at the same noise levels, scored with the same framing search), so an image
+   that any conditioning draws, or that the framing search flatters, is not called memorized;
+4. decide as for the first witness (``conditions.decide``). Where this search reproduces the image,
+   its witness, numbers and verdict are the certificate's; otherwise the first search's stand, and
+   the certificate says the framing search ran and found nothing.
+"""
+
+from __future__ import annotations
+
+from verifier.alignment import FramingBounds
+from verifier.taxonomy import REPRODUCED_VERDICTS
+
+NOISE_FLOOR = 0.8  # the framing search's inversion draws t >= 0.8 x the schedule (DDPM) / the noisiest 20% (flow)
+BOUNDS = FramingBounds()
+METHOD = (f"inversion at the noisiest {1 - NOISE_FLOOR:.0%} of the training schedule, then each generation scored "
+          "against the owner's image framed best for it (SSIM search over the framings in bounds, the metric on "
+          "the overlap); the never-seen twin through the same search where the control decides existence")
+
+
+def bounds_record() -> dict:
+    return {"scale": [round(1 / BOUNDS.max_scale, 6), BOUNDS.max_scale], "scale_steps": BOUNDS.scale_steps,
+            "max_shift": BOUNDS.max_shift, "mirror": BOUNDS.mirror, "min_overlap": BOUNDS.min_overlap}
+
+
+def reproduced_nothing(decision) -> bool:
+    """The first search found no replication at all: the only case the framing search can change."""
+    return decision.verdict not in REPRODUCED_VERDICTS and decision.conditions["similarity"]["replications"] == 0
+
+
+def search_summary(decision, ratio: float | None) -> dict:
+    return {"verdict": decision.verdict, "error_ratio": ratio,
+            "replications": decision.conditions["similarity"]["replications"],
+            "generations": decision.conditions["similarity"]["generations"]}
+
+
+def framing_record(*, searched: bool, enabled: bool, used: bool, first: dict, framed: dict | None,
+                   closest_framing: dict | None, evaluations: dict | None) -> dict:
+    """The certificate's ``framing`` block: whether the search ran, what each search found, which is the witness."""
+    if not enabled:
+        statement = "the framing search is off (framing_search = false): only the owner's framing was searched"
+    elif not searched:
+        statement = "not needed: the witness found at the owner's framing replicated the image"
+    elif used:
+        statement = (f"the witness at the owner's framing replicated nothing ({first['verdict']}); the framing search's "
+                     f"witness reproduces the image framed at scale {closest_framing['scale']:.3g}, shifted by "
+                     f"({closest_framing['shift'][0]:+.3g}, {closest_framing['shift'][1]:+.3g}) of the side"
+                     f"{', mirrored' if closest_framing['mirror'] else ''} in its closest generation")
+    else:
+        statement = (f"the framing search also reproduced nothing ({framed['replications']} replications of "
+                     f"{framed['generations']} generations, {framed['verdict']}): no framing within the bounds "
+                     "was reproduced")
+    return {"method": METHOD, "noise_floor": NOISE_FLOOR, "bounds": bounds_record(), "enabled": enabled,
+            "searched": searched, "witness": "framing search" if used else "owner's framing",
+            "first_search": first, "framing_search": framed, "closest_framing": closest_framing,
+            "denoiser_evaluations": evaluations, "statement": statement}
