@@ -411,11 +411,16 @@ def _soak(tiny_model, tmp_path, kills: int) -> None:
     for _ in range(kills):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                    env=environment)
-        # Past the imports and the model load, kill at a random moment of the certification loop.
+        # Past the imports and the model load, kill at a random moment of the certification loop: once a
+        # random number of certificates exist (so the kill falls inside the run however fast this machine
+        # is), after a random fraction of a second more.
         for line in process.stderr:
             if line.startswith("model "):
                 break
-        time.sleep(rng.uniform(0.0, 3.0))
+        wanted = rng.randint(0, count - 2)
+        while process.poll() is None and (len(list(out.glob("img*.json"))) if out.exists() else 0) < wanted:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))
         process.kill()
         process.wait()
         finished_at_kill.append(len(list(out.glob("img*.json"))) if out.exists() else 0)
