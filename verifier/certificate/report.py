@@ -72,7 +72,22 @@ def _image_view(number: int, certificate: dict, folder: Path, png: bytes | None,
         "prompts": [_prompt_view(prompt) for prompt in certificate["prompts"] + certificate["readable_prompt"]["prompts"]],
         "gate": gate,
         "part": _part_view(certificate),
+        "framing": _framing_view(certificate),
     }
+
+
+def _framing_view(certificate: dict) -> dict:
+    """The framing search's statement and, for its witness, the frame the model reproduces, as percentages of
+    the protected image's centred square (drawn over it; a frame reaching past the square is cut at its edge)."""
+    framing = certificate["framing"]
+    found = framing["closest_framing"]
+    box = None
+    if found is not None:
+        side = 100 * found["scale"]
+        top = 50 + 100 * found["shift"][0] * found["scale"] - side / 2
+        left = 50 + 100 * found["shift"][1] * found["scale"] - side / 2
+        box = {"top": top, "left": left, "side": side, "mirror": found["mirror"]}
+    return {"statement": framing["statement"], "box": box}
 
 
 def _part_view(certificate: dict) -> dict:
