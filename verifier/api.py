@@ -331,9 +331,8 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
         framed = _search(run, [batch[index] for index in searched], z0[searched], empty_error[searched], owners,
                          FramedSimilarity(metric), tracker, clock, noise_floor=FRAMING_NOISE_FLOOR, owners=owners)
     witnesses = [first.row(index) for index in range(len(batch))]
-    for row, index in enumerate(searched):
-        if framed.decisions[row].verdict in REPRODUCED_VERDICTS or \
-                framed.decisions[row].conditions["similarity"]["replications"] > 0:
+    for row, index in enumerate(searched):  # the framing search's witness stands where it replicated the image
+        if framed.decisions[row].conditions["similarity"]["replications"] > 0:
             witnesses[index] = framed.row(row)
     decisions = [witness.decision for witness in witnesses]
     # 5d. Where the whole image was not reproduced, a part of it may be: the best window against the twin's.
