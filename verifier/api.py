@@ -11,7 +11,9 @@ The recipe, top to bottom (method.md section 3): ``certify`` = ``open_run`` (ste
    witness over the yardstick, checked every few steps) levels off; the last check is the witness's;
 5. check the three conditions on generations from the witness (5b: where the witness replicates the
    image but the error ratio stays high, a never-seen twin control tells specific from generic; 5c:
-   decide; 5d: where the whole image was not reproduced, look for a replicated part and check it
+   decide; 5f: where the witness replicated nothing, the framing search (``verifier.framing``) runs
+   steps 4-5c again at the noisiest timesteps against the owner's image framed best, and its witness
+   stands where it replicates; 5d: where the whole image was not reproduced, look for a replicated part and check it
    against the twin; 5e: test the owner's prompts and, where the witness reproduced the image, its
    decoding into readable text, like the witness);
 6. certify: write the witness, the closest generation, the contact sheet and then the certificate;
@@ -494,17 +496,18 @@ def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error
     compares with each image's ``OwnerImage`` framed best (its control likewise)."""
     config, model, empty = run.config, run.loaded, run.empty
     seeds, resolution = run.record.seeds, run.record.resolution
-    stage = "" if not noise_floor else "framing:"
+    prefix = "framing_" if noise_floor else ""  # the framing search's timings and random streams are its own
     # 4. Invert, each image until its error ratio levels off (the framing search: a fixed budget); its last
     #    check is the witness's error.
     tick = time.time()
     tracker.stage("invert", config.inversion_steps, "step")
-    inversion = invert(model, run.space, z0, [f"{stage}{image.sha256}" if stage else image.sha256 for image in batch],
+    inversion = invert(model, run.space, z0, [f"framing:{image.sha256}" if noise_floor else image.sha256
+                                              for image in batch],
                        schedule=InversionSchedule.of(config, fixed=bool(noise_floor)),
                        empty_errors=empty_error.mean(dim=1), learning_rate=config.inversion_learning_rate,
                        noise_draws=config.inversion_noise_draws, seed=config.seed, on_step=tracker.advance,
                        noise_floor=noise_floor)
-    clock[f"{stage.rstrip(':') + '_' if stage else ''}invert_s"] = time.time() - tick
+    clock[f"{prefix}invert_s"] = time.time() - tick
     ratios = [float(inversion.errors[index].mean() / empty_error[index].mean()) for index in range(len(batch))]
     # 5. Generate from the witness and score each generation against its image; double the seeds where
     #    the first look leaves the probability condition undecided.
@@ -522,12 +525,12 @@ def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error
                      scales=config.guidance_scales, steps=config.sampling_steps, resolution=resolution, extend=extend,
                      window_metric=run.window_metric, window_targets=_pixels_of(targets),
                      on_generated=tracker.advance)
-    clock[f"{stage.rstrip(':') + '_' if stage else ''}generate_s"] = time.time() - tick
+    clock[f"{prefix}generate_s"] = time.time() - tick
     # 5b. Where a witness replicates its image but the error ratio stayed high, run the control.
     tick = time.time()
     controls = _controls(model, run.space, metric, run.thresholds, batch, _pixels_of(targets), sampled.scores, ratios, empty, seeds[:looks[0]], config, resolution, owners=owners,
                          noise_floor=noise_floor)
-    clock[f"{stage.rstrip(':') + '_' if stage else ''}control_s"] = time.time() - tick
+    clock[f"{prefix}control_s"] = time.time() - tick
     # 5c. Decide each image from its witness's numbers.
     losses = [[finite_or_none(inversion.loss_curves[index][0]), finite_or_none(inversion.loss_curves[index][-1])]
               for index in range(len(batch))]
