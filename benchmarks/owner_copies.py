@@ -182,20 +182,28 @@ def build(model: Path, out: Path, never_trained: int = 8, seed: int = 0) -> dict
 
 
 def table(copies_folder: Path, run: Path) -> list[dict]:
-    """Per kind of copy: verdict counts of memorized images' copies and never-trained images' copies."""
+    """Per kind of copy: verdict counts of memorized images' copies and never-trained images' copies, as
+    certified and, from each certificate's ``framing.first_search``, as the search at the owner's framing
+    alone (verifier before the framing search) found them."""
     record = json.loads((copies_folder / "copies.json").read_text())
-    summary = json.loads((run / "summary.json").read_text())
-    verdicts = {entry["id"]: entry["verdict"] for entry in summary["images"]}
+    certificates = {}
+    for copy in record["copies"]:
+        path = run / f"{copy['id']}.json"
+        if path.is_file():
+            certificates[copy["id"]] = json.loads(path.read_text())
     rows = []
     for variant in record["variants"]:
         row = {"variant": variant["name"], "group": variant["group"]}
         for status in ("memorized", "never_trained"):
             ids = [c["id"] for c in record["copies"] if c["variant"]["name"] == variant["name"] and c["status"] == status]
-            counts: dict[str, int] = {}
-            for copy_id in ids:
-                verdict = verdicts.get(copy_id, "missing")
-                counts[verdict] = counts.get(verdict, 0) + 1
-            row[status] = counts
+            for column, verdict_of in (("final", lambda c: c["verdict"]),
+                                       ("first", lambda c: c.get("framing", {}).get("first_search", {}).get(
+                                           "verdict", c["verdict"]))):
+                counts: dict[str, int] = {}
+                for copy_id in ids:
+                    verdict = verdict_of(certificates[copy_id]) if copy_id in certificates else "missing"
+                    counts[verdict] = counts.get(verdict, 0) + 1
+                row[f"{status}:{column}"] = counts
         rows.append(row)
     return rows
 
@@ -208,11 +216,13 @@ def print_table(rows: list[dict], title: str) -> None:
         return f"{hits}/{total}" + (f" ({rest})" if rest else "")
 
     print(f"\n{title}\n")
-    print("| copy | group | memorized images' copies: memorized | never-trained images' copies: flagged |")
-    print("|---|---|---|---|")
+    print("| copy | group | memorized images' copies: memorized (owner's framing only) | memorized (as certified) "
+          "| never-trained images' copies: flagged (owner's framing only) | flagged (as certified) |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['variant']} | {row['group']} | {cell(row['memorized'], ('memorized',))} | "
-              f"{cell(row['never_trained'], FLAGGED)} |")
+        print(f"| {row['variant']} | {row['group']} | {cell(row['memorized:first'], ('memorized',))} | "
+              f"{cell(row['memorized:final'], ('memorized',))} | {cell(row['never_trained:first'], FLAGGED)} | "
+              f"{cell(row['never_trained:final'], FLAGGED)} |")
 
 
 def main() -> None:
