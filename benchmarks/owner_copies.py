@@ -143,11 +143,27 @@ def choose_images(manifest: dict, never_trained: int, seed: int) -> list[dict]:
     return memorized + chosen
 
 
+def nearest_memorized(image: dict, memorized: list[dict]) -> dict | None:
+    """How a never-trained crop sits on a memorized image of the same photograph: its side over the memorized
+    box's side and its centre's shift in fractions of that side (a held-out crop that is the memorized photo
+    framed a little tighter is an owner's copy of a memorized image in all but name)."""
+    source = image["source"]
+    same_photo = [m for m in memorized if m["source"]["photo"] == source["photo"]]
+    if not same_photo:
+        return None
+    other = same_photo[0]["source"]
+    shift = [(source["top"] + source["size"] / 2 - other["top"] - other["size"] / 2) / other["size"],
+             (source["left"] + source["size"] / 2 - other["left"] - other["size"] / 2) / other["size"]]
+    scale = source["size"] / other["size"]
+    return {"memorized_image": same_photo[0]["id"], "scale": round(scale, 4), "shift": [round(v, 4) for v in shift]}
+
+
 def build(model: Path, out: Path, never_trained: int = 8, seed: int = 0) -> dict:
     """Write ``out/images/*``, ``out/manifest.csv`` and ``out/copies.json``; return the copies record."""
     manifest = json.loads((model / "manifest.json").read_text())
     (out / "images").mkdir(parents=True, exist_ok=True)
     copies, skipped = [], []
+    memorized = [image for image in manifest["images"] if image.get("memorized")]
     for image in choose_images(manifest, never_trained, seed):
         source = image["source"]
         crop = Crop(source["photo"], source["top"], source["left"], source["size"], source.get("flip", False))
@@ -169,7 +185,8 @@ def build(model: Path, out: Path, never_trained: int = 8, seed: int = 0) -> dict
                            "source_image": image["id"], "status": status, "variant": asdict(variant),
                            "trained_box": {"top": crop.top, "left": crop.left, "size": crop.size},
                            "owner_rectangle": dict(zip(("top", "left", "height", "width"), rectangle)),
-                           "photo": crop.photo})
+                           "photo": crop.photo,
+                           "on_memorized": None if status == "memorized" else nearest_memorized(image, memorized)})
     with open(out / "manifest.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "path"])
