@@ -73,6 +73,7 @@ class OwnerImage:
         self.side, self.bounds = side, bounds
         self.pixels: np.ndarray | None = None  # the standard preparation, where ``open`` made it
         self._frames: tuple[list[Framing], torch.Tensor, torch.Tensor] | None = None
+        self._masks: torch.Tensor | None = None  # each framing's overlap, flat (built with the frames)
 
     @classmethod
     def open(cls, path, bounds: FramingBounds, resolution: int) -> "OwnerImage":
@@ -128,6 +129,11 @@ class OwnerImage:
                 frames.append(framed[0])
                 overlaps.append(framed[1])
             self._frames = (candidates, to_side(np.stack(frames), self.side), torch.tensor(overlaps))
+            # Each framing's overlap as a flat 0/1 mask, built once: every call of ``best`` screens with it.
+            masks = torch.zeros_like(self._frames[1][:, :1])
+            for row, (top, left, height, width) in enumerate(overlaps):
+                masks[row, :, top:top + height, left:left + width] = 1
+            self._masks = masks.expand_as(self._frames[1]).flatten(1)
         return self._frames
 
     @torch.no_grad()
@@ -137,11 +143,7 @@ class OwnerImage:
         The ``screened`` framings of highest masked correlation with a generation get the exact SSIM."""
         candidates, frames, overlaps = self.frames()
         searched = to_side(generations, self.side)
-        masks = torch.zeros_like(frames[:, :1])
-        for row, (top, left, height, width) in enumerate(overlaps.tolist()):
-            masks[row, :, top:top + height, left:left + width] = 1
-        masks = masks.expand_as(frames).flatten(1)
-        correlation = masked_correlation(searched.flatten(1), frames.flatten(1), masks)  # (F, G)
+        correlation = masked_correlation(searched.flatten(1), frames.flatten(1), self._masks)  # (F, G)
         top = correlation.topk(min(screened, len(candidates)), dim=0).indices  # (K, G)
         repeated = searched.repeat_interleave(top.shape[0], dim=0)
         pairs = top.T.flatten()  # generation-major, like ``repeated``

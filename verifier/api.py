@@ -55,7 +55,7 @@ from verifier.control import TWIN, ControlRun, run_controls
 from verifier.config import VerifierConfig
 from verifier.error import prediction_error
 from verifier.framing import BOUNDS as FRAMING_BOUNDS, NOISE_FLOOR as FRAMING_NOISE_FLOOR
-from verifier.framing import framing_record, reproduced_nothing, search_summary
+from verifier.framing import framing_record, framing_witness_stands, reproduced_nothing, search_summary
 from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect_images, prepare_image
 from verifier.invert import InversionSchedule, invert
 from verifier.memory import row_budget
@@ -321,20 +321,22 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
     empty_error = prediction_error(model, z0, empty.expand(len(batch)),
                                    timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
     clock["error_s"] = time.time() - tick
+    framed_metric = FramedSimilarity(metric)  # the run's metric, against an OwnerImage where the target is one
     # 4-5c. Invert, generate, control and decide at the owner's framing, every noise level.
     looks = sampling_looks(config.generations, config.sampling_doublings)
     first = _search(run, batch, z0, empty_error, pixels, metric, tracker, clock)
     # 5f. Where that reproduced nothing, the framing search: coarse noise levels, the owner's image framed best.
     searched = [index for index in range(len(batch))
-                if config.framing_search and reproduced_nothing(first.decisions[index])]
+                if config.framing_search and reproduced_nothing(first.decisions[index].verdict,
+                                                                first.decisions[index].conditions["similarity"]["replications"])]
     framed = None
     if searched:
         owners = [OwnerImage.open(batch[index].path, FRAMING_BOUNDS, resolution) for index in searched]
         framed = _search(run, [batch[index] for index in searched], z0[searched], empty_error[searched], owners,
-                         FramedSimilarity(metric), tracker, clock, noise_floor=FRAMING_NOISE_FLOOR, owners=owners)
+                         framed_metric, tracker, clock, noise_floor=FRAMING_NOISE_FLOOR, owners=owners)
     witnesses = [first.row(index) for index in range(len(batch))]
     for row, index in enumerate(searched):  # the framing search's witness stands where it replicated the image
-        if framed.decisions[row].conditions["similarity"]["replications"] > 0:
+        if framing_witness_stands(framed.decisions[row].conditions["similarity"]["replications"]):
             witnesses[index] = framed.row(row)
     decisions = [witness.decision for witness in witnesses]
     # 5d. Where the whole image was not reproduced, a part of it may be: the best window against the twin's.
@@ -358,7 +360,7 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
     to_test = [owner + [("decoded", text) for text in decoded] for owner, decoded in zip(owner_prompts, readable)]
     tracker.stage("prompts", sum(map(len, to_test)), "prompt")
     tested = prompt_tests(model, z0, [witness.target for witness in witnesses], empty, empty_error, to_test,
-                          FramedSimilarity(metric), threshold=run.thresholds.similarity, seeds=seeds[:looks[0]],
+                          framed_metric, threshold=run.thresholds.similarity, seeds=seeds[:looks[0]],
                           scales=config.guidance_scales, steps=config.sampling_steps, resolution=resolution,
                           timesteps=config.error_timesteps, noise_draws=config.error_noise_draws,
                           confidence=config.confidence, min_rate=config.probability_min_rate)
@@ -398,7 +400,7 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
             searched=framed_row is not None, enabled=config.framing_search, used=witness.framed,
             first=search_summary(first_row.decision, finite_or_none(first_row.ratio)),
             framed=None if framed_row is None else search_summary(framed_row.decision, finite_or_none(framed_row.ratio)),
-            closest_framing=witness.closest_framing(FramedSimilarity(metric)),
+            closest_framing=witness.closest_framing(framed_metric),
             evaluations=None if framed_row is None else framed_row.evaluations(config, looks))
         certificate = _certificate(
             run.record, image, decision, witness_sha, image_seeds, best_scale, best_seed, timings, run.keys[image.id],

@@ -42,9 +42,14 @@ def bounds_record() -> dict:
             "max_shift": BOUNDS.max_shift, "mirror": BOUNDS.mirror, "min_overlap": BOUNDS.min_overlap}
 
 
-def reproduced_nothing(decision) -> bool:
-    """The first search found no replication at all: the only case the framing search can change."""
-    return decision.verdict not in REPRODUCED_VERDICTS and decision.conditions["similarity"]["replications"] == 0
+def reproduced_nothing(verdict: str, replications: int) -> bool:
+    """The first search found no replication at all: the only case the framing search runs for."""
+    return verdict not in REPRODUCED_VERDICTS and replications == 0
+
+
+def framing_witness_stands(replications: int) -> bool:
+    """The framing search's witness replaces the first one where it replicated the image."""
+    return replications > 0
 
 
 def search_summary(decision, ratio: float | None) -> dict:

@@ -668,17 +668,16 @@ def _check_closest_framing(result: VerifyResult, certificate: dict, regenerated:
 def _check_framing(result: VerifyResult, certificate: dict) -> None:
     """The framing record follows from its searches: the search ran exactly where the first witness replicated
     nothing, the witness is the framing search's exactly where that replicated, and the verdict is the witness's."""
-    from verifier.framing import framing_record
+    from verifier.framing import framing_record, framing_witness_stands, reproduced_nothing
 
     framing, similarity = certificate["framing"], certificate["conditions"]["similarity"]
     first, framed = framing["first_search"], framing["framing_search"]
     problems = []
-    should_search = framing["enabled"] and first["verdict"] in ("not_memorized", "inconclusive") and \
-        first["replications"] == 0
+    should_search = framing["enabled"] and reproduced_nothing(first["verdict"], first["replications"])
     if framing["searched"] != should_search or (framed is None) == framing["searched"]:
         problems.append(f"searched is {framing['searched']}, but the first search ({first['verdict']}, "
                         f"{first['replications']} replications) {'calls' if should_search else 'does not call'} for it")
-    used = framed is not None and framed["replications"] > 0
+    used = framed is not None and framing_witness_stands(framed["replications"])
     if (framing["witness"] == "framing search") != used:
         problems.append(f"the witness is the {framing['witness']}'s, but the framing search "
                         f"{'replicated' if used else 'did not replicate'} the image")
