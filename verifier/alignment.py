@@ -50,6 +50,13 @@ class FramingBounds:
     mirror: bool = True
     min_overlap: float = 0.5  # the compared overlap must cover at least this fraction of the frame
 
+    def contains(self, scale: float, shift: tuple[float, float], overlap: float, mirror: bool) -> bool:
+        """Whether a framing (``scale`` and ``shift`` as in ``Framing.record``, ``overlap`` the fraction of the
+        frame on the owner's image) lies inside the bounds the grid covers."""
+        return (1 / self.max_scale - 1e-9 <= scale <= self.max_scale + 1e-9
+                and all(abs(value) <= self.max_shift + 1e-9 for value in shift)
+                and overlap >= self.min_overlap and (self.mirror or not mirror))
+
     def framings(self, side: int) -> list[Framing]:
         scales = np.exp(np.linspace(-math.log(self.max_scale), math.log(self.max_scale), self.scale_steps))
         reach = int(math.floor(self.max_shift * side + 1e-9))

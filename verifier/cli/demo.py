@@ -26,8 +26,9 @@ def demo(out, model_name, everything, quiet, progress_log, config_file, **overri
 
     By default a representative subset (every memorized image, 4 never-trained ones, one of each
     other kind), said on screen; --all certifies every image. Exit 0 only when every memorized image
-    certified is `memorized` and every never-trained one `not_memorized`; images in between are
-    shown, not scored.
+    certified is `memorized` and every never-trained one `not_memorized` (a never-trained crop that
+    re-frames a memorized one within the framing search's bounds: `memorized` or `inconclusive`);
+    images in between are shown, not scored.
 
     \b
     Examples:
@@ -57,16 +58,10 @@ def demo(out, model_name, everything, quiet, progress_log, config_file, **overri
                                         tracker=watcher)
 
     manifest, certificates = run_guarded(run_demo)
-    truth = {}
-    for image in demo_images(manifest, everything)[0]:
-        if image["memorized"]:
-            truth[image["id"]] = ("memorized", f"memorized ({image['replications']}/{image['generations']})")
-        elif image["split"] == "held_out":
-            truth[image["id"]] = ("not_memorized", "never trained")
-        else:
-            truth[image["id"]] = (None, f"{image['split']} x{image['duplication']}")
+    truth = {image["id"]: ground_truth(image, manifest) for image in demo_images(manifest, everything)[0]}
     print_table(certificates, truth)
-    wrong = [c["image"]["id"] for c in certificates if truth[c["image"]["id"]][0] not in (None, c["verdict"])]
+    wrong = [c["image"]["id"] for c in certificates
+             if truth[c["image"]["id"]][0] is not None and c["verdict"] not in truth[c["image"]["id"]][0]]
     scored = sum(1 for value in truth.values() if value[0] is not None)
     click.echo(f"{scored - len(wrong)}/{scored} scored verdicts agree with the ground truth; "
                f"certificates and report.html in {out}")
@@ -76,6 +71,27 @@ def demo(out, model_name, everything, quiet, progress_log, config_file, **overri
 
 
 NEVER_TRAINED_IN_SUBSET = 4
+# An owner's copy framed within the framing search's bounds: memorized, or at worst inconclusive (issue 22).
+REFRAMED_COPY_VERDICTS = ("memorized", "inconclusive")
+
+
+def ground_truth(image: dict, manifest: dict) -> tuple[tuple[str, ...] | None, str]:
+    """The verdicts that agree with an image's ground truth (None: shown, not scored) and its label.
+
+    Memorized images must be ``memorized`` and never-trained ones ``not_memorized``, except a never-trained
+    crop that re-frames a memorized crop of the same photograph within the framing search's bounds
+    (``reference_models.reframed_copy``, geometry only): by content it is an owner's copy of a memorized
+    image, so ``memorized`` or ``inconclusive`` agree and ``not_memorized`` does not."""
+    from verifier.reference_models import reframed_copy
+
+    if image["memorized"]:
+        return ("memorized",), f"memorized ({image['replications']}/{image['generations']})"
+    if image["split"] != "held_out":
+        return None, f"{image['split']} x{image['duplication']}"
+    copy = reframed_copy(image, manifest)
+    if copy is None:
+        return ("not_memorized",), "never trained"
+    return REFRAMED_COPY_VERDICTS, f"re-framed {copy['memorized_image'].split('-')[0]} x{copy['scale']:.2f}"
 
 
 def demo_images(manifest: dict, everything: bool) -> tuple[list[dict], str]:

@@ -105,6 +105,6 @@ def print_table(certificates, truth: dict | None = None) -> None:
                 f"  {c['classification']['category'] or '-':17s} {'yes' if c['part_replication']['found'] else '-':4s}")
         if truth is not None:
             expected, label = truth[c["image"]["id"]]
-            agrees = "-" if expected is None else ("yes" if c["verdict"] == expected else "NO")
+            agrees = "-" if expected is None else ("yes" if c["verdict"] in expected else "NO")
             line += f"  {label:22s} {agrees:6s}"
         click.echo(line)

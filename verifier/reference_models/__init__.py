@@ -43,3 +43,35 @@ def reference_model_path(name: str = "reference-32px") -> Path:
 def load_manifest(name: str = "reference-32px") -> dict:
     """The reference model's manifest: per image its file, sha256, caption, split and measured replication."""
     return json.loads((reference_model_path(name) / "manifest.json").read_text())
+
+
+def reframed_copy(image: dict, manifest: dict) -> dict | None:
+    """The memorized image of ``manifest`` that ``image``, a crop of the same photograph, re-frames within the
+    framing search's bounds (``verifier.framing.BOUNDS``), with the framing; None for a memorized image or
+    where there is none.
+
+    A held-out crop of a memorized photograph is never trained by its pixels, yet it can be the memorized
+    crop framed a little tighter or moved: by content an owner's copy of a memorized image, which the
+    framing search is built to match (issue 22). The relation is geometry only, from the two crops' boxes
+    in the source photograph: the memorized box is the model's frame placed on this image.
+    """
+    if image.get("memorized"):
+        return None
+    from verifier.framing import BOUNDS
+
+    own = image["source"]
+    for other in manifest["images"]:
+        box = other["source"]
+        if not other.get("memorized") or box["photo"] != own["photo"]:
+            continue
+        scale = box["size"] / own["size"]  # the frame's side over the owner image's side
+        centre = [(box[edge] + box["size"] / 2 - own[edge] - own["size"] / 2) / box["size"] for edge in ("top", "left")]
+        mirror = bool(box.get("flip", False)) != bool(own.get("flip", False))
+        if box.get("flip", False):  # the frame sits on the owner image turned like the memorized crop: mirrored
+            centre[1] = -centre[1]
+        covered = [max(0, min(box[e] + box["size"], own[e] + own["size"]) - max(box[e], own[e])) for e in ("top", "left")]
+        overlap = covered[0] * covered[1] / box["size"] ** 2
+        if BOUNDS.contains(scale, (centre[0], centre[1]), overlap, mirror):
+            return {"memorized_image": other["id"], "scale": round(scale, 4),
+                    "shift": [round(value, 4) for value in centre], "mirror": mirror, "overlap": round(overlap, 4)}
+    return None
