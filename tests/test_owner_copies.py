@@ -169,3 +169,88 @@ def test_a_moved_copy_of_a_memorized_photograph_is_not_cleared_and_verify_rechec
     path.write_text(json.dumps(tampered))
     failed = verify(out)
     assert "framing" in [check.name for check in failed.checks if not check.passed]
+
+
+def _summary(verdict: str, replications: int) -> dict:
+    return {"verdict": verdict, "error_ratio": 0.9, "replications": replications, "generations": 32}
+
+
+@pytest.mark.parametrize("mirror_enabled, framed, runs", [
+    (True, None, False),  # the framing search did not run: nothing to follow up
+    (True, _summary("not_memorized", 0), True),
+    (True, _summary("inconclusive", 3), False),  # the framing search's witness stands
+    (False, _summary("not_memorized", 0), False),
+])
+def test_the_mirrored_search_runs_only_after_a_framing_search_that_found_nothing(mirror_enabled, framed, runs):
+    from verifier.framing import mirrored_search_runs
+
+    assert mirrored_search_runs(mirror_enabled, framed) is runs
+
+
+def test_the_witness_is_the_first_search_that_replicated_in_order():
+    from verifier.framing import MIRRORED_SEARCH, witness_search
+
+    nothing, some = _summary("not_memorized", 0), _summary("memorized", 9)
+    assert witness_search(None, None) == "owner's framing"
+    assert witness_search(nothing, None) == "owner's framing"
+    assert witness_search(some, None) == "framing search"
+    assert witness_search(nothing, nothing) == "owner's framing"
+    assert witness_search(nothing, some) == MIRRORED_SEARCH
+
+
+def test_the_framing_record_says_what_each_search_found():
+    from verifier.framing import framing_record
+
+    nothing = _summary("not_memorized", 0)
+    common = {"searched": True, "enabled": True, "first": nothing, "framed": nothing, "evaluations": {"total": 1},
+              "closest_framing": None}
+    off = framing_record(mirror_enabled=False, mirrored=None, mirrored_evaluations=None, **common)
+    assert off["witness"] == "owner's framing" and "mirrored search is off (framing_mirror = false)" in off["statement"]
+    missed = framing_record(mirror_enabled=True, mirrored=nothing, mirrored_evaluations={"total": 2}, **common)
+    assert "nor did the mirrored framing search (0 of 32, not_memorized)" in missed["statement"]
+    found = framing_record(mirror_enabled=True, mirrored=_summary("memorized", 12), mirrored_evaluations={"total": 2},
+                           **common | {"closest_framing": {"scale": 1.0, "shift": [0.0, 0.0], "mirror": True}})
+    assert found["witness"] == "mirrored framing search" and found["mirrored_denoiser_evaluations"] == {"total": 2}
+    assert "inverted mirrored" in found["statement"] and found["statement"].endswith("mirrored in its closest generation")
+
+
+def test_the_mirrored_search_is_off_by_default_and_leaves_earlier_run_keys_alone():
+    from verifier.config import ConfigError, VerifierConfig, build_config
+
+    assert VerifierConfig().framing_mirror is False
+    assert "framing_mirror" not in VerifierConfig().fingerprint_dict()
+    assert VerifierConfig(framing_mirror=True).fingerprint_dict()["framing_mirror"] is True
+    with pytest.raises(ConfigError, match="framing_mirror='yes' is not allowed: expected true or false"):
+        build_config(overrides={"framing_mirror": "yes"})
+
+
+def test_a_mirrored_copy_is_found_by_the_mirrored_search_and_verify_rechecks_it(tmp_path):
+    """The fixture's astronaut, mirrored: neither the owner's framing nor the framing search replicates it (0 and 0
+    of 32 on 2026-12-03); with framing_mirror the search on the mirrored image does, with the error falling."""
+    from verifier.api import certify
+    from verifier.config import VerifierConfig
+    from verifier.verify import verify
+
+    fixture = reference_model_path("fixture-16px")
+    record = owner_copies.build(fixture, tmp_path / "copies", never_trained=0, seed=0)
+    mirrored = next(c for c in record["copies"] if c["id"] == "dup00-astronaut-x400.mirrored")
+    out = tmp_path / "run"
+    (certificate,) = certify(fixture, [tmp_path / "copies" / mirrored["file"]], out,
+                             VerifierConfig(device="cpu", framing_mirror=True))
+    framing = certificate["framing"]
+    assert framing["first_search"]["replications"] == 0 and framing["framing_search"]["replications"] == 0
+    assert framing["witness"] == "mirrored framing search", framing["statement"]
+    assert certificate["verdict"] == "memorized", certificate["verdict_reason"]
+    assert framing["closest_framing"]["mirror"] is True
+    assert certificate["prediction_error"]["ratio"] <= certificate["conditions"]["existence"]["threshold"]
+    assert certificate["budget"]["mirrored_denoiser_evaluations"] == framing["mirrored_denoiser_evaluations"]
+    result = verify(out)
+    assert result.passed, [check for check in result.checks if not check.passed]
+    # verify re-measures the error on the mirrored image: a certificate claiming the framing search's witness
+    # fails the framing rule, and its errors do not match the owner's unmirrored image.
+    path = out / f"{certificate['image']['id']}.json"
+    tampered = json.loads(path.read_text())
+    tampered["framing"]["witness"] = "framing search"
+    path.write_text(json.dumps(tampered))
+    failed = {check.name for check in verify(out).checks if not check.passed}
+    assert {"framing", "prediction error"} <= failed

@@ -13,7 +13,8 @@ The recipe, top to bottom (method.md section 3): ``certify`` = ``open_run`` (ste
    image but the error ratio stays high, a never-seen twin control tells specific from generic; 5c:
    decide; 5f: where the witness replicated nothing, the framing search (``verifier.framing``) runs
    steps 4-5c again at the noisiest timesteps against the owner's image framed best, and its witness
-   stands where it replicates; 5d: where the whole image was not reproduced, look for a replicated part and check it
+   stands where it replicates (5g, with ``framing_mirror``: where that replicated nothing too, once more
+   on the owner's image mirrored); 5d: where the whole image was not reproduced, look for a replicated part and check it
    against the twin; 5e: test the owner's prompts and, where the witness reproduced the image, its
    decoding into readable text, like the witness);
 6. certify: write the witness, the closest generation, the contact sheet and then the certificate;
@@ -55,7 +56,8 @@ from verifier.control import TWIN, ControlRun, run_controls
 from verifier.config import VerifierConfig
 from verifier.error import prediction_error
 from verifier.framing import BOUNDS as FRAMING_BOUNDS, NOISE_FLOOR as FRAMING_NOISE_FLOOR
-from verifier.framing import framing_record, framing_witness_stands, reproduced_nothing, search_summary
+from verifier.framing import framing_record, mirrored_search_runs, reproduced_nothing, search_summary
+from verifier.framing import witness_search
 from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect_images, prepare_image
 from verifier.invert import InversionSchedule, invert
 from verifier.memory import row_budget
@@ -333,11 +335,30 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
     if searched:
         owners = [OwnerImage.open(batch[index].path, FRAMING_BOUNDS, resolution) for index in searched]
         framed = _search(run, [batch[index] for index in searched], z0[searched], empty_error[searched], owners,
-                         framed_metric, tracker, clock, noise_floor=FRAMING_NOISE_FLOOR, owners=owners)
-    witnesses = [first.row(index) for index in range(len(batch))]
-    for row, index in enumerate(searched):  # the framing search's witness stands where it replicated the image
-        if framing_witness_stands(framed.decisions[row].conditions["similarity"]["replications"]):
-            witnesses[index] = framed.row(row)
+                         framed_metric, tracker, clock, noise_floor=FRAMING_NOISE_FLOOR, owners=owners, name="framing")
+    # 5g. With framing_mirror, where the framing search replicated nothing too: the framing search once more, on
+    #     the owner's image mirrored left-right (its own latent and empty-prompt error; scored like the framing
+    #     search, against the owner's image framed best).
+    mirror_rows = [row for row in range(len(searched)) if mirrored_search_runs(config.framing_mirror, framed.summary(row))]
+    mirrored = None
+    if mirror_rows:
+        tick = time.time()
+        flipped = model.encode_images([np.ascontiguousarray(pixels[searched[row]][:, ::-1]) for row in mirror_rows])
+        flipped_empty = prediction_error(model, flipped, empty.expand(len(mirror_rows)),
+                                         timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
+        clock["mirrored_error_s"] = time.time() - tick
+        mirrored = _search(run, [batch[searched[row]] for row in mirror_rows], flipped, flipped_empty,
+                           [owners[row] for row in mirror_rows], framed_metric, tracker, clock,
+                           noise_floor=FRAMING_NOISE_FLOOR, owners=[owners[row] for row in mirror_rows], name="mirrored")
+    # The witness: the first search's, else a framing search's where it replicated the image (framing.witness_search).
+    rows = {index: (row, mirror_rows.index(row) if row in mirror_rows else None) for row, index in enumerate(searched)}
+    witnesses = []
+    for index in range(len(batch)):
+        row, mirror_row = rows.get(index, (None, None))
+        chosen = witness_search(None if row is None else framed.summary(row),
+                                None if mirror_row is None else mirrored.summary(mirror_row))
+        witnesses.append(first.row(index) if chosen == "owner's framing" else framed.row(row)
+                         if chosen == "framing search" else mirrored.row(mirror_row))
     decisions = [witness.decision for witness in witnesses]
     # 5d. Where the whole image was not reproduced, a part of it may be: the best window against the twin's.
     tick = time.time()
@@ -394,23 +415,23 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
                 "file": f"{image.id}.part-control.safetensors",
                 "sha256": write_witness(run.out / f"{image.id}.part-control.safetensors", twin.witness, empty,
                                         twin.variables, metadata | {"control": f"{TWIN}, for the part check"})}
-        first_row = first.row(index)
-        framed_row = framed.row(searched.index(index)) if index in searched else None
+        row, mirror_row = rows.get(index, (None, None))
         framing = framing_record(
-            searched=framed_row is not None, enabled=config.framing_search, used=witness.framed,
-            first=search_summary(first_row.decision, finite_or_none(first_row.ratio)),
-            framed=None if framed_row is None else search_summary(framed_row.decision, finite_or_none(framed_row.ratio)),
+            searched=row is not None, enabled=config.framing_search, mirror_enabled=config.framing_mirror,
+            first=first.summary(index), framed=None if row is None else framed.summary(row),
+            mirrored=None if mirror_row is None else mirrored.summary(mirror_row),
             closest_framing=witness.closest_framing(framed_metric),
-            evaluations=None if framed_row is None else framed_row.evaluations(config, looks))
+            evaluations=None if row is None else framed.row(row).evaluations(config, looks),
+            mirrored_evaluations=None if mirror_row is None else mirrored.row(mirror_row).evaluations(config, looks))
         certificate = _certificate(
             run.record, image, decision, witness_sha, image_seeds, best_scale, best_seed, timings, run.keys[image.id],
-            error={"inverted": witness.errors, "empty": empty_error[index], "ratio": witness.ratio,
+            error={"inverted": witness.errors, "empty": witness.empty_error, "ratio": witness.ratio,
                    "loss_first_last": witness.loss_first_last, "noise_draws": config.error_noise_draws,
                    "inversion_steps": witness.steps, "checks": witness.checks},
             control_witness=control_witness, sheet={
                 "file": f"{image.id}.generations.png", "sha256": hashlib.sha256(sheet).hexdigest(),
                 "tile": tile_size(resolution), "layout": SHEET_LAYOUT},
-            spent=first_row.evaluations(config, looks)["witness"],
+            spent=first.row(index).evaluations(config, looks)["witness"],
             control_cost=witness.evaluations(config, looks)["control"],
             part=parts[index], part_control_cost=None if index not in part_controls else denoiser_evaluations(
                 config, {part_controls[index].guidance_scale: looks[0]}, part_controls[index].inversion_steps,
@@ -433,7 +454,8 @@ class WitnessRow:
 
     conditioning: Conditioning
     variables: dict[str, torch.Tensor]
-    errors: torch.Tensor  # the grid error under the witness, at the owner's framing
+    errors: torch.Tensor  # the grid error under the witness, on the inverted image (the owner's, or mirrored)
+    empty_error: torch.Tensor  # the grid error under the empty prompt, on the same image
     ratio: float
     loss_first_last: list
     steps: int
@@ -474,13 +496,18 @@ class Search:
     decisions: list
     targets: list
     framed: bool
+    empty_errors: torch.Tensor
+
+    def summary(self, index: int) -> dict:
+        """What the certificate's ``framing`` block records of this search for one image."""
+        return search_summary(self.decisions[index], finite_or_none(self.ratios[index]))
 
     def row(self, index: int) -> WitnessRow:
         inversion, sampled = self.inversion, self.sampled
         return WitnessRow(
             conditioning=inversion.conditioning[index],
             variables={name: value[index] for name, value in inversion.variables.items()},
-            errors=inversion.errors[index], ratio=self.ratios[index], loss_first_last=self.losses[index],
+            errors=inversion.errors[index], empty_error=self.empty_errors[index], ratio=self.ratios[index], loss_first_last=self.losses[index],
             steps=inversion.steps[index], checks=inversion.checks[index], scores=sampled.scores[index],
             closest=sampled.closest[index], tiles=sampled.tiles[index], window_scores=sampled.window_scores[index],
             used=sampled.seeds_used(index),
@@ -490,21 +517,21 @@ class Search:
 
 def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error: torch.Tensor, targets: list,
             metric, tracker: RunProgress, clock: dict, *, noise_floor: float = 0.0,
-            owners: list | None = None) -> Search:
+            owners: list | None = None, name: str = "") -> Search:
     """Steps 4-5c for a batch: invert, generate and score against ``targets`` with ``metric``, control, decide.
 
     The first search inverts at every noise level and compares with the prepared pixels; the framing
     search (``verifier.framing``) inverts at the noisiest levels only, a fixed number of steps, and
-    compares with each image's ``OwnerImage`` framed best (its control likewise)."""
+    compares with each image's ``OwnerImage`` framed best (its control likewise). ``name`` keeps a search's
+    timings and random streams apart from the others' (the first search's are unprefixed)."""
     config, model, empty = run.config, run.loaded, run.empty
     seeds, resolution = run.record.seeds, run.record.resolution
-    prefix = "framing_" if noise_floor else ""  # the framing search's timings and random streams are its own
+    prefix = f"{name}_" if name else ""
     # 4. Invert, each image until its error ratio levels off (the framing search: a fixed budget); its last
     #    check is the witness's error.
     tick = time.time()
     tracker.stage("invert", config.inversion_steps, "step")
-    inversion = invert(model, run.space, z0, [f"framing:{image.sha256}" if noise_floor else image.sha256
-                                              for image in batch],
+    inversion = invert(model, run.space, z0, [f"{name}:{image.sha256}" if name else image.sha256 for image in batch],
                        schedule=InversionSchedule.of(config, fixed=bool(noise_floor)),
                        empty_errors=empty_error.mean(dim=1), learning_rate=config.inversion_learning_rate,
                        noise_draws=config.inversion_noise_draws, seed=config.seed, on_step=tracker.advance,
@@ -539,7 +566,7 @@ def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error
     decisions = [_decide(run, ratios[index], sampled.scores[index], losses[index], controls.get(index), looks)
                  for index in range(len(batch))]
     return Search(inversion=inversion, ratios=ratios, losses=losses, sampled=sampled, controls=controls,
-                  decisions=decisions, targets=targets, framed=bool(noise_floor))
+                  decisions=decisions, targets=targets, framed=bool(noise_floor), empty_errors=empty_error)
 
 
 def _pixels_of(targets: list) -> list[np.ndarray]:
@@ -711,7 +738,8 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
         "budget": run.budget | {"denoiser_evaluations_spent": spent, "control_denoiser_evaluations": control_cost,
                                 "part_control_denoiser_evaluations": part_control_cost,
                                 "prompt_denoiser_evaluations": prompt_cost,
-                                "framing_denoiser_evaluations": framing["denoiser_evaluations"]},
+                                "framing_denoiser_evaluations": framing["denoiser_evaluations"],
+                                "mirrored_denoiser_evaluations": framing["mirrored_denoiser_evaluations"]},
         "config": run.config,
         "environment": run.environment,
         "timings": timings,

@@ -74,6 +74,7 @@ class VerifierConfig:
     confidence: float = 0.95
     decode_witness: bool = True  # test the witness decoded into readable text where it reproduced the image
     framing_search: bool = True  # where nothing replicated at the owner's framing, search framings (verifier.framing)
+    framing_mirror: bool = False  # where the framing search found nothing too, search the owner's image mirrored
 
     # Run.
     seed: int = 0
@@ -191,8 +192,9 @@ class VerifierConfig:
         ignored = {"device", "fail_on", "batch_size", "denoiser_batch", "gradient_checkpointing", "lpips_weights",
                    "sscd_weights", "calibration"}
         values = {key: value for key, value in self.to_dict().items() if key not in ignored}
-        if values["autocast"] == "off":  # added after schema v9 was declared: keys of earlier runs stay valid
-            del values["autocast"]
+        for name, default in (("autocast", "off"), ("framing_mirror", False)):  # added later: keys of earlier
+            if values[name] == default:  # runs stay valid while these keep their defaults
+                del values[name]
         return values
 
 

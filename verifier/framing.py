@@ -23,6 +23,15 @@ the owner's framing, every noise level) reproduced nothing:
 4. decide as for the first witness (``conditions.decide``). Where this search reproduces the image,
    its witness, numbers and verdict are the certificate's; otherwise the first search's stand, and
    the certificate says the framing search ran and found nothing.
+
+**Mirrored copies** (``framing_mirror``, off by default): the comparison searches mirrored framings, but
+the coarse inversion of a mirrored copy seldom finds the memorized conditioning. With the option on,
+where the framing search also reproduced nothing, steps 1-4 run once more on the owner's image
+mirrored left-right (its latent, its empty-prompt error, its random streams; generations scored
+against the owner's image framed best, which includes mirrored framings, so scores, the closest
+framing and the control are the owner's as in the framing search). Its witness stands where it
+replicates; its error ratio is measured on the mirrored image. Cost: another framing search per image
+nothing reproduced (docs/owner-copies.md).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from __future__ import annotations
 from verifier.alignment import FramingBounds
 from verifier.taxonomy import REPRODUCED_VERDICTS
 
+MIRRORED_SEARCH = "mirrored framing search"
 NOISE_FLOOR = 0.8  # the framing search's inversion draws t >= 0.8 x the schedule (DDPM) / the noisiest 20% (flow)
 BOUNDS = FramingBounds()
 METHOD = (f"inversion at the noisiest {1 - NOISE_FLOOR:.0%} of the training schedule, then each generation scored "
@@ -48,8 +58,28 @@ def reproduced_nothing(verdict: str, replications: int) -> bool:
 
 
 def framing_witness_stands(replications: int) -> bool:
-    """The framing search's witness replaces the first one where it replicated the image."""
+    """A framing search's witness (plain or mirrored) replaces the one before it where it replicated the image."""
     return replications > 0
+
+
+def mirrored_search_runs(mirror_enabled: bool, framed: dict | None) -> bool:
+    """The mirrored framing search runs where it is enabled and the framing search ran and replicated nothing."""
+    return mirror_enabled and framed is not None and not framing_witness_stands(framed["replications"])
+
+
+def witness_search(framed: dict | None, mirrored: dict | None) -> str:
+    """Which search the certificate's witness comes from, given what the framing searches found."""
+    if framed is not None and framing_witness_stands(framed["replications"]):
+        return "framing search"
+    if mirrored is not None and framing_witness_stands(mirrored["replications"]):
+        return MIRRORED_SEARCH
+    return "owner's framing"
+
+
+def witness_is_framed(witness: str) -> bool:
+    """A framing search's witness (plain or mirrored): fixed-budget inversion, scored against the owner's image
+    framed best."""
+    return witness in ("framing search", MIRRORED_SEARCH)
 
 
 def search_summary(decision, ratio: float | None) -> dict:
@@ -58,23 +88,31 @@ def search_summary(decision, ratio: float | None) -> dict:
             "generations": decision.conditions["similarity"]["generations"]}
 
 
-def framing_record(*, searched: bool, enabled: bool, used: bool, first: dict, framed: dict | None,
-                   closest_framing: dict | None, evaluations: dict | None) -> dict:
-    """The certificate's ``framing`` block: whether the search ran, what each search found, which is the witness."""
+def framing_record(*, searched: bool, enabled: bool, mirror_enabled: bool, first: dict, framed: dict | None,
+                   mirrored: dict | None, closest_framing: dict | None, evaluations: dict | None,
+                   mirrored_evaluations: dict | None) -> dict:
+    """The certificate's ``framing`` block: whether each search ran, what each found, which is the witness."""
+    witness = witness_search(framed, mirrored)
     if not enabled:
         statement = "the framing search is off (framing_search = false): only the owner's framing was searched"
     elif not searched:
         statement = "not needed: the witness found at the owner's framing replicated the image"
-    elif used:
-        statement = (f"the witness at the owner's framing replicated nothing ({first['verdict']}); the framing search's "
-                     f"witness reproduces the image framed at scale {closest_framing['scale']:.3g}, shifted by "
+    elif witness != "owner's framing":
+        statement = (f"the witness at the owner's framing replicated nothing ({first['verdict']}); the {witness}'s "
+                     + ("(the owner's image inverted mirrored left-right, the framing search finding nothing) "
+                        if witness == MIRRORED_SEARCH else "")
+                     + f"witness reproduces the image framed at scale {closest_framing['scale']:.3g}, shifted by "
                      f"({closest_framing['shift'][0]:+.3g}, {closest_framing['shift'][1]:+.3g}) of the side"
                      f"{', mirrored' if closest_framing['mirror'] else ''} in its closest generation")
     else:
         statement = (f"the framing search also reproduced nothing ({framed['replications']} replications of "
-                     f"{framed['generations']} generations, {framed['verdict']}): no framing within the bounds "
-                     "was reproduced")
+                     f"{framed['generations']} generations, {framed['verdict']})"
+                     + (f", nor did the mirrored framing search ({mirrored['replications']} of "
+                        f"{mirrored['generations']}, {mirrored['verdict']})" if mirrored is not None else
+                        "" if mirror_enabled else "; the mirrored search is off (framing_mirror = false)")
+                     + ": no framing within the bounds was reproduced")
     return {"method": METHOD, "noise_floor": NOISE_FLOOR, "bounds": bounds_record(), "enabled": enabled,
-            "searched": searched, "witness": "framing search" if used else "owner's framing",
-            "first_search": first, "framing_search": framed, "closest_framing": closest_framing,
-            "denoiser_evaluations": evaluations, "statement": statement}
+            "mirror_enabled": mirror_enabled, "searched": searched, "witness": witness,
+            "first_search": first, "framing_search": framed, "mirrored_search": mirrored,
+            "closest_framing": closest_framing, "denoiser_evaluations": evaluations,
+            "mirrored_denoiser_evaluations": mirrored_evaluations, "statement": statement}

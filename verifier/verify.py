@@ -344,6 +344,7 @@ def _check_sampling_rule(result: VerifyResult, certificate: dict) -> None:
 def _check_inversion_rule(result: VerifyResult, certificate: dict) -> None:
     """The inversion was checked and stopped where its schedule prescribes on the recorded check ratios, and
     its last check is the witness's ratio."""
+    from verifier.framing import witness_is_framed
     from verifier.invert import InversionSchedule
 
     image_id, record = certificate["image"]["id"], certificate["prediction_error"]
@@ -351,7 +352,7 @@ def _check_inversion_rule(result: VerifyResult, certificate: dict) -> None:
     if config is None:
         result.add(image_id, "inversion schedule", False, "the recorded config is not a valid config")
         return
-    schedule = InversionSchedule.of(config, fixed=certificate["framing"]["witness"] == "framing search")
+    schedule = InversionSchedule.of(config, fixed=witness_is_framed(certificate["framing"]["witness"]))
     checks = record["inversion_checks"]
     recorded = [check["step"] for check in checks]
     ratios = [math.nan if check["ratio"] is None else check["ratio"] for check in checks]
@@ -473,6 +474,7 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
     from verifier.alignment import FramedSimilarity, OwnerImage
     from verifier.control import never_seen_twin
     from verifier.framing import BOUNDS as FRAMING_BOUNDS
+    from verifier.framing import witness_is_framed
     from verifier.images import prepare_image
     from verifier.registry import SIMILARITY_METRICS
     from verifier.similarity import replicated
@@ -487,7 +489,7 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
     threshold = certificate["conditions"]["similarity"]["threshold"]
     pixels = prepare_image(image_path, record["height"])
     # A framing-search witness was scored against the owner's image framed best for each generation.
-    framed = certificate["framing"]["witness"] == "framing search"
+    framed = witness_is_framed(certificate["framing"]["witness"])
     metric = FramedSimilarity(metric)
     target = OwnerImage.open(image_path, FRAMING_BOUNDS, record["height"]) if framed else pixels
     seeds = record["seeds"]
@@ -666,31 +668,39 @@ def _check_closest_framing(result: VerifyResult, certificate: dict, regenerated:
 
 
 def _check_framing(result: VerifyResult, certificate: dict) -> None:
-    """The framing record follows from its searches: the search ran exactly where the first witness replicated
-    nothing, the witness is the framing search's exactly where that replicated, and the verdict is the witness's."""
-    from verifier.framing import framing_record, framing_witness_stands, reproduced_nothing
+    """The framing record follows from its searches: the framing search ran exactly where the first witness
+    replicated nothing, the mirrored one exactly where it is on and the framing search replicated nothing too,
+    the witness is the search ``framing.witness_search`` names, and the verdict is the witness's."""
+    from verifier.framing import framing_record, mirrored_search_runs, reproduced_nothing, witness_search
 
     framing, similarity = certificate["framing"], certificate["conditions"]["similarity"]
-    first, framed = framing["first_search"], framing["framing_search"]
+    first, framed, mirrored = framing["first_search"], framing["framing_search"], framing["mirrored_search"]
     problems = []
     should_search = framing["enabled"] and reproduced_nothing(first["verdict"], first["replications"])
     if framing["searched"] != should_search or (framed is None) == framing["searched"]:
         problems.append(f"searched is {framing['searched']}, but the first search ({first['verdict']}, "
                         f"{first['replications']} replications) {'calls' if should_search else 'does not call'} for it")
-    used = framed is not None and framing_witness_stands(framed["replications"])
-    if (framing["witness"] == "framing search") != used:
-        problems.append(f"the witness is the {framing['witness']}'s, but the framing search "
-                        f"{'replicated' if used else 'did not replicate'} the image")
-    chosen = framed if used else first
+    if (mirrored is not None) != mirrored_search_runs(framing["mirror_enabled"], framed):
+        problems.append(f"the mirrored search {'ran' if mirrored is not None else 'did not run'}, but with "
+                        f"framing_mirror = {str(framing['mirror_enabled']).lower()} and the framing search's "
+                        f"{'no ' if framed is None else framed['replications']} replications it "
+                        f"{'should not' if mirrored is not None else 'should'}")
+    chosen_search = witness_search(framed, mirrored)
+    if framing["witness"] != chosen_search:
+        problems.append(f"the witness is the {framing['witness']}'s, but the searches' replications make it the "
+                        f"{chosen_search}'s")
+    chosen = {"owner's framing": first, "framing search": framed}.get(chosen_search, mirrored)
     if chosen["verdict"] != certificate["verdict"] or chosen["replications"] != similarity["replications"] or \
             chosen["generations"] != similarity["generations"]:
         problems.append(f"the certificate's verdict and replications ({certificate['verdict']}, "
                         f"{similarity['replications']}/{similarity['generations']}) are not its witness's search's "
                         f"({chosen['verdict']}, {chosen['replications']}/{chosen['generations']})")
     if not problems:
-        replayed = framing_record(searched=framing["searched"], enabled=framing["enabled"], used=used, first=first,
-                                  framed=framed, closest_framing=framing["closest_framing"],
-                                  evaluations=framing["denoiser_evaluations"])
+        replayed = framing_record(searched=framing["searched"], enabled=framing["enabled"],
+                                  mirror_enabled=framing["mirror_enabled"], first=first, framed=framed,
+                                  mirrored=mirrored, closest_framing=framing["closest_framing"],
+                                  evaluations=framing["denoiser_evaluations"],
+                                  mirrored_evaluations=framing["mirrored_denoiser_evaluations"])
         if replayed != framing:
             changed = sorted(key for key in replayed if replayed[key] != framing[key])
             problems.append(f"the framing record's {', '.join(changed)} differ from what its searches give")
@@ -777,7 +787,10 @@ def _config_for_metric(config: dict):
 
 
 def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict, image_path: Path) -> None:
+    import numpy as np
+
     from verifier.error import prediction_error
+    from verifier.framing import MIRRORED_SEARCH
     from verifier.images import prepare_image
 
     image_id = certificate["image"]["id"]
@@ -788,7 +801,10 @@ def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict,
     if loaded.objective.grid(len(record["timesteps"])) != record["timesteps"]:
         result.add(image_id, "prediction error", False, "the recorded timestep grid is not this model's fixed grid")
         return
-    z0 = loaded.encode_images([prepare_image(image_path, certificate["witness"]["height"])])
+    pixels = prepare_image(image_path, certificate["witness"]["height"])
+    if certificate["framing"]["witness"] == MIRRORED_SEARCH:  # its errors were measured on the mirrored image
+        pixels = np.ascontiguousarray(pixels[:, ::-1])
+    z0 = loaded.encode_images([pixels])
     measured = {}
     for name, conditioning in zip(("inverted", "empty"), _conditionings(witness, certificate["witness"])):
         measured[name] = [float(v) for v in prediction_error(

@@ -51,6 +51,9 @@ Version history:
   at the owner's framing replicated nothing), what each search found, which one the witness comes from,
   and the framing of the owner's image its closest generation matches; the budget records the framing
   search's denoiser evaluations (``framing_denoiser_evaluations``).
+- 11: mirrored copies (issue 22): ``framing`` records whether the mirrored framing search is on
+  (``mirror_enabled``, config ``framing_mirror``), what it found where it ran (``mirrored_search``) and
+  its cost (``mirrored_denoiser_evaluations``, also in the budget); the witness may come from it.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
@@ -361,7 +364,8 @@ class PartReplication(_Strict):
 
 class SearchSummary(_Strict):
     verdict: Verdict
-    error_ratio: Optional[float] = Field(description="The witness's error ratio at the owner's framing")
+    error_ratio: Optional[float] = Field(description="The witness's error ratio on the image it inverted (the "
+                                                     "owner's, mirrored for the mirrored search)")
     replications: int = Field(ge=0)
     generations: int = Field(ge=0)
 
@@ -381,14 +385,19 @@ class FramingRecord(_Strict):
     enabled: bool = Field(description="config framing_search")
     searched: bool = Field(description="Whether the framing search ran (only where the first witness replicated "
                                        "nothing)")
-    witness: Literal["owner's framing", "framing search"] = Field(description="Which search the witness, the "
-                                                                              "conditions and the verdict come from")
+    mirror_enabled: bool = Field(description="config framing_mirror")
+    witness: Literal["owner's framing", "framing search", "mirrored framing search"] = Field(
+        description="Which search the witness, the conditions and the verdict come from")
     first_search: SearchSummary = Field(description="What the search at the owner's framing found")
     framing_search: Optional[SearchSummary] = Field(description="What the framing search found, where it ran")
+    mirrored_search: Optional[SearchSummary] = Field(description="What the framing search on the owner's image "
+                                                                 "mirrored found, where it ran")
     closest_framing: Optional[FramingValue] = Field(description="The framing of the owner's image the closest "
                                                                 "generation matches, for a framing-search witness")
     denoiser_evaluations: Optional[dict[str, Any]] = Field(description="The framing search's cost: its witness "
                                                                        "and its control")
+    mirrored_denoiser_evaluations: Optional[dict[str, Any]] = Field(
+        description="The mirrored framing search's cost (its empty-prompt error included in error_forward)")
     statement: str
 
 
