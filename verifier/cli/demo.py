@@ -27,7 +27,7 @@ def demo(out, model_name, everything, quiet, progress_log, config_file, **overri
     By default a representative subset (every memorized image, 4 never-trained ones, one of each
     other kind), said on screen; --all certifies every image. Exit 0 only when every memorized image
     certified is `memorized` and every never-trained one `not_memorized` (a never-trained crop that
-    re-frames a memorized one within the framing search's bounds: `memorized` or `inconclusive`);
+    re-frames a memorized one within the framing search's bounds: anything but `not_memorized`);
     images in between are shown, not scored.
 
     \b
@@ -71,8 +71,9 @@ def demo(out, model_name, everything, quiet, progress_log, config_file, **overri
 
 
 NEVER_TRAINED_IN_SUBSET = 4
-# An owner's copy framed within the framing search's bounds: memorized, or at worst inconclusive (issue 22).
-REFRAMED_COPY_VERDICTS = ("memorized", "inconclusive")
+# An owner's copy framed within the framing search's bounds: anything but cleared (issue 22): memorized, or at
+# worst reproduced rarely or inconclusive.
+REFRAMED_COPY_VERDICTS = ("memorized", "rarely_reproduced", "inconclusive")
 
 
 def ground_truth(image: dict, manifest: dict) -> tuple[tuple[str, ...] | None, str]:
@@ -81,7 +82,7 @@ def ground_truth(image: dict, manifest: dict) -> tuple[tuple[str, ...] | None, s
     Memorized images must be ``memorized`` and never-trained ones ``not_memorized``, except a never-trained
     crop that re-frames a memorized crop of the same photograph within the framing search's bounds
     (``reference_models.reframed_copy``, geometry only): by content it is an owner's copy of a memorized
-    image, so ``memorized`` or ``inconclusive`` agree and ``not_memorized`` does not."""
+    image, so every verdict but ``not_memorized`` agrees."""
     from verifier.reference_models import reframed_copy
 
     if image["memorized"]:
