@@ -1,0 +1,132 @@
+"""Between the grid's framings: does re-inverting the owner's image at a precise framing find what the framing
+search missed? (issue 22; docs/owner-copies.md, "Between the grid's framings")
+
+For owner copies the default config certifies ``not_memorized`` although they re-frame a memorized image:
+
+1. certify each copy keeping the framing search's witness whatever it found (a diagnostic: the pipeline keeps
+   it only where it replicated), to get its closest generation and that generation's grid framing;
+2. refine the framing around the grid's (``refine``: SSIM against the closest generation, to 0.05 px);
+3. cut the owner's image at three framings, the uncovered strip edge-padded: the grid's, the refined one, and
+   the exact one (the trained box in the owner's copy, from ``copies.json``);
+4. certify those crops like any image (the first search only) and print what each framing gives.
+
+    python benchmarks/owner_copies.py build --model reference-32px --out owner/reference-32px
+    python benchmarks/framing_refine.py --model reference-32px --copies owner/reference-32px \\
+        --ids dup06-coins-x1000.grown-20 dup03-rocket-x2000.moved-8 --out runs/refine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from verifier.alignment import Framing, OwnerImage, ssim_pairs
+from verifier.config import VerifierConfig
+from verifier.framing import BOUNDS
+from verifier.images import load_rgb
+
+# (log scale span either way, scale steps, shift step in model pixels, shift steps either way), each pass
+# centred on the best so far: half a grid step of scale and a pixel of shift at 0.25 px, then finer.
+REFINE_PASSES = ((0.03, 7, 0.25, 4), (0.01, 5, 0.05, 5))
+
+
+@torch.no_grad()
+def refine(owner: OwnerImage, generation: np.ndarray, around: Framing) -> tuple[float, Framing]:
+    """The framing near ``around`` under which the owner's image best matches ``generation`` (H, W, 3 in [0, 1]):
+    SSIM over the overlap at the generation's resolution, over ``REFINE_PASSES``."""
+    side = generation.shape[0]
+    target = torch.from_numpy(np.ascontiguousarray(generation, dtype=np.float32)).permute(2, 0, 1)[None]
+    score, best = -math.inf, around
+    for scale_span, scale_steps, step, reach in REFINE_PASSES:
+        offsets = [k * step * owner.side / side for k in range(-reach, reach + 1)]  # model pixels -> search pixels
+        candidates = [Framing(float(best.scale * math.exp(log_scale)), best.dy + oy, best.dx + ox, best.mirror)
+                      for log_scale in np.linspace(-scale_span, scale_span, scale_steps)
+                      for oy in offsets for ox in offsets]
+        kept = [(candidate, found) for candidate in candidates if (found := owner.frame(candidate, side)) is not None
+                and found[1][2] * found[1][3] >= owner.bounds.min_overlap * side**2]
+        frames = torch.from_numpy(np.stack([found[0] for _, found in kept])).permute(0, 3, 1, 2)
+        scores = ssim_pairs(target.expand_as(frames).contiguous(), frames, torch.tensor([found[1] for _, found in kept]))
+        index = int(scores.argmax())
+        if float(scores[index]) > score:
+            score, best = float(scores[index]), kept[index][0]
+    return score, best
+
+
+def exact_framing(copy: dict, side: int) -> Framing:
+    """The trained box placed on the owner's copy (both square boxes in the source photograph)."""
+    trained, owner = copy["trained_box"], copy["owner_rectangle"]
+    size = min(owner["height"], owner["width"])
+    centre = [(trained[edge] + trained["size"] / 2 - owner[edge] - length / 2) / trained["size"]
+              for edge, length in (("top", owner["height"]), ("left", owner["width"]))]
+    return Framing(trained["size"] / size, centre[0] * side, centre[1] * side, False)
+
+
+def aligned_crop(owner: OwnerImage, framing: Framing, resolution: int) -> np.ndarray:
+    pixels, (top, left, height, width) = owner.frame(framing, resolution)
+    inner = pixels[top:top + height, left:left + width]
+    return np.pad(inner, ((top, resolution - top - height), (left, resolution - left - width), (0, 0)), mode="edge")
+
+
+def keep_the_framing_witness() -> None:
+    """Diagnostic only: the framing search's witness stands wherever the search ran."""
+    import verifier.api
+
+    verifier.api.witness_search = lambda framed, mirrored: "owner's framing" if framed is None else "framing search"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="reference-32px")
+    parser.add_argument("--copies", type=Path, required=True, help="a benchmarks/owner_copies.py build folder")
+    parser.add_argument("--ids", nargs="+", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    arguments = parser.parse_args()
+    from verifier.api import certify
+    from verifier.reference_models import reference_model_path
+
+    model = reference_model_path(arguments.model)
+    copies = {copy["id"]: copy for copy in json.loads((arguments.copies / "copies.json").read_text())["copies"]}
+    files = [arguments.copies / copies[copy_id]["file"] for copy_id in arguments.ids]
+    keep_the_framing_witness()
+    framed = {c["image"]["id"]: c for c in certify(model, files, arguments.out / "framing", VerifierConfig(device="cpu"))}
+    (arguments.out / "aligned").mkdir(parents=True, exist_ok=True)
+    crops, framings = [], {}
+    for copy_id in arguments.ids:
+        certificate = framed[copy_id]
+        resolution = certificate["witness"]["height"]
+        owner = OwnerImage(load_rgb(arguments.copies / copies[copy_id]["file"]), BOUNDS, min(resolution, 64))
+        grid = certificate["framing"]["closest_framing"]
+        grid = Framing(grid["scale"], grid["shift"][0] * owner.side, grid["shift"][1] * owner.side, grid["mirror"])
+        generation = np.asarray(Image.open(arguments.out / "framing" / f"{copy_id}.closest.png").convert("RGB"),
+                                dtype=np.float32) / 255
+        _, refined = refine(owner, generation, grid)
+        for name, framing in (("grid", grid), ("refined", refined), ("exact", exact_framing(copies[copy_id], owner.side))):
+            path = arguments.out / "aligned" / f"{copy_id}.{name}.png"
+            Image.fromarray((aligned_crop(owner, framing, resolution) * 255).round().astype(np.uint8)).save(path)
+            crops.append(path)
+            framings[path.stem] = framing.record(owner.side)
+    import verifier.api
+
+    verifier.api.witness_search = __import__("verifier.framing", fromlist=["witness_search"]).witness_search
+    results = certify(model, crops, arguments.out / "aligned-run", VerifierConfig(device="cpu", framing_search=False))
+    print(f"\n{arguments.model}: each copy re-inverted at three framings (first search only, default config, one run)\n")
+    print("| copy | framing | scale | shift (down, right) | verdict | error ratio | replications |")
+    print("|---|---|---|---|---|---|---|")
+    for certificate in results:
+        stem = certificate["image"]["id"]
+        copy_id, name = stem.rsplit(".", 1)
+        framing = framings[stem]
+        similarity = certificate["conditions"]["similarity"]
+        print(f"| {copy_id} | {name} | {framing['scale']:.4f} | ({framing['shift'][0]:+.4f}, {framing['shift'][1]:+.4f}) | "
+              f"{certificate['verdict']} | {certificate['prediction_error']['ratio']:.3f} | "
+              f"{similarity['replications']}/{similarity['generations']} |")
+
+
+if __name__ == "__main__":
+    main()
