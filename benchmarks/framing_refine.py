@@ -5,7 +5,8 @@ For owner copies the default config certifies ``not_memorized`` although they re
 
 1. certify each copy keeping the framing search's witness whatever it found (a diagnostic: the pipeline keeps
    it only where it replicated), to get its closest generation and that generation's grid framing;
-2. refine the framing around the grid's (``refine``: SSIM against the closest generation, to 0.05 px);
+2. refine the framing around the grid's (``verifier.alignment.refine``: SSIM against the closest generation,
+   to 0.05 px);
 3. cut the owner's image at three framings, the uncovered strip edge-padded: the grid's, the refined one, and
    the exact one (the trained box in the owner's copy, from ``copies.json``);
 4. certify those crops like any image (the first search only) and print what each framing gives.
@@ -19,44 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from verifier.alignment import Framing, OwnerImage, ssim_pairs
+from verifier.alignment import Framing, OwnerImage, refine
 from verifier.config import VerifierConfig
 from verifier.framing import BOUNDS
 from verifier.images import load_rgb
-
-# (log scale span either way, scale steps, shift step in model pixels, shift steps either way), each pass
-# centred on the best so far: half a grid step of scale and a pixel of shift at 0.25 px, then finer.
-REFINE_PASSES = ((0.03, 7, 0.25, 4), (0.01, 5, 0.05, 5))
-
-
-@torch.no_grad()
-def refine(owner: OwnerImage, generation: np.ndarray, around: Framing) -> tuple[float, Framing]:
-    """The framing near ``around`` under which the owner's image best matches ``generation`` (H, W, 3 in [0, 1]):
-    SSIM over the overlap at the generation's resolution, over ``REFINE_PASSES``."""
-    side = generation.shape[0]
-    target = torch.from_numpy(np.ascontiguousarray(generation, dtype=np.float32)).permute(2, 0, 1)[None]
-    score, best = -math.inf, around
-    for scale_span, scale_steps, step, reach in REFINE_PASSES:
-        offsets = [k * step * owner.side / side for k in range(-reach, reach + 1)]  # model pixels -> search pixels
-        candidates = [Framing(float(best.scale * math.exp(log_scale)), best.dy + oy, best.dx + ox, best.mirror)
-                      for log_scale in np.linspace(-scale_span, scale_span, scale_steps)
-                      for oy in offsets for ox in offsets]
-        kept = [(candidate, found) for candidate in candidates if (found := owner.frame(candidate, side)) is not None
-                and found[1][2] * found[1][3] >= owner.bounds.min_overlap * side**2]
-        frames = torch.from_numpy(np.stack([found[0] for _, found in kept])).permute(0, 3, 1, 2)
-        scores = ssim_pairs(target.expand_as(frames).contiguous(), frames, torch.tensor([found[1] for _, found in kept]))
-        index = int(scores.argmax())
-        if float(scores[index]) > score:
-            score, best = float(scores[index]), kept[index][0]
-    return score, best
-
 
 def exact_framing(copy: dict, side: int) -> Framing:
     """The trained box placed on the owner's copy (both square boxes in the source photograph)."""
@@ -67,17 +39,13 @@ def exact_framing(copy: dict, side: int) -> Framing:
     return Framing(trained["size"] / size, centre[0] * side, centre[1] * side, False)
 
 
-def aligned_crop(owner: OwnerImage, framing: Framing, resolution: int) -> np.ndarray:
-    pixels, (top, left, height, width) = owner.frame(framing, resolution)
-    inner = pixels[top:top + height, left:left + width]
-    return np.pad(inner, ((top, resolution - top - height), (left, resolution - left - width), (0, 0)), mode="edge")
-
-
 def keep_the_framing_witness() -> None:
-    """Diagnostic only: the framing search's witness stands wherever the search ran."""
+    """Diagnostic only: the framing search's witness stands wherever the search ran (and the aligned search,
+    which this benchmark does by hand, does not run)."""
     import verifier.api
 
-    verifier.api.witness_search = lambda framed, mirrored: "owner's framing" if framed is None else "framing search"
+    verifier.api.witness_search = lambda framed, *_: "owner's framing" if framed is None else "framing search"
+    verifier.api.aligned_search_runs = lambda framed, mirrored: False
 
 
 def main() -> None:
@@ -100,7 +68,7 @@ def main() -> None:
     for copy_id in arguments.ids:
         certificate = framed[copy_id]
         resolution = certificate["witness"]["height"]
-        owner = OwnerImage(load_rgb(arguments.copies / copies[copy_id]["file"]), BOUNDS, min(resolution, 64))
+        owner = OwnerImage(load_rgb(arguments.copies / copies[copy_id]["file"]), BOUNDS, min(resolution, 64), resolution)
         grid = certificate["framing"]["closest_framing"]
         grid = Framing(grid["scale"], grid["shift"][0] * owner.side, grid["shift"][1] * owner.side, grid["mirror"])
         generation = np.asarray(Image.open(arguments.out / "framing" / f"{copy_id}.closest.png").convert("RGB"),
@@ -108,12 +76,15 @@ def main() -> None:
         _, refined = refine(owner, generation, grid)
         for name, framing in (("grid", grid), ("refined", refined), ("exact", exact_framing(copies[copy_id], owner.side))):
             path = arguments.out / "aligned" / f"{copy_id}.{name}.png"
-            Image.fromarray((aligned_crop(owner, framing, resolution) * 255).round().astype(np.uint8)).save(path)
+            Image.fromarray((owner.cut(framing, resolution) * 255).round().astype(np.uint8)).save(path)
             crops.append(path)
             framings[path.stem] = framing.record(owner.side)
     import verifier.api
 
-    verifier.api.witness_search = __import__("verifier.framing", fromlist=["witness_search"]).witness_search
+    import verifier.framing
+
+    verifier.api.witness_search = verifier.framing.witness_search
+    verifier.api.aligned_search_runs = verifier.framing.aligned_search_runs
     results = certify(model, crops, arguments.out / "aligned-run", VerifierConfig(device="cpu", framing_search=False))
     print(f"\n{arguments.model}: each copy re-inverted at three framings (first search only, default config, one run)\n")
     print("| copy | framing | scale | shift (down, right) | verdict | error ratio | replications |")

@@ -203,9 +203,9 @@ def test_the_framing_record_says_what_each_search_found():
 
     nothing = _summary("not_memorized", 0)
     common = {"searched": True, "enabled": True, "first": nothing, "framed": nothing, "evaluations": {"total": 1},
-              "closest_framing": None}
+              "closest_framing": None, "aligned": None, "aligned_framing": None, "aligned_evaluations": None}
     off = framing_record(mirror_enabled=False, mirrored=None, mirrored_evaluations=None, **common)
-    assert off["witness"] == "owner's framing" and "mirrored search is off (framing_mirror = false)" in off["statement"]
+    assert off["witness"] == "owner's framing" and "the mirrored search is off: framing_mirror = false" in off["statement"]
     missed = framing_record(mirror_enabled=True, mirrored=nothing, mirrored_evaluations={"total": 2}, **common)
     assert "nor did the mirrored framing search (0 of 32, not_memorized)" in missed["statement"]
     found = framing_record(mirror_enabled=True, mirrored=_summary("memorized", 12), mirrored_evaluations={"total": 2},

@@ -31,8 +31,8 @@ SSIM_WINDOW = 7  # scikit-image's default window; an overlap narrower than this 
 @dataclass(frozen=True)
 class Framing:
     scale: float  # the frame's side / the side of the owner image's centred square
-    dy: int  # the frame's centre moved down by this many frame pixels (at the search resolution)
-    dx: int  # ... and right
+    dy: float  # the frame's centre moved down by this many frame pixels at the search resolution (whole
+    dx: float  # ... and right; pixels on the grid, fractions once refined: ``refine``)
     mirror: bool
 
     def record(self, search_side: int) -> dict:
@@ -65,19 +65,34 @@ class FramingBounds:
                 for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)]
 
 
+def _reduced(image, side: int):
+    """``image`` with its shorter side brought down to ``side`` pixels where it is longer (bicubic)."""
+    from PIL import Image
+
+    width, height = image.size
+    shrink = side / min(width, height)
+    if shrink >= 1:
+        return image
+    return image.resize((max(1, round(width * shrink)), max(1, round(height * shrink))), Image.Resampling.BICUBIC)
+
+
+def _flip(direction: str):
+    from PIL import Image
+
+    return {"left-right": Image.Transpose.FLIP_LEFT_RIGHT, "top-bottom": Image.Transpose.FLIP_TOP_BOTTOM}[direction]
+
+
 class OwnerImage:
     """The owner's whole image (RGB, after verifier's normalisation), framed every way ``bounds`` allows."""
 
-    def __init__(self, image, bounds: FramingBounds, side: int):
-        from PIL import Image
-
-        width, height = image.size
-        shrink = 4 * side / min(width, height)
-        if shrink < 1:  # framing never needs more detail than a few owner pixels per frame pixel
-            image = image.resize((max(1, round(width * shrink)), max(1, round(height * shrink))),
-                                 Image.Resampling.BICUBIC)
-        self.image, self.mirrored = image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        self.side, self.bounds = side, bounds
+    def __init__(self, image, bounds: FramingBounds, side: int, resolution: int | None = None):
+        """``side``: the search's side; ``resolution``: the largest frame cut later (the model's resolution).
+        Neither needs more than a few owner pixels per frame pixel, so no more is kept."""
+        self.side, self.bounds, self.resolution = side, bounds, resolution or side
+        self.full = _reduced(image, 2 * self.resolution) if self.resolution > side else None
+        self._full_mirrored = None
+        image = _reduced(image, 4 * side)
+        self.image, self.mirrored = image, image.transpose(_flip("left-right"))
         self.pixels: np.ndarray | None = None  # the standard preparation, where ``open`` made it
         self._frames: tuple[list[Framing], torch.Tensor, torch.Tensor] | None = None
         self._masks: torch.Tensor | None = None  # each framing's overlap, flat (built with the frames)
@@ -89,15 +104,14 @@ class OwnerImage:
         from verifier.images import centre_square, load_rgb
 
         image = load_rgb(path)
-        owner = cls(image, bounds, min(resolution, SEARCH_SIDE))
+        owner = cls(image, bounds, min(resolution, SEARCH_SIDE), resolution)
         owner.pixels = centre_square(image, resolution)
         return owner
 
     def upside_down(self) -> "OwnerImage":
         """The image's never-seen twin (``verifier.control``), framed the same ways."""
-        from PIL import Image
-
-        twin = OwnerImage(self.image.transpose(Image.Transpose.FLIP_TOP_BOTTOM), self.bounds, self.side)
+        kept = self.image if self.full is None else self.full
+        twin = OwnerImage(kept.transpose(_flip("top-bottom")), self.bounds, self.side, self.resolution)
         twin.pixels = None if self.pixels is None else np.ascontiguousarray(self.pixels[::-1])
         return twin
 
@@ -107,7 +121,7 @@ class OwnerImage:
         The framing's shift is in pixels of the search side, so one framing means the same at any ``side``."""
         from PIL import Image
 
-        image = self.mirrored if framing.mirror else self.image
+        image = self._source(framing.mirror, side)
         width, height = image.size
         pixel = framing.scale * min(width, height) / side  # one frame pixel, in owner pixels
         x0 = width / 2 + (framing.dx * side / self.side - side / 2) * pixel
@@ -123,6 +137,29 @@ class OwnerImage:
         pixels = np.zeros((side, side, 3), dtype=np.float32)
         pixels[top:bottom, left:right] = np.asarray(patch, dtype=np.float32) / 255.0
         return pixels, (top, left, bottom - top, right - left)
+
+    def _source(self, mirror: bool, side: int):
+        """The image a ``side``-pixel frame is cut from: the search's reduced copy up to the search side, the
+        owner's full image above it (a model's resolution can exceed what the search keeps)."""
+        if side <= self.side or self.full is None:
+            return self.mirrored if mirror else self.image
+        if not mirror:
+            return self.full
+        if self._full_mirrored is None:
+            self._full_mirrored = self.full.transpose(_flip("left-right"))
+        return self._full_mirrored
+
+    def cut(self, framing: Framing, side: int) -> np.ndarray | None:
+        """The owner's image cut at ``framing`` as a ``side``-pixel image to certify (H, W, 3 in [0, 1]): the
+        overlap resampled, the strip a frame reaching past the image leaves uncovered filled by repeating the
+        overlap's edge pixels; None where the overlap is too small."""
+        framed = self.frame(framing, side)
+        if framed is None:
+            return None
+        pixels, (top, left, height, width) = framed
+        inner = pixels[top:top + height, left:left + width]
+        return np.ascontiguousarray(np.pad(inner, ((top, side - top - height), (left, side - left - width), (0, 0)),
+                                           mode="edge"))
 
     def frames(self) -> tuple[list[Framing], torch.Tensor, torch.Tensor]:
         """Every framing of ``bounds`` whose overlap is large enough, its frame (F, 3, S, S) and overlap (F, 4)."""
@@ -158,6 +195,53 @@ class OwnerImage:
         value, position = scores.max(dim=1)
         chosen = top.T.gather(1, position[:, None]).flatten()
         return value.numpy().astype(np.float64), [candidates[i] for i in chosen.tolist()]
+
+
+# (log scale span either way, scale steps, shift step in compared pixels, shift steps either way), each pass
+# centred on the best so far: half a grid step of scale and a pixel of shift at 0.25 px, then finer.
+REFINE_PASSES = ((0.03, 7, 0.25, 4), (0.01, 5, 0.05, 5))
+REFINE_BYTES = 2**28  # the most memory one batch of the refinement's SSIM maps may take
+REFINE_SIDE = 128  # the refinement compares at most this many pixels a side
+
+
+@torch.no_grad()
+def refine(owner: OwnerImage, generation: np.ndarray, around: Framing) -> tuple[float, Framing]:
+    """The framing near ``around`` (a grid framing) under which the owner's image best matches ``generation``
+    (H, W, 3 in [0, 1], at the model's resolution), to a fraction of a pixel: SSIM over the overlap at the
+    generation's resolution, at most ``REFINE_SIDE`` (a twentieth of a pixel there is a third of one at 768
+    px, well inside a latent pixel), over ``REFINE_PASSES``, never leaving ``owner.bounds``.
+
+    The grid moves by whole search pixels and 5.7% scale steps, while a model that memorized its training
+    crop reproduces it to the pixel: the framing that regenerates a memorized image lies between grid
+    points (docs/owner-copies.md, "Between the grid's framings")."""
+    target = torch.from_numpy(np.ascontiguousarray(generation, dtype=np.float32)).permute(2, 0, 1)[None]
+    if target.shape[-1] > REFINE_SIDE:
+        target = torch.nn.functional.interpolate(target, size=(REFINE_SIDE, REFINE_SIDE), mode="area")
+    side = target.shape[-1]
+    score, best = -math.inf, around
+    for scale_span, scale_steps, step, reach in REFINE_PASSES:
+        offsets = [k * step * owner.side / side for k in range(-reach, reach + 1)]  # compared -> search pixels
+        candidates = [Framing(float(best.scale * math.exp(log_scale)), best.dy + oy, best.dx + ox, best.mirror)
+                      for log_scale in np.linspace(-scale_span, scale_span, scale_steps)
+                      for oy in offsets for ox in offsets]
+        kept = []
+        for candidate in candidates:
+            found = owner.frame(candidate, side)
+            record = candidate.record(owner.side)
+            if found is not None and owner.bounds.contains(record["scale"], record["shift"],
+                                                           found[1][2] * found[1][3] / side**2, candidate.mirror):
+                kept.append((candidate, found))
+        if not kept:
+            break
+        # Scored a bounded number at a time: SSIM keeps about a dozen maps per frame, 3 MB each at 512 px.
+        chunk = max(1, REFINE_BYTES // (16 * 3 * side * side * 4))
+        scores = torch.cat([ssim_pairs(target.expand(len(part), -1, -1, -1).contiguous(), torch.from_numpy(
+            np.stack([found[0] for _, found in part])).permute(0, 3, 1, 2), torch.tensor([found[1] for _, found in part]))
+            for part in (kept[start:start + chunk] for start in range(0, len(kept), chunk))])
+        index = int(scores.argmax())
+        if float(scores[index]) > score:
+            score, best = float(scores[index]), kept[index][0]
+    return score, best
 
 
 def ssim_pairs(generations: torch.Tensor, frames: torch.Tensor, overlaps: torch.Tensor) -> torch.Tensor:

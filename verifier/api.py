@@ -14,7 +14,9 @@ The recipe, top to bottom (method.md section 3): ``certify`` = ``open_run`` (ste
    decide; 5f: where the witness replicated nothing, the framing search (``verifier.framing``) runs
    steps 4-5c again at the noisiest timesteps against the owner's image framed best, and its witness
    stands where it replicates (5g, with ``framing_mirror``: where that replicated nothing too, once more
-   on the owner's image mirrored); 5d: where the whole image was not reproduced, look for a replicated part and check it
+   on the owner's image mirrored; 5h: where they replicated nothing, the aligned search: the owner's image
+   cut at the framing the framing witness's closest generation matches, refined to a fraction of a
+   pixel, searched like the owner's framing); 5d: where the whole image was not reproduced, look for a replicated part and check it
    against the twin; 5e: test the owner's prompts and, where the witness reproduced the image, its
    decoding into readable text, like the witness);
 6. certify: write the witness, the closest generation, the contact sheet and then the certificate;
@@ -39,7 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from verifier.alignment import FramedSimilarity, OwnerImage
+from verifier.alignment import FramedSimilarity, OwnerImage, refine
 from verifier.certificate.report import report_html
 from verifier.certificate.schema import certificate_tag, validated
 from verifier.certificate.sheet import LAYOUT as SHEET_LAYOUT, sheet_png, tile_size
@@ -56,8 +58,8 @@ from verifier.control import TWIN, ControlRun, run_controls
 from verifier.config import VerifierConfig
 from verifier.error import prediction_error
 from verifier.framing import BOUNDS as FRAMING_BOUNDS, NOISE_FLOOR as FRAMING_NOISE_FLOOR
-from verifier.framing import framing_record, mirrored_search_runs, reproduced_nothing, search_summary
-from verifier.framing import witness_search
+from verifier.framing import ALIGNED_SEARCH, MIRRORED_SEARCH, aligned_search_runs, framing_record
+from verifier.framing import mirrored_search_runs, reproduced_nothing, search_summary, witness_search
 from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect_images, prepare_image
 from verifier.invert import InversionSchedule, invert
 from verifier.memory import row_budget
@@ -350,20 +352,46 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
         mirrored = _search(run, [batch[searched[row]] for row in mirror_rows], flipped, flipped_empty,
                            [owners[row] for row in mirror_rows], framed_metric, tracker, clock,
                            noise_floor=FRAMING_NOISE_FLOOR, owners=[owners[row] for row in mirror_rows], name="mirrored")
-    # The witness: the first search's, else a framing search's where it replicated the image (framing.witness_search).
-    rows = {index: (row, mirror_rows.index(row) if row in mirror_rows else None) for row, index in enumerate(searched)}
-    witnesses = []
+    # 5h. Where they replicated nothing: the aligned search. The framing witness's closest generation points
+    #     near the memorized image, blurred; refine its framing to a fraction of a pixel, cut the owner's image
+    #     there and search the cut as the owner's framing was searched (every noise level, its own twin).
+    def mirrored_summary(row: int) -> dict | None:
+        return mirrored.summary(mirror_rows.index(row)) if row in mirror_rows else None
+
+    tick = time.time()
+    aligned, aligned_framings, cuts = None, {}, {}
+    for row in range(len(searched)):
+        if aligned_search_runs(framed.summary(row), mirrored_summary(row)):
+            closest = framed.row(row).closest[2]
+            _, aligned_framings[row] = refine(owners[row], closest, framed_metric.framings(closest[None], owners[row])[0])
+            cuts[row] = owners[row].cut(aligned_framings[row], resolution)  # None: no overlap at this resolution
+    align_rows = [row for row, cut in cuts.items() if cut is not None]
+    cuts = [cuts[row] for row in align_rows]
+    if align_rows:
+        z0_cut = model.encode_images(cuts)
+        cut_empty = prediction_error(model, z0_cut, empty.expand(len(align_rows)),
+                                     timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
+        clock["aligned_error_s"] = time.time() - tick
+        aligned = _search(run, [batch[searched[row]] for row in align_rows], z0_cut, cut_empty, cuts, metric, tracker,
+                          clock, name="aligned")
+    # The witness: the first search's, else the first framing search's that replicated (framing.witness_search).
+    rows = {index: row for row, index in enumerate(searched)}
+    witnesses, chosen_searches = [], []
     for index in range(len(batch)):
-        row, mirror_row = rows.get(index, (None, None))
-        chosen = witness_search(None if row is None else framed.summary(row),
-                                None if mirror_row is None else mirrored.summary(mirror_row))
-        witnesses.append(first.row(index) if chosen == "owner's framing" else framed.row(row)
-                         if chosen == "framing search" else mirrored.row(mirror_row))
+        row = rows.get(index)
+        chosen = "owner's framing" if row is None else witness_search(
+            framed.summary(row), mirrored_summary(row),
+            aligned.summary(align_rows.index(row)) if row in align_rows else None)
+        chosen_searches.append(chosen)
+        witnesses.append({"owner's framing": lambda: first.row(index), "framing search": lambda: framed.row(row),
+                          MIRRORED_SEARCH: lambda: mirrored.row(mirror_rows.index(row)),
+                          ALIGNED_SEARCH: lambda: aligned.row(align_rows.index(row))}[chosen]())
     decisions = [witness.decision for witness in witnesses]
     # 5d. Where the whole image was not reproduced, a part of it may be: the best window against the twin's.
     tick = time.time()
     window_scores = [witness.window_scores for witness in witnesses]
-    part_controls = _part_controls(run, batch, pixels, window_scores, decisions, seeds[:looks[0]])
+    compared = _pixels_of([witness.target for witness in witnesses])  # the pixels each witness was scored against
+    part_controls = _part_controls(run, batch, compared, window_scores, decisions, seeds[:looks[0]])
     parts = [part_record(decisions[index].verdict, window_scores[index], run.window_metric, looks[0],
                          config.confidence, None if index not in part_controls else
                          {"guidance_scale": part_controls[index].guidance_scale,
@@ -415,14 +443,20 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
                 "file": f"{image.id}.part-control.safetensors",
                 "sha256": write_witness(run.out / f"{image.id}.part-control.safetensors", twin.witness, empty,
                                         twin.variables, metadata | {"control": f"{TWIN}, for the part check"})}
-        row, mirror_row = rows.get(index, (None, None))
+        row = rows.get(index)
+        mirror_row = mirror_rows.index(row) if row in mirror_rows else None
+        align_row = align_rows.index(row) if row in align_rows else None
+        aligned_framing = None if align_row is None else aligned_framings[row].record(owners[row].side)
         framing = framing_record(
             searched=row is not None, enabled=config.framing_search, mirror_enabled=config.framing_mirror,
             first=first.summary(index), framed=None if row is None else framed.summary(row),
             mirrored=None if mirror_row is None else mirrored.summary(mirror_row),
-            closest_framing=witness.closest_framing(framed_metric),
+            aligned=None if align_row is None else aligned.summary(align_row), aligned_framing=aligned_framing,
+            closest_framing=aligned_framing if chosen_searches[index] == ALIGNED_SEARCH else
+            witness.closest_framing(framed_metric),
             evaluations=None if row is None else framed.row(row).evaluations(config, looks),
-            mirrored_evaluations=None if mirror_row is None else mirrored.row(mirror_row).evaluations(config, looks))
+            mirrored_evaluations=None if mirror_row is None else mirrored.row(mirror_row).evaluations(config, looks),
+            aligned_evaluations=None if align_row is None else aligned.row(align_row).evaluations(config, looks))
         certificate = _certificate(
             run.record, image, decision, witness_sha, image_seeds, best_scale, best_seed, timings, run.keys[image.id],
             error={"inverted": witness.errors, "empty": witness.empty_error, "ratio": witness.ratio,
@@ -739,7 +773,8 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
                                 "part_control_denoiser_evaluations": part_control_cost,
                                 "prompt_denoiser_evaluations": prompt_cost,
                                 "framing_denoiser_evaluations": framing["denoiser_evaluations"],
-                                "mirrored_denoiser_evaluations": framing["mirrored_denoiser_evaluations"]},
+                                "mirrored_denoiser_evaluations": framing["mirrored_denoiser_evaluations"],
+                                "aligned_denoiser_evaluations": framing["aligned_denoiser_evaluations"]},
         "config": run.config,
         "environment": run.environment,
         "timings": timings,

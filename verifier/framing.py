@@ -24,6 +24,17 @@ the owner's framing, every noise level) reproduced nothing:
    its witness, numbers and verdict are the certificate's; otherwise the first search's stand, and
    the certificate says the framing search ran and found nothing.
 
+**Between the grid's framings** (the aligned search, with the framing search): where the framing
+searches replicated nothing, their witness's closest generation still points near the memorized image,
+blurred, and the grid framing it matches is right to the grid's step; the model, though, memorized its
+crop to the pixel. So:
+
+5. refine the framing of that closest generation to a fraction of a pixel (``alignment.refine``,
+   within ``BOUNDS``), cut the owner's image there (``OwnerImage.cut``) and search the cut as the first
+   search searches an owner's image: every noise level, its own latent, empty-prompt error and random
+   streams, scored with the run's metric against the cut, its never-seen twin the cut upside down.
+   Its witness stands where it replicates; the certificate records the framing (``aligned_framing``).
+
 **Mirrored copies** (``framing_mirror``, off by default): the comparison searches mirrored framings, but
 the coarse inversion of a mirrored copy seldom finds the memorized conditioning. With the option on,
 where the framing search also reproduced nothing, steps 1-4 run once more on the owner's image
@@ -40,11 +51,14 @@ from verifier.alignment import FramingBounds
 from verifier.taxonomy import REPRODUCED_VERDICTS
 
 MIRRORED_SEARCH = "mirrored framing search"
+ALIGNED_SEARCH = "aligned search"
 NOISE_FLOOR = 0.8  # the framing search's inversion draws t >= 0.8 x the schedule (DDPM) / the noisiest 20% (flow)
 BOUNDS = FramingBounds()
 METHOD = (f"inversion at the noisiest {1 - NOISE_FLOOR:.0%} of the training schedule, then each generation scored "
           "against the owner's image framed best for it (SSIM search over the framings in bounds, the metric on "
-          "the overlap); the never-seen twin through the same search where the control decides existence")
+          "the overlap); the never-seen twin through the same search where the control decides existence; where "
+          "nothing replicated, the aligned search: the owner's image cut at the closest generation's framing, "
+          "refined to a fraction of a pixel, searched at every noise level with its own twin")
 
 
 def bounds_record() -> dict:
@@ -67,13 +81,18 @@ def mirrored_search_runs(mirror_enabled: bool, framed: dict | None) -> bool:
     return mirror_enabled and framed is not None and not framing_witness_stands(framed["replications"])
 
 
-def witness_search(framed: dict | None, mirrored: dict | None) -> str:
-    """Which search the certificate's witness comes from, given what the framing searches found."""
-    if framed is not None and framing_witness_stands(framed["replications"]):
-        return "framing search"
-    if mirrored is not None and framing_witness_stands(mirrored["replications"]):
-        return MIRRORED_SEARCH
+def witness_search(framed: dict | None, mirrored: dict | None, aligned: dict | None = None) -> str:
+    """Which search the certificate's witness comes from: the first, in the order they run, whose witness
+    replicated the image after the search at the owner's framing replicated nothing; else that one's."""
+    for name, found in (("framing search", framed), (MIRRORED_SEARCH, mirrored), (ALIGNED_SEARCH, aligned)):
+        if found is not None and framing_witness_stands(found["replications"]):
+            return name
     return "owner's framing"
+
+
+def aligned_search_runs(framed: dict | None, mirrored: dict | None) -> bool:
+    """The aligned search runs where the framing search ran and neither it nor the mirrored one replicated."""
+    return framed is not None and witness_search(framed, mirrored) == "owner's framing"
 
 
 def witness_is_framed(witness: str) -> bool:
@@ -89,10 +108,11 @@ def search_summary(decision, ratio: float | None) -> dict:
 
 
 def framing_record(*, searched: bool, enabled: bool, mirror_enabled: bool, first: dict, framed: dict | None,
-                   mirrored: dict | None, closest_framing: dict | None, evaluations: dict | None,
-                   mirrored_evaluations: dict | None) -> dict:
+                   mirrored: dict | None, aligned: dict | None, aligned_framing: dict | None,
+                   closest_framing: dict | None, evaluations: dict | None, mirrored_evaluations: dict | None,
+                   aligned_evaluations: dict | None) -> dict:
     """The certificate's ``framing`` block: whether each search ran, what each found, which is the witness."""
-    witness = witness_search(framed, mirrored)
+    witness = witness_search(framed, mirrored, aligned)
     if not enabled:
         statement = "the framing search is off (framing_search = false): only the owner's framing was searched"
     elif not searched:
@@ -101,6 +121,9 @@ def framing_record(*, searched: bool, enabled: bool, mirror_enabled: bool, first
         statement = (f"the witness at the owner's framing replicated nothing ({first['verdict']}); the {witness}'s "
                      + ("(the owner's image inverted mirrored left-right, the framing search finding nothing) "
                         if witness == MIRRORED_SEARCH else "")
+                     + ("(the owner's image cut at the framing the framing search's closest generation matches, "
+                        "refined to a fraction of a pixel, and searched at every noise level) "
+                        if witness == ALIGNED_SEARCH else "")
                      + f"witness reproduces the image framed at scale {closest_framing['scale']:.3g}, shifted by "
                      f"({closest_framing['shift'][0]:+.3g}, {closest_framing['shift'][1]:+.3g}) of the side"
                      f"{', mirrored' if closest_framing['mirror'] else ''} in its closest generation")
@@ -109,10 +132,13 @@ def framing_record(*, searched: bool, enabled: bool, mirror_enabled: bool, first
                      f"{framed['generations']} generations, {framed['verdict']})"
                      + (f", nor did the mirrored framing search ({mirrored['replications']} of "
                         f"{mirrored['generations']}, {mirrored['verdict']})" if mirrored is not None else
-                        "" if mirror_enabled else "; the mirrored search is off (framing_mirror = false)")
+                        "" if mirror_enabled else " (the mirrored search is off: framing_mirror = false)")
+                     + (f", nor did the aligned search ({aligned['replications']} of {aligned['generations']}, "
+                        f"{aligned['verdict']})" if aligned is not None else "")
                      + ": no framing within the bounds was reproduced")
     return {"method": METHOD, "noise_floor": NOISE_FLOOR, "bounds": bounds_record(), "enabled": enabled,
             "mirror_enabled": mirror_enabled, "searched": searched, "witness": witness,
-            "first_search": first, "framing_search": framed, "mirrored_search": mirrored,
-            "closest_framing": closest_framing, "denoiser_evaluations": evaluations,
-            "mirrored_denoiser_evaluations": mirrored_evaluations, "statement": statement}
+            "first_search": first, "framing_search": framed, "mirrored_search": mirrored, "aligned_search": aligned,
+            "aligned_framing": aligned_framing, "closest_framing": closest_framing,
+            "denoiser_evaluations": evaluations, "mirrored_denoiser_evaluations": mirrored_evaluations,
+            "aligned_denoiser_evaluations": aligned_evaluations, "statement": statement}

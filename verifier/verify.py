@@ -471,11 +471,9 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
     """Regenerate the generations the verdict rests on (and the control's, where it ran) and re-score them."""
     import numpy as np
 
-    from verifier.alignment import FramedSimilarity, OwnerImage
+    from verifier.alignment import FramedSimilarity
     from verifier.control import never_seen_twin
-    from verifier.framing import BOUNDS as FRAMING_BOUNDS
     from verifier.framing import witness_is_framed
-    from verifier.images import prepare_image
     from verifier.registry import SIMILARITY_METRICS
     from verifier.similarity import replicated
 
@@ -487,11 +485,15 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
         result.add(image_id, "similarity weights", False, "the similarity weights' sha256 differs from the recorded one")
         return
     threshold = certificate["conditions"]["similarity"]["threshold"]
-    pixels = prepare_image(image_path, record["height"])
-    # A framing-search witness was scored against the owner's image framed best for each generation.
+    # A framing-search witness was scored against the owner's image framed best for each generation; an aligned
+    # one against the owner's image cut at its framing; the part windows against the same pixels.
     framed = witness_is_framed(certificate["framing"]["witness"])
     metric = FramedSimilarity(metric)
-    target = OwnerImage.open(image_path, FRAMING_BOUNDS, record["height"]) if framed else pixels
+    _, target = witness_image(certificate, image_path)
+    if target is None:
+        result.add(image_id, "aligned framing", False, "the recorded aligned framing leaves no overlap on the image")
+        return
+    pixels = target.pixels if framed else target
     seeds = record["seeds"]
     for scale_record in certificate["conditions"]["probability"]["per_scale"]:
         scale = scale_record["guidance_scale"]
@@ -671,10 +673,12 @@ def _check_framing(result: VerifyResult, certificate: dict) -> None:
     """The framing record follows from its searches: the framing search ran exactly where the first witness
     replicated nothing, the mirrored one exactly where it is on and the framing search replicated nothing too,
     the witness is the search ``framing.witness_search`` names, and the verdict is the witness's."""
-    from verifier.framing import framing_record, mirrored_search_runs, reproduced_nothing, witness_search
+    from verifier.framing import BOUNDS, aligned_search_runs, framing_record, mirrored_search_runs, reproduced_nothing
+    from verifier.framing import witness_search
 
     framing, similarity = certificate["framing"], certificate["conditions"]["similarity"]
     first, framed, mirrored = framing["first_search"], framing["framing_search"], framing["mirrored_search"]
+    aligned, aligned_framing = framing["aligned_search"], framing["aligned_framing"]
     problems = []
     should_search = framing["enabled"] and reproduced_nothing(first["verdict"], first["replications"])
     if framing["searched"] != should_search or (framed is None) == framing["searched"]:
@@ -685,11 +689,20 @@ def _check_framing(result: VerifyResult, certificate: dict) -> None:
                         f"framing_mirror = {str(framing['mirror_enabled']).lower()} and the framing search's "
                         f"{'no ' if framed is None else framed['replications']} replications it "
                         f"{'should not' if mirrored is not None else 'should'}")
-    chosen_search = witness_search(framed, mirrored)
+    if (aligned is not None) != aligned_search_runs(framed, mirrored) or (aligned is None) != (aligned_framing is None):
+        problems.append(f"the aligned search {'ran' if aligned is not None else 'did not run'} (framing "
+                        f"{aligned_framing}), but the framing searches' replications say it "
+                        f"{'should not' if aligned is not None else 'should'}")
+    elif aligned_framing is not None and not BOUNDS.contains(aligned_framing["scale"], aligned_framing["shift"], 1.0,
+                                                             aligned_framing["mirror"]):
+        problems.append(f"the aligned framing {aligned_framing} lies outside the search's bounds")
+    chosen_search = witness_search(framed, mirrored, aligned)
     if framing["witness"] != chosen_search:
         problems.append(f"the witness is the {framing['witness']}'s, but the searches' replications make it the "
                         f"{chosen_search}'s")
-    chosen = {"owner's framing": first, "framing search": framed}.get(chosen_search, mirrored)
+    elif chosen_search == "aligned search" and framing["closest_framing"] != aligned_framing:
+        problems.append("the closest framing of an aligned witness is not its aligned framing")
+    chosen = {"owner's framing": first, "framing search": framed, "aligned search": aligned}.get(chosen_search, mirrored)
     if chosen["verdict"] != certificate["verdict"] or chosen["replications"] != similarity["replications"] or \
             chosen["generations"] != similarity["generations"]:
         problems.append(f"the certificate's verdict and replications ({certificate['verdict']}, "
@@ -698,9 +711,11 @@ def _check_framing(result: VerifyResult, certificate: dict) -> None:
     if not problems:
         replayed = framing_record(searched=framing["searched"], enabled=framing["enabled"],
                                   mirror_enabled=framing["mirror_enabled"], first=first, framed=framed,
-                                  mirrored=mirrored, closest_framing=framing["closest_framing"],
+                                  mirrored=mirrored, aligned=aligned, aligned_framing=aligned_framing,
+                                  closest_framing=framing["closest_framing"],
                                   evaluations=framing["denoiser_evaluations"],
-                                  mirrored_evaluations=framing["mirrored_denoiser_evaluations"])
+                                  mirrored_evaluations=framing["mirrored_denoiser_evaluations"],
+                                  aligned_evaluations=framing["aligned_denoiser_evaluations"])
         if replayed != framing:
             changed = sorted(key for key in replayed if replayed[key] != framing[key])
             problems.append(f"the framing record's {', '.join(changed)} differ from what its searches give")
@@ -786,12 +801,34 @@ def _config_for_metric(config: dict):
     return SimpleNamespace(lpips_weights=config.get("lpips_weights"), sscd_weights=config.get("sscd_weights"))
 
 
-def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict, image_path: Path) -> None:
+def witness_image(certificate: dict, image_path: Path):
+    """What the witness's search measured the owner's image as: (pixels its error was measured on, the target
+    its generations were scored against). The owner's framing: the prepared pixels twice; the framing search:
+    those and the owner's image framed best (an ``OwnerImage``); the mirrored one: the prepared pixels mirrored
+    and the same; the aligned search: the owner's image cut at ``aligned_framing``, twice (None, None where
+    that framing leaves no overlap)."""
     import numpy as np
 
-    from verifier.error import prediction_error
-    from verifier.framing import MIRRORED_SEARCH
+    from verifier.alignment import Framing, OwnerImage
+    from verifier.framing import ALIGNED_SEARCH, BOUNDS, MIRRORED_SEARCH, witness_is_framed
     from verifier.images import prepare_image
+
+    resolution, witness = certificate["witness"]["height"], certificate["framing"]["witness"]
+    if witness == ALIGNED_SEARCH:
+        owner = OwnerImage.open(image_path, BOUNDS, resolution)
+        recorded = certificate["framing"]["aligned_framing"]
+        cut = owner.cut(Framing(recorded["scale"], recorded["shift"][0] * owner.side,
+                                recorded["shift"][1] * owner.side, recorded["mirror"]), resolution)
+        return cut, cut
+    if not witness_is_framed(witness):
+        pixels = prepare_image(image_path, resolution)
+        return pixels, pixels
+    owner = OwnerImage.open(image_path, BOUNDS, resolution)
+    return (np.ascontiguousarray(owner.pixels[:, ::-1]) if witness == MIRRORED_SEARCH else owner.pixels), owner
+
+
+def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict, image_path: Path) -> None:
+    from verifier.error import prediction_error
 
     image_id = certificate["image"]["id"]
     record = certificate["prediction_error"]
@@ -801,9 +838,10 @@ def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict,
     if loaded.objective.grid(len(record["timesteps"])) != record["timesteps"]:
         result.add(image_id, "prediction error", False, "the recorded timestep grid is not this model's fixed grid")
         return
-    pixels = prepare_image(image_path, certificate["witness"]["height"])
-    if certificate["framing"]["witness"] == MIRRORED_SEARCH:  # its errors were measured on the mirrored image
-        pixels = np.ascontiguousarray(pixels[:, ::-1])
+    pixels, _ = witness_image(certificate, image_path)
+    if pixels is None:
+        result.add(image_id, "prediction error", False, "the recorded aligned framing leaves no overlap on the image")
+        return
     z0 = loaded.encode_images([pixels])
     measured = {}
     for name, conditioning in zip(("inverted", "empty"), _conditionings(witness, certificate["witness"])):

@@ -53,7 +53,10 @@ Version history:
   search's denoiser evaluations (``framing_denoiser_evaluations``).
 - 11: mirrored copies (issue 22): ``framing`` records whether the mirrored framing search is on
   (``mirror_enabled``, config ``framing_mirror``), what it found where it ran (``mirrored_search``) and
-  its cost (``mirrored_denoiser_evaluations``, also in the budget); the witness may come from it.
+  its cost (``mirrored_denoiser_evaluations``, also in the budget); the witness may come from it. The
+  aligned search (where the framing searches replicated nothing): what it found (``aligned_search``), the
+  framing it cut the owner's image at (``aligned_framing``, shifts in fractions of a pixel) and its cost
+  (``aligned_denoiser_evaluations``, also in the budget).
 """
 
 from __future__ import annotations
@@ -386,18 +389,24 @@ class FramingRecord(_Strict):
     searched: bool = Field(description="Whether the framing search ran (only where the first witness replicated "
                                        "nothing)")
     mirror_enabled: bool = Field(description="config framing_mirror")
-    witness: Literal["owner's framing", "framing search", "mirrored framing search"] = Field(
+    witness: Literal["owner's framing", "framing search", "mirrored framing search", "aligned search"] = Field(
         description="Which search the witness, the conditions and the verdict come from")
     first_search: SearchSummary = Field(description="What the search at the owner's framing found")
     framing_search: Optional[SearchSummary] = Field(description="What the framing search found, where it ran")
     mirrored_search: Optional[SearchSummary] = Field(description="What the framing search on the owner's image "
                                                                  "mirrored found, where it ran")
+    aligned_search: Optional[SearchSummary] = Field(description="What the search of the owner's image cut at the "
+                                                                "refined framing found, where it ran")
+    aligned_framing: Optional[FramingValue] = Field(description="The framing the aligned search cut the owner's "
+                                                                "image at, where it ran")
     closest_framing: Optional[FramingValue] = Field(description="The framing of the owner's image the closest "
                                                                 "generation matches, for a framing-search witness")
     denoiser_evaluations: Optional[dict[str, Any]] = Field(description="The framing search's cost: its witness "
                                                                        "and its control")
     mirrored_denoiser_evaluations: Optional[dict[str, Any]] = Field(
         description="The mirrored framing search's cost (its empty-prompt error included in error_forward)")
+    aligned_denoiser_evaluations: Optional[dict[str, Any]] = Field(
+        description="The aligned search's cost: its witness (its empty-prompt error included) and its control")
     statement: str
 
 

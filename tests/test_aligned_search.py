@@ -1,0 +1,128 @@
+"""The aligned search (issue 22): a framing refined between the grid's points, the owner's image cut there."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from verifier.alignment import Framing, FramingBounds, OwnerImage, refine
+from verifier.framing import ALIGNED_SEARCH, MIRRORED_SEARCH, aligned_search_runs, witness_search
+
+
+def _photo():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "reference_model"))
+    from data import load_photo  # benchmarks/reference_model/data.py: the sha256-pinned source photographs
+
+    return load_photo("chelsea").crop((60, 0, 360, 300))
+
+
+@pytest.mark.parametrize("truth", [Framing(1.03, 0.4, -0.6, False), Framing(0.91, -1.3, 0.7, False),
+                                   Framing(1.0, 0.25, 0.25, True)])
+def test_refine_finds_a_framing_between_the_grid_points(truth):
+    """An exact generation of the owner's image at a framing between grid points: refining from the nearest grid
+    framing recovers it to a twentieth of a pixel and a fraction of a percent of scale."""
+    owner = OwnerImage(_photo(), FramingBounds(), 32)
+    generation = owner.frame(truth, 32)[0]
+    grid = Framing(1.0 if truth.scale == 1.0 else min(np.exp(np.linspace(-np.log(1.25), np.log(1.25), 9)),
+                                                      key=lambda s: abs(np.log(s / truth.scale))),
+                   round(truth.dy), round(truth.dx), truth.mirror)
+    score, found = refine(owner, generation, grid)
+    assert score > 0.99
+    assert abs(np.log(found.scale / truth.scale)) < 0.006
+    assert abs(found.dy - truth.dy) <= 0.1 and abs(found.dx - truth.dx) <= 0.1 and found.mirror == truth.mirror
+
+
+def test_refine_never_leaves_the_bounds():
+    owner = OwnerImage(_photo(), FramingBounds(), 32)
+    edge = Framing(1.25, 6, -6, False)  # the grid's largest scale and shift
+    generation = owner.frame(Framing(1.3, 7.0, -7.0, False), 32)[0]  # the truth lies past both
+    _, found = refine(owner, generation, edge)
+    record = found.record(32)
+    assert FramingBounds().contains(record["scale"], record["shift"], 1.0, found.mirror)
+
+
+def test_a_cut_is_the_frame_with_the_uncovered_strip_filled_from_its_edge():
+    owner = OwnerImage(_photo(), FramingBounds(), 32)
+    inside = Framing(0.9, 0, 0, False)
+    np.testing.assert_array_equal(owner.cut(inside, 32), owner.frame(inside, 32)[0])
+    moved = Framing(1.0, 0, 4, False)  # the frame reaches 4 pixels past the right edge
+    pixels, (top, left, height, width) = owner.frame(moved, 32)
+    cut = owner.cut(moved, 32)
+    assert (top, left, height, width) == (0, 0, 32, 28)
+    np.testing.assert_array_equal(cut[:, :28], pixels[:, :28])
+    np.testing.assert_array_equal(cut[:, 28:], np.repeat(pixels[:, 27:28], 4, axis=1))
+
+
+def test_a_cut_above_the_search_side_comes_from_the_full_image():
+    """At a model resolution above the search side the cut keeps the owner's detail (the search's reduced copy
+    would blur a 512-pixel cut)."""
+    photo = _photo()
+    owner = OwnerImage(photo, FramingBounds(), 64, resolution=300)
+    assert owner.image.size[0] < 300  # the search keeps a reduced copy
+    cut = owner.cut(Framing(1.0, 0, 0, False), 300)
+    np.testing.assert_allclose(cut, np.asarray(photo, dtype=np.float32) / 255, atol=1e-6)
+
+
+def _summary(replications: int) -> dict:
+    return {"verdict": "not_memorized" if replications == 0 else "memorized", "error_ratio": 0.9,
+            "replications": replications, "generations": 32}
+
+
+def test_the_aligned_search_runs_only_where_every_framing_search_found_nothing():
+    nothing, some = _summary(0), _summary(5)
+    assert aligned_search_runs(nothing, None) and aligned_search_runs(nothing, nothing)
+    assert not aligned_search_runs(None, None)  # the framing search did not run: the first witness replicated
+    assert not aligned_search_runs(some, None) and not aligned_search_runs(nothing, some)
+    assert witness_search(nothing, None, some) == ALIGNED_SEARCH
+    assert witness_search(nothing, some, some) == MIRRORED_SEARCH
+    assert witness_search(nothing, nothing, nothing) == "owner's framing"
+
+
+def test_a_copy_every_framing_search_misses_is_found_at_the_refined_framing_and_verify_rechecks_it(tmp_path):
+    """The fixture's chelsea moved by 15% of its side: neither the owner's framing nor the framing search
+    replicates it (0 and 0 of 32 on 2026-12-03); the aligned search does, and verify re-cuts the owner's image
+    at the recorded framing to re-measure the error and re-score the generations."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from verifier.api import certify
+    from verifier.config import VerifierConfig
+    from verifier.reference_models import reference_model_path
+    from verifier.verify import verify
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import owner_copies
+
+    fixture = reference_model_path("fixture-16px")
+    record = owner_copies.build(fixture, tmp_path / "copies", never_trained=0, seed=0)
+    moved = next(c for c in record["copies"] if c["id"] == "dup01-chelsea-x400.moved-15")
+    out = tmp_path / "run"
+    (certificate,) = certify(fixture, [tmp_path / "copies" / moved["file"]], out, VerifierConfig(device="cpu"))
+    framing = certificate["framing"]
+    assert framing["first_search"]["replications"] == 0 and framing["framing_search"]["replications"] == 0
+    assert framing["witness"] == "aligned search", framing["statement"]
+    assert certificate["verdict"] in ("memorized", "rarely_reproduced"), certificate["verdict_reason"]
+    aligned = framing["aligned_framing"]
+    assert framing["closest_framing"] == aligned and FramingBounds().contains(aligned["scale"], aligned["shift"], 1.0,
+                                                                              aligned["mirror"])
+    assert any(abs(value * 16 - round(value * 16)) > 1e-6 for value in aligned["shift"])  # between the grid's pixels
+    assert certificate["budget"]["aligned_denoiser_evaluations"] == framing["aligned_denoiser_evaluations"]
+    result = verify(out)
+    assert result.passed, [check for check in result.checks if not check.passed]
+    path = out / f"{certificate['image']['id']}.json"
+    original = path.read_text()
+    # The framing moved by a pixel: the cut is another image, its errors are not the recorded ones.
+    tampered = json.loads(original)
+    tampered["framing"]["aligned_framing"]["shift"][1] += 1 / 16
+    tampered["framing"]["closest_framing"] = tampered["framing"]["aligned_framing"]
+    path.write_text(json.dumps(tampered))
+    assert "prediction error" in {check.name for check in verify(out).checks if not check.passed}
+    # A certificate that hides the aligned search behind the owner's framing fails the framing rule.
+    tampered = json.loads(original)
+    tampered["framing"]["witness"] = "owner's framing"
+    path.write_text(json.dumps(tampered))
+    assert "framing" in {check.name for check in verify(out).checks if not check.passed}
