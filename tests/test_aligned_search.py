@@ -85,10 +85,10 @@ def test_a_copy_every_framing_search_misses_is_found_at_the_refined_framing_and_
     """The fixture's chelsea moved by 15% of its side: neither the owner's framing nor the framing search
     replicates it (0 and 0 of 32 on 2026-12-03); the aligned search does, and verify re-cuts the owner's image
     at the recorded framing to re-measure the error and re-score the generations."""
-    import json
     import sys
     from pathlib import Path
 
+    from tampering import failed_checks_after
     from verifier.api import certify
     from verifier.config import VerifierConfig
     from verifier.reference_models import reference_model_path
@@ -113,16 +113,11 @@ def test_a_copy_every_framing_search_misses_is_found_at_the_refined_framing_and_
     assert certificate["budget"]["aligned_denoiser_evaluations"] == framing["aligned_denoiser_evaluations"]
     result = verify(out)
     assert result.passed, [check for check in result.checks if not check.passed]
-    path = out / f"{certificate['image']['id']}.json"
-    original = path.read_text()
-    # The framing moved by a pixel: the cut is another image, its errors are not the recorded ones.
-    tampered = json.loads(original)
-    tampered["framing"]["aligned_framing"]["shift"][1] += 1 / 16
-    tampered["framing"]["closest_framing"] = tampered["framing"]["aligned_framing"]
-    path.write_text(json.dumps(tampered))
-    assert "prediction error" in {check.name for check in verify(out).checks if not check.passed}
+    def moved_by_a_pixel(tampered: dict) -> None:  # the cut is another image: its errors are not the recorded ones
+        tampered["framing"]["aligned_framing"]["shift"][1] += 1 / 16
+        tampered["framing"]["closest_framing"] = tampered["framing"]["aligned_framing"]
+
+    assert "prediction error" in failed_checks_after(out, certificate["image"]["id"], moved_by_a_pixel)
     # A certificate that hides the aligned search behind the owner's framing fails the framing rule.
-    tampered = json.loads(original)
-    tampered["framing"]["witness"] = "owner's framing"
-    path.write_text(json.dumps(tampered))
-    assert "framing" in {check.name for check in verify(out).checks if not check.passed}
+    assert "framing" in failed_checks_after(out, certificate["image"]["id"],
+                                            lambda tampered: tampered["framing"].update(witness="owner's framing"))

@@ -20,6 +20,7 @@ from verifier.similarity import SSIM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import owner_copies  # noqa: E402  (benchmarks/owner_copies.py)
+from tampering import failed_checks_after  # noqa: E402  (tests/tampering.py)
 
 REFERENCE = reference_model_path("reference-32px")
 
@@ -163,12 +164,8 @@ def test_a_moved_copy_of_a_memorized_photograph_is_not_cleared_and_verify_rechec
     result = verify(out)
     assert result.passed, [check for check in result.checks if not check.passed]
     # A certificate that claims the first witness although the framing search replicated is caught.
-    path = out / f"{certificate['image']['id']}.json"
-    tampered = json.loads(path.read_text())
-    tampered["framing"]["witness"] = "owner's framing"
-    path.write_text(json.dumps(tampered))
-    failed = verify(out)
-    assert "framing" in [check.name for check in failed.checks if not check.passed]
+    assert "framing" in failed_checks_after(out, certificate["image"]["id"],
+                                            lambda tampered: tampered["framing"].update(witness="owner's framing"))
 
 
 def _summary(verdict: str, replications: int) -> dict:
@@ -248,9 +245,5 @@ def test_a_mirrored_copy_is_found_by_the_mirrored_search_and_verify_rechecks_it(
     assert result.passed, [check for check in result.checks if not check.passed]
     # verify re-measures the error on the mirrored image: a certificate claiming the framing search's witness
     # fails the framing rule, and its errors do not match the owner's unmirrored image.
-    path = out / f"{certificate['image']['id']}.json"
-    tampered = json.loads(path.read_text())
-    tampered["framing"]["witness"] = "framing search"
-    path.write_text(json.dumps(tampered))
-    failed = {check.name for check in verify(out).checks if not check.passed}
-    assert {"framing", "prediction error"} <= failed
+    assert {"framing", "prediction error"} <= failed_checks_after(
+        out, certificate["image"]["id"], lambda tampered: tampered["framing"].update(witness="framing search"))
