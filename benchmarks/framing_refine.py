@@ -59,7 +59,13 @@ def main() -> None:
     from verifier.reference_models import reference_model_path
 
     model = reference_model_path(arguments.model)
+    if not (arguments.copies / "copies.json").is_file():
+        parser.error(f"--copies: {arguments.copies} has no copies.json (build it: benchmarks/owner_copies.py build)")
     copies = {copy["id"]: copy for copy in json.loads((arguments.copies / "copies.json").read_text())["copies"]}
+    unknown = [copy_id for copy_id in arguments.ids if copy_id not in copies]
+    if unknown:
+        parser.error(f"--ids: {', '.join(unknown)} not in {arguments.copies / 'copies.json'} (ids look like "
+                     f"{next(iter(copies), 'dup06-coins-x1000.grown-20')})")
     files = [arguments.copies / copies[copy_id]["file"] for copy_id in arguments.ids]
     keep_the_framing_witness()
     framed = {c["image"]["id"]: c for c in certify(model, files, arguments.out / "framing", VerifierConfig(device="cpu"))}

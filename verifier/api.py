@@ -355,8 +355,10 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
     # 5h. Where they replicated nothing: the aligned search. The framing witness's closest generation points
     #     near the memorized image, blurred; refine its framing to a fraction of a pixel, cut the owner's image
     #     there and search the cut as the owner's framing was searched (every noise level, its own twin).
+    mirror_at = {row: position for position, row in enumerate(mirror_rows)}  # framing-search row -> mirrored row
+
     def mirrored_summary(row: int) -> dict | None:
-        return mirrored.summary(mirror_rows.index(row)) if row in mirror_rows else None
+        return mirrored.summary(mirror_at[row]) if row in mirror_at else None
 
     tick = time.time()
     aligned, aligned_framings, cuts = None, {}, {}
@@ -375,17 +377,18 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
         aligned = _search(run, [batch[searched[row]] for row in align_rows], z0_cut, cut_empty, cuts, metric, tracker,
                           clock, name="aligned")
     # The witness: the first search's, else the first framing search's that replicated (framing.witness_search).
+    align_at = {row: position for position, row in enumerate(align_rows)}  # framing-search row -> aligned row
     rows = {index: row for row, index in enumerate(searched)}
     witnesses, chosen_searches = [], []
     for index in range(len(batch)):
         row = rows.get(index)
         chosen = "owner's framing" if row is None else witness_search(
-            framed.summary(row), mirrored_summary(row),
-            aligned.summary(align_rows.index(row)) if row in align_rows else None)
+            framed.summary(row), mirrored_summary(row), aligned.summary(align_at[row]) if row in align_at else None)
         chosen_searches.append(chosen)
-        witnesses.append({"owner's framing": lambda: first.row(index), "framing search": lambda: framed.row(row),
-                          MIRRORED_SEARCH: lambda: mirrored.row(mirror_rows.index(row)),
-                          ALIGNED_SEARCH: lambda: aligned.row(align_rows.index(row))}[chosen]())
+        search, position = {"owner's framing": (first, index), "framing search": (framed, row),
+                            MIRRORED_SEARCH: (mirrored, mirror_at.get(row)),
+                            ALIGNED_SEARCH: (aligned, align_at.get(row))}[chosen]
+        witnesses.append(search.row(position))
     decisions = [witness.decision for witness in witnesses]
     # 5d. Where the whole image was not reproduced, a part of it may be: the best window against the twin's.
     tick = time.time()
@@ -444,8 +447,7 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
                 "sha256": write_witness(run.out / f"{image.id}.part-control.safetensors", twin.witness, empty,
                                         twin.variables, metadata | {"control": f"{TWIN}, for the part check"})}
         row = rows.get(index)
-        mirror_row = mirror_rows.index(row) if row in mirror_rows else None
-        align_row = align_rows.index(row) if row in align_rows else None
+        mirror_row, align_row = mirror_at.get(row), align_at.get(row)
         aligned_framing = None if align_row is None else aligned_framings[row].record(owners[row].side)
         framing = framing_record(
             searched=row is not None, enabled=config.framing_search, mirror_enabled=config.framing_mirror,
