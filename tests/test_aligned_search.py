@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from verifier.alignment import Framing, FramingBounds, OwnerImage, refine
+from verifier.alignment import Cut, Framing, FramingBounds, OwnerImage, refine
 from verifier.framing import ALIGNED_SEARCH, MIRRORED_SEARCH, aligned_search_runs, witness_search
 
 
@@ -47,13 +47,15 @@ def test_refine_never_leaves_the_bounds():
 def test_a_cut_is_the_frame_with_the_uncovered_strip_filled_from_its_edge():
     owner = OwnerImage(_photo(), FramingBounds(), 32)
     inside = Framing(0.9, 0, 0, False)
-    np.testing.assert_array_equal(owner.cut(inside, 32), owner.frame(inside, 32)[0])
+    cut = owner.cut(inside, 32)
+    np.testing.assert_array_equal(cut.pixels, owner.frame(inside, 32)[0])
+    assert cut.covered == (0, 0, 32, 32) and cut.coverage == 1.0
     moved = Framing(1.0, 0, 4, False)  # the frame reaches 4 pixels past the right edge
     pixels, (top, left, height, width) = owner.frame(moved, 32)
     cut = owner.cut(moved, 32)
-    assert (top, left, height, width) == (0, 0, 32, 28)
-    np.testing.assert_array_equal(cut[:, :28], pixels[:, :28])
-    np.testing.assert_array_equal(cut[:, 28:], np.repeat(pixels[:, 27:28], 4, axis=1))
+    assert (top, left, height, width) == cut.covered == (0, 0, 32, 28)
+    np.testing.assert_array_equal(cut.pixels[:, :28], pixels[:, :28])
+    np.testing.assert_array_equal(cut.pixels[:, 28:], np.repeat(pixels[:, 27:28], 4, axis=1))
 
 
 def test_a_cut_above_the_search_side_comes_from_the_full_image():
@@ -63,7 +65,73 @@ def test_a_cut_above_the_search_side_comes_from_the_full_image():
     owner = OwnerImage(photo, FramingBounds(), 64, resolution=300)
     assert owner.image.size[0] < 300  # the search keeps a reduced copy
     cut = owner.cut(Framing(1.0, 0, 0, False), 300)
-    np.testing.assert_allclose(cut, np.asarray(photo, dtype=np.float32) / 255, atol=1e-6)
+    np.testing.assert_allclose(cut.pixels, np.asarray(photo, dtype=np.float32) / 255, atol=1e-6)
+
+
+def _strip_cut() -> Cut:
+    """A 32-pixel cut of the photograph whose top 6 and right 10 pixels are the filler (moved up and right)."""
+    cut = OwnerImage(_photo(), FramingBounds(), 32).cut(Framing(1.0, -6, 10, False), 32)
+    assert cut.covered == (6, 0, 26, 22)
+    return cut
+
+
+def _refilled(cut: Cut, seed: int) -> Cut:
+    """The same cut with other pixels (noise) in its uncovered strip."""
+    pixels = np.random.default_rng(seed).random(cut.pixels.shape).astype(np.float32)
+    pixels[6:, :22] = cut.pixels[6:, :22]
+    return Cut(pixels, cut.covered)
+
+
+def test_the_uncovered_strip_counts_in_no_latent_cell_and_turns_upside_down_with_the_twin():
+    cut = _strip_cut()
+    weights = cut.latent_weights((4, 4))  # 8-pixel cells: rows 1-3 (pixels 8-31) and columns 0-1 (0-15) lie inside
+    expected = np.zeros((1, 4, 4), dtype=np.float32)
+    expected[:, 1:, :2] = 1
+    np.testing.assert_array_equal(weights.numpy(), expected)
+    twin = cut.upside_down()
+    assert twin.covered == (0, 0, 26, 22)
+    np.testing.assert_array_equal(twin.pixels, cut.pixels[::-1])
+    np.testing.assert_array_equal(twin.latent_weights((4, 4)).numpy(), expected[:, ::-1])
+
+
+def test_similarity_and_part_windows_on_a_cut_do_not_see_its_filler():
+    """Whatever fills the uncovered strip, a cut's scores are the same; windows reaching into it are not scored."""
+    from verifier.alignment import FramedSimilarity
+    from verifier.regions import WindowSSIM
+    from verifier.similarity import SSIM
+
+    cut, generations = _strip_cut(), np.random.default_rng(0).random((3, 32, 32, 3)).astype(np.float32)
+    generations[0] = cut.pixels  # one exact copy
+    metric = FramedSimilarity(SSIM(None))
+    scores = metric(generations, cut)
+    np.testing.assert_array_equal(scores, metric(generations, _refilled(cut, 1)))
+    assert scores[0] == pytest.approx(1.0) and scores[1] < 0.5
+    windows = WindowSSIM(32)(generations, cut)
+    np.testing.assert_array_equal(windows, WindowSSIM(32)(generations, _refilled(cut, 2)))
+    # Of the 3x3 windows (16 px, every 8 px), those wholly inside rows 6-31 and columns 0-21 are the ones at
+    # top 8 or 16 and left 0: two.
+    assert np.isfinite(windows[0]).sum() == 2 and np.isfinite(windows[0, [3, 6]]).all()
+
+
+def test_an_error_with_weights_counts_the_marked_latent_cells_only():
+    """The objective's weighted loss equals the plain loss on the marked cells; all ones give the plain loss."""
+    import torch
+
+    from verifier.objectives import _Objective
+
+    class Plain(_Objective):
+        def target(self, z0, noise, timesteps):
+            return noise
+
+    prediction = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    weights = torch.zeros(2, 1, 4, 4)
+    weights[:, :, 1:, :2] = 1
+    loss = Plain().loss(prediction, None, noise, None, weights)
+    plain = ((prediction - noise)[:, :, 1:, :2]).pow(2).flatten(1).mean(dim=1)
+    torch.testing.assert_close(loss, plain)
+    torch.testing.assert_close(Plain().loss(prediction, None, noise, None, torch.ones(2, 1, 4, 4)),
+                               Plain().loss(prediction, None, noise, None))
 
 
 def _summary(replications: int) -> dict:
@@ -110,6 +178,9 @@ def test_a_copy_every_framing_search_misses_is_found_at_the_refined_framing_and_
     assert framing["closest_framing"] == aligned and FramingBounds().contains(aligned["scale"], aligned["shift"], 1.0,
                                                                               aligned["mirror"])
     assert any(abs(value * 16 - round(value * 16)) > 1e-6 for value in aligned["shift"])  # between the grid's pixels
+    owner = OwnerImage.open(tmp_path / "copies" / moved["file"], FramingBounds(), 16)
+    cut = owner.cut(Framing(aligned["scale"], aligned["shift"][0] * 16, aligned["shift"][1] * 16, False), 16)
+    assert cut.coverage < 1  # the frame reaches past the copy: its strip is filler, counted nowhere
     assert certificate["budget"]["aligned_denoiser_evaluations"] == framing["aligned_denoiser_evaluations"]
     result = verify(out)
     assert result.passed, [check for check in result.checks if not check.passed]

@@ -149,17 +149,18 @@ class OwnerImage:
             self._full_mirrored = self.full.transpose(_flip("left-right"))
         return self._full_mirrored
 
-    def cut(self, framing: Framing, side: int) -> np.ndarray | None:
-        """The owner's image cut at ``framing`` as a ``side``-pixel image to certify (H, W, 3 in [0, 1]): the
-        overlap resampled, the strip a frame reaching past the image leaves uncovered filled by repeating the
-        overlap's edge pixels; None where the overlap is too small."""
+    def cut(self, framing: Framing, side: int) -> "Cut | None":
+        """The owner's image cut at ``framing`` as a ``side``-pixel image to certify: the overlap resampled,
+        the strip a frame reaching past the image leaves uncovered filled by repeating the overlap's edge
+        pixels (the model needs a whole frame), and where the owner's pixels are; None where the overlap is
+        too small."""
         framed = self.frame(framing, side)
         if framed is None:
             return None
         pixels, (top, left, height, width) = framed
         inner = pixels[top:top + height, left:left + width]
-        return np.ascontiguousarray(np.pad(inner, ((top, side - top - height), (left, side - left - width), (0, 0)),
-                                           mode="edge"))
+        return Cut(np.ascontiguousarray(np.pad(inner, ((top, side - top - height), (left, side - left - width), (0, 0)),
+                                               mode="edge")), (top, left, height, width))
 
     def frames(self) -> tuple[list[Framing], torch.Tensor, torch.Tensor]:
         """Every framing of ``bounds`` whose overlap is large enough, its frame (F, 3, S, S) and overlap (F, 4)."""
@@ -195,6 +196,59 @@ class OwnerImage:
         value, position = scores.max(dim=1)
         chosen = top.T.gather(1, position[:, None]).flatten()
         return value.numpy().astype(np.float64), [candidates[i] for i in chosen.tolist()]
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The owner's image cut at one framing (``OwnerImage.cut``), certified as an image of its own.
+
+    ``pixels`` (S, S, 3) in [0, 1] is the whole frame the model is given; ``covered`` = (top, left, height,
+    width) is where the owner's pixels are, the rest being the overlap's edge repeated. Nothing measured on a
+    cut counts that strip: the owner does not hold it, and a witness that learns to draw smooth stripes
+    would otherwise lower its error and raise its similarity there (docs/owner-copies.md, "Only the owner's
+    pixels"). Errors count the latent cells wholly inside ``covered`` (``latent_weights``), similarity is
+    scored on ``covered`` (``FramedSimilarity``), part windows reaching into the strip are not scored."""
+
+    pixels: np.ndarray
+    covered: tuple[int, int, int, int]
+
+    @property
+    def coverage(self) -> float:
+        """The fraction of the frame the owner's pixels cover."""
+        return self.covered[2] * self.covered[3] / (self.pixels.shape[0] * self.pixels.shape[1])
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (..., S, S, C) cut to the covered part."""
+        top, left, height, width = self.covered
+        return image[..., top:top + height, left:left + width, :]
+
+    def upside_down(self) -> "Cut":
+        """The cut's never-seen twin (``verifier.control``): pixels and covered part turned upside down."""
+        top, left, height, width = self.covered
+        return Cut(np.ascontiguousarray(self.pixels[::-1]), (self.pixels.shape[0] - top - height, left, height, width))
+
+    def latent_weights(self, size: tuple[int, int]) -> torch.Tensor:
+        """(1, h, w) of 0/1 on a latent grid of ``size``: 1 where the latent cell's pixels all lie in ``covered``."""
+        covered = torch.zeros(1, 1, *self.pixels.shape[:2])
+        top, left, height, width = self.covered
+        covered[..., top:top + height, left:left + width] = 1
+        pooled = torch.nn.functional.adaptive_avg_pool2d(covered, size)[0]
+        return (pooled > 1 - 1e-6).float()
+
+
+def pixels_of(image) -> np.ndarray:
+    """The pixels the model is given for ``image``: prepared pixels as they are, a ``Cut``'s whole frame."""
+    return image.pixels if isinstance(image, Cut) else image
+
+
+def latent_weights(images: list, z0: torch.Tensor) -> torch.Tensor | None:
+    """Per-image weights of the latent cells an error counts, (B, 1, h, w) on ``z0``'s device: None (every
+    cell) unless some image is a ``Cut``."""
+    if not any(isinstance(image, Cut) for image in images):
+        return None
+    size = tuple(z0.shape[-2:])
+    return torch.stack([image.latent_weights(size) if isinstance(image, Cut) else torch.ones(1, *size)
+                        for image in images]).to(z0.device)
 
 
 # (log scale span either way, scale steps, shift step in compared pixels, shift steps either way), each pass
@@ -304,8 +358,8 @@ class FramedSimilarity:
 
     Each generation's framing is the one of highest SSIM at the search side (``OwnerImage.best``); the
     metric then scores the generation against the owner's pixels under that framing, both cut to the
-    overlap, at the generation's own resolution. It is called like the metric, with an ``OwnerImage`` as
-    the target, and says the same of its scores (direction, threshold, weights)."""
+    overlap, at the generation's own resolution. It is called like the metric, with an ``OwnerImage`` (or a
+    ``Cut``: its covered part) as the target, and says the same of its scores (direction, threshold, weights)."""
 
     def __init__(self, metric):
         self.metric = metric
@@ -317,6 +371,8 @@ class FramedSimilarity:
         return owner.best(generations)[1]
 
     def __call__(self, generations: np.ndarray, owner) -> np.ndarray:
+        if isinstance(owner, Cut):  # a cut: the covered part only
+            return np.asarray(self.metric(owner.crop(generations), owner.crop(owner.pixels)), dtype=np.float64)
         if not isinstance(owner, OwnerImage):  # prepared pixels: the owner's framing only, as the metric scores
             return np.asarray(self.metric(generations, owner), dtype=np.float64)
         side = generations.shape[1]

@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from verifier.alignment import FramedSimilarity, OwnerImage, refine
+from verifier.alignment import FramedSimilarity, OwnerImage, latent_weights, refine
 from verifier.certificate.report import report_html
 from verifier.certificate.schema import certificate_tag, validated
 from verifier.certificate.sheet import LAYOUT as SHEET_LAYOUT, sheet_png, tile_size
@@ -370,12 +370,13 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
     align_rows = [row for row, cut in cuts.items() if cut is not None]
     cuts = [cuts[row] for row in align_rows]
     if align_rows:
-        z0_cut = model.encode_images(cuts)
-        cut_empty = prediction_error(model, z0_cut, empty.expand(len(align_rows)),
-                                     timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
+        z0_cut = model.encode_images([cut.pixels for cut in cuts])
+        covered = latent_weights(cuts, z0_cut)  # every error on a cut counts the owner's pixels only
+        cut_empty = prediction_error(model, z0_cut, empty.expand(len(align_rows)), timesteps=config.error_timesteps,
+                                     noise_draws=config.error_noise_draws, weights=covered)
         clock["aligned_error_s"] = time.time() - tick
-        aligned = _search(run, [batch[searched[row]] for row in align_rows], z0_cut, cut_empty, cuts, metric, tracker,
-                          clock, name="aligned")
+        aligned = _search(run, [batch[searched[row]] for row in align_rows], z0_cut, cut_empty, cuts, framed_metric,
+                          tracker, clock, name="aligned", weights=covered)
     # The witness: the first search's, else the first framing search's that replicated (framing.witness_search).
     align_at = {row: position for position, row in enumerate(align_rows)}  # framing-search row -> aligned row
     rows = {index: row for row, index in enumerate(searched)}
@@ -553,13 +554,14 @@ class Search:
 
 def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error: torch.Tensor, targets: list,
             metric, tracker: RunProgress, clock: dict, *, noise_floor: float = 0.0,
-            owners: list | None = None, name: str = "") -> Search:
+            owners: list | None = None, name: str = "", weights: torch.Tensor | None = None) -> Search:
     """Steps 4-5c for a batch: invert, generate and score against ``targets`` with ``metric``, control, decide.
 
     The first search inverts at every noise level and compares with the prepared pixels; the framing
     search (``verifier.framing``) inverts at the noisiest levels only, a fixed number of steps, and
     compares with each image's ``OwnerImage`` framed best (its control likewise). ``name`` keeps a search's
-    timings and random streams apart from the others' (the first search's are unprefixed)."""
+    timings and random streams apart from the others' (the first search's are unprefixed). ``weights``: the
+    latent cells each image's errors count (the aligned search's cuts: ``alignment.Cut``)."""
     config, model, empty = run.config, run.loaded, run.empty
     seeds, resolution = run.record.seeds, run.record.resolution
     prefix = f"{name}_" if name else ""
@@ -571,7 +573,7 @@ def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error
                        schedule=InversionSchedule.of(config, fixed=bool(noise_floor)),
                        empty_errors=empty_error.mean(dim=1), learning_rate=config.inversion_learning_rate,
                        noise_draws=config.inversion_noise_draws, seed=config.seed, on_step=tracker.advance,
-                       noise_floor=noise_floor)
+                       noise_floor=noise_floor, weights=weights)
     clock[f"{prefix}invert_s"] = time.time() - tick
     ratios = [float(inversion.errors[index].mean() / empty_error[index].mean()) for index in range(len(batch))]
     # 5. Generate from the witness and score each generation against its image; double the seeds where
@@ -605,8 +607,9 @@ def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error
                   decisions=decisions, targets=targets, framed=bool(noise_floor), empty_errors=empty_error)
 
 
-def _pixels_of(targets: list) -> list[np.ndarray]:
-    """The prepared pixels of each target (an ``OwnerImage`` carries its own)."""
+def _pixels_of(targets: list) -> list:
+    """The prepared pixels of each target (an ``OwnerImage`` carries its own; a ``Cut`` stays one, so that what is
+    compared with it is its covered part)."""
     return [target.pixels if isinstance(target, OwnerImage) else target for target in targets]
 
 

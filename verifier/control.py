@@ -25,16 +25,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from verifier.alignment import Cut, OwnerImage, latent_weights, pixels_of
 from verifier.models.base import Conditioning, ModelAdapter
 
 TWIN = "the image turned upside down (a never-seen twin), inverted with the same schedule"
 
 
 def never_seen_twin(target):
-    """The image flipped top to bottom: prepared pixels (float RGB HWC in [0, 1]) or an ``OwnerImage``."""
-    from verifier.alignment import OwnerImage
-
-    if isinstance(target, OwnerImage):
+    """The image flipped top to bottom: prepared pixels (float RGB HWC in [0, 1]), an ``OwnerImage`` or a ``Cut``."""
+    if isinstance(target, (OwnerImage, Cut)):
         return target.upside_down()
     return np.ascontiguousarray(target[::-1])
 
@@ -55,7 +54,8 @@ class ControlRun:
 def run_controls(model: ModelAdapter, space, metric, requests: list[tuple[np.ndarray, str, float]], *,
                  empty: Conditioning, seeds: list[int], config, resolution: int, owners: list | None = None,
                  noise_floor: float = 0.0) -> list[ControlRun]:
-    """Run the control for each (pixels, image sha256, guidance scale) request, batched like certification.
+    """Run the control for each (pixels or ``Cut``, image sha256, guidance scale) request, batched like
+    certification.
 
     ``metric`` scores the twin's generations against the twin: the run's whole-image metric (stage 5b), or
     ``verifier.regions.WindowSSIM`` for the part check (stage 5d), whose scores are per window. For the
@@ -68,14 +68,16 @@ def run_controls(model: ModelAdapter, space, metric, requests: list[tuple[np.nda
     for first in range(0, len(requests), config.batch_size):
         batch = requests[first : first + config.batch_size]
         twins = [never_seen_twin(pixels) for pixels, _, _ in batch]
-        z0 = model.encode_images(twins)
-        unconditional = prediction_error(model, z0, empty.expand(len(batch)),
-                                         timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
+        z0 = model.encode_images([pixels_of(twin) for twin in twins])
+        weights = latent_weights(twins, z0)  # a cut's twin: its covered part only, as the cut's error
+        unconditional = prediction_error(model, z0, empty.expand(len(batch)), timesteps=config.error_timesteps,
+                                         noise_draws=config.error_noise_draws, weights=weights)
         stream = "control" if not noise_floor else "framing-control"
         inversion = invert(model, space, z0, [f"{sha}:{stream}" for _, sha, _ in batch],
                            schedule=InversionSchedule.of(config, fixed=bool(noise_floor)),
                            empty_errors=unconditional.mean(dim=1), learning_rate=config.inversion_learning_rate,
-                           noise_draws=config.inversion_noise_draws, seed=config.seed, noise_floor=noise_floor)
+                           noise_draws=config.inversion_noise_draws, seed=config.seed, noise_floor=noise_floor,
+                           weights=weights)
         targets = twins if owners is None else [never_seen_twin(owner) for owner in owners[first:first + len(batch)]]
         inverted = inversion.errors
         for index, (_, _, scale) in enumerate(batch):

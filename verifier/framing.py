@@ -33,6 +33,10 @@ crop to the pixel. So:
    within ``BOUNDS``), cut the owner's image there (``OwnerImage.cut``) and search the cut as the first
    search searches an owner's image: every noise level, its own latent, empty-prompt error and random
    streams, scored with the run's metric against the cut, its never-seen twin the cut upside down.
+   Where the frame reaches past the owner's image, the cut's uncovered strip is filled with the edge's
+   pixels, but nothing counts it: the errors (inversion's loss, its checks, the empty prompt's, the
+   twin's) count the latent cells wholly on the owner's pixels and similarity compares those pixels
+   only (``alignment.Cut``), so a witness cannot win by drawing the filler.
    Its witness stands where it replicates; the certificate records the framing (``aligned_framing``).
 
 **Mirrored copies** (``framing_mirror``, off by default): the comparison searches mirrored framings, but
@@ -58,7 +62,8 @@ METHOD = (f"inversion at the noisiest {1 - NOISE_FLOOR:.0%} of the training sche
           "against the owner's image framed best for it (SSIM search over the framings in bounds, the metric on "
           "the overlap); the never-seen twin through the same search where the control decides existence; where "
           "nothing replicated, the aligned search: the owner's image cut at the closest generation's framing, "
-          "refined to a fraction of a pixel, searched at every noise level with its own twin")
+          "refined to a fraction of a pixel, searched at every noise level with its own twin, errors and similarity "
+          "counting only the owner's pixels in the cut")
 
 
 def bounds_record() -> dict:

@@ -104,16 +104,18 @@ def image_generator(seed: int, sha256: str, purpose: str) -> torch.Generator:
 
 def invert(adapter: ModelAdapter, space, z0: torch.Tensor, image_hashes: list[str], *, schedule: InversionSchedule,
            empty_errors: torch.Tensor, learning_rate: float, noise_draws: int, seed: int,
-           on_step: Callable[[], None] | None = None, noise_floor: float = 0.0) -> Inversion:
+           on_step: Callable[[], None] | None = None, noise_floor: float = 0.0,
+           weights: torch.Tensor | None = None) -> Inversion:
     """Minimize each image's prediction error over its conditioning with Adam, for as long as its
     schedule says; return the witnesses and their grid errors. ``empty_errors`` (B,) is each image's
     mean grid error under the empty prompt, the yardstick of the checks' ratios. ``on_step`` is called
     after every Adam step of the batch (progress). ``noise_floor`` > 0 draws the training timesteps from
     the noisiest ``1 - noise_floor`` of the schedule only (the framing search, ``verifier.framing``); the
-    checks still measure on the whole grid."""
+    checks still measure on the whole grid. ``weights`` (B, 1, h, w): the latent cells each image's loss and
+    checks count (an ``alignment.Cut``'s covered part; every cell where None)."""
     batch = z0.shape[0]
     generators = [image_generator(seed, sha, "inversion") for sha in image_hashes]
-    search = InversionSearch(adapter, space, z0, generators, learning_rate, noise_draws, noise_floor)
+    search = InversionSearch(adapter, space, z0, generators, learning_rate, noise_draws, noise_floor, weights)
     final = {name: torch.empty_like(value) for name, value in search.variables.items()}
     errors = torch.empty(batch, schedule.error_timesteps)
     curves: list[list[torch.Tensor]] = [[] for _ in range(batch)]
@@ -158,9 +160,10 @@ class InversionSearch:
     """The images still being inverted: their variables, Adam state and random streams, row-aligned."""
 
     def __init__(self, adapter: ModelAdapter, space, z0: torch.Tensor, generators: list[torch.Generator],
-                 learning_rate: float, noise_draws: int, noise_floor: float = 0.0):
+                 learning_rate: float, noise_draws: int, noise_floor: float = 0.0,
+                 weights: torch.Tensor | None = None):
         self.adapter, self.space, self.z0, self.generators, self.noise_draws = adapter, space, z0, generators, noise_draws
-        self.noise_floor = noise_floor
+        self.noise_floor, self.weights = noise_floor, weights
         self.variables = {name: value.to(z0.device).requires_grad_(True)
                           for name, value in space.initial(z0.shape[0]).items()}
         self.optimizer = torch.optim.Adam([{"params": [value], "lr": learning_rate * space.scales[name]}
@@ -171,6 +174,7 @@ class InversionSearch:
         device, draws, rows = self.z0.device, self.noise_draws, self.z0.shape[0]
         objective = self.adapter.objective
         z_repeated = self.z0.repeat_interleave(draws, dim=0)
+        w_repeated = None if self.weights is None else self.weights.repeat_interleave(draws, dim=0)
         curve = torch.empty(rows, steps, device=device)  # copied to the host once, not every step
         for step in range(steps):
             timesteps = torch.cat([objective.sample_timesteps(g, draws, self.noise_floor)
@@ -181,11 +185,11 @@ class InversionSearch:
             limit = self.adapter.rows_per_call
             if limit is None or rows * draws <= limit:
                 errors = denoising_error(self.adapter, z_repeated, noise.to(device), timesteps,
-                                         conditioning.repeat_interleave(draws))
+                                         conditioning.repeat_interleave(draws), w_repeated)
                 per_image = errors.view(rows, draws).mean(dim=1)
                 per_image.sum().backward()
             else:
-                per_image = self._accumulated(conditioning, z_repeated, noise.to(device), timesteps, limit)
+                per_image = self._accumulated(conditioning, z_repeated, noise.to(device), timesteps, limit, w_repeated)
             self.optimizer.step()
             curve[:, step] = per_image.detach()
             if on_step is not None:
@@ -193,7 +197,7 @@ class InversionSearch:
         return curve.cpu()
 
     def _accumulated(self, conditioning: Conditioning, z_repeated: torch.Tensor, noise: torch.Tensor,
-                     timesteps: torch.Tensor, limit: int) -> torch.Tensor:
+                     timesteps: torch.Tensor, limit: int, weights: torch.Tensor | None) -> torch.Tensor:
         """One step's loss and gradients in calls of at most ``limit`` (image, draw) rows: each call's
         backward stops at a detached copy of the conditioning, whose summed gradient then goes through the
         text encoders once. The same gradients as one call, up to float rounding."""
@@ -203,7 +207,8 @@ class InversionSearch:
         for first in range(0, rows * draws, limit):
             part = range(first, min(first + limit, rows * draws))
             chunk = denoising_error(self.adapter, z_repeated[part.start : part.stop], noise[part.start : part.stop],
-                                    timesteps[part.start : part.stop], leaves.select([row // draws for row in part]))
+                                    timesteps[part.start : part.stop], leaves.select([row // draws for row in part]),
+                                    None if weights is None else weights[part.start : part.stop])
             (chunk.sum() / draws).backward()
             errors[part.start : part.stop] = chunk.detach()
         tensors, leaf_tensors = conditioning.tensors(), leaves.tensors()
@@ -219,7 +224,7 @@ class InversionSearch:
     def grid_errors(self, schedule: InversionSchedule) -> torch.Tensor:
         """Stage 4's prediction error under the current variables, (rows, timesteps)."""
         return prediction_error(self.adapter, self.z0, self.witness(), timesteps=schedule.error_timesteps,
-                                noise_draws=schedule.error_noise_draws)
+                                noise_draws=schedule.error_noise_draws, weights=self.weights)
 
     def keep(self, rows: list[int]) -> None:
         """Go on with these rows only, each with the Adam state it has (exactly as if it were alone)."""
@@ -227,6 +232,7 @@ class InversionSearch:
             return
         index = torch.tensor(rows, dtype=torch.long, device=self.z0.device)
         self.z0 = self.z0[index]
+        self.weights = None if self.weights is None else self.weights[index]
         self.generators = [self.generators[row] for row in rows]
         groups = []
         kept_state = {}

@@ -42,13 +42,18 @@ class _Objective:
 
     error_form = "native"
 
-    def loss(self, prediction: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor,
-             timesteps: torch.Tensor) -> torch.Tensor:
-        """Per-sample mean squared error of ``prediction`` (the model's output at ``noisy(z0, noise, t)``); (N,)."""
+    def loss(self, prediction: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample mean squared error of ``prediction`` (the model's output at ``noisy(z0, noise, t)``); (N,).
+        ``weights`` (N, 1, H, W) of 0/1 keeps the mean to the latent cells it marks (``alignment.Cut``)."""
         if self.error_form == "x0":
-            implied = self.implied_x0(prediction, self.noisy(z0, noise, timesteps), timesteps)
-            return (implied - z0).pow(2).flatten(1).mean(dim=1)
-        return (prediction - self.target(z0, noise, timesteps)).pow(2).flatten(1).mean(dim=1)
+            squared = (self.implied_x0(prediction, self.noisy(z0, noise, timesteps), timesteps) - z0).pow(2)
+        else:
+            squared = (prediction - self.target(z0, noise, timesteps)).pow(2)
+        if weights is None:
+            return squared.flatten(1).mean(dim=1)
+        weights = weights.to(squared.dtype)
+        return (squared * weights).flatten(1).sum(dim=1) / (weights.flatten(1).sum(dim=1) * squared.shape[1])
 
 
 class DDPMObjective(_Objective):

@@ -32,6 +32,7 @@ import math
 
 import numpy as np
 
+from verifier.alignment import Cut, pixels_of
 from verifier.conditions import clopper_pearson, witness_specificity
 
 WINDOW_FRACTION = 2  # a window's side is the image's side / 2
@@ -39,6 +40,13 @@ STRIDE_FRACTION = 4  # windows start every side / 4
 METHOD = ("3x3 grid of windows of half the image's side, a quarter side apart; each generation's window scored "
           "against the image's window at the same place with SSIM; the best (window, guidance scale) among the "
           "first look's seeds is checked against the never-seen twin's best window (one-sided Fisher exact test)")
+
+
+def inside(covered: tuple[int, int, int, int], window: tuple[int, int, int]) -> bool:
+    """Whether a window (top, left, side) lies wholly inside ``covered`` (top, left, height, width)."""
+    top, left, side = window
+    return (covered[0] <= top and top + side <= covered[0] + covered[2]
+            and covered[1] <= left and left + side <= covered[1] + covered[3])
 
 
 def windows(resolution: int) -> list[tuple[int, int, int]]:
@@ -61,15 +69,20 @@ class WindowSSIM:
         self.windows = windows(resolution)
         self.threshold = SSIM.default_threshold
 
-    def __call__(self, generations: np.ndarray, target: np.ndarray) -> np.ndarray:
+    def __call__(self, generations: np.ndarray, target) -> np.ndarray:
+        """``target``: prepared pixels, or a ``Cut``, whose windows reaching past its covered part score NaN
+        (never a replication): the owner does not hold the pixels there."""
         from skimage.metrics import structural_similarity
 
+        scored = [inside(target.covered, window) if isinstance(target, Cut) else True for window in self.windows]
+        pixels = pixels_of(target)
         # SSIM's 7-pixel window, or the largest odd one a window of a very small image holds.
         size = min(7, self.windows[0][2] - (1 - self.windows[0][2] % 2))
         return np.array([[structural_similarity(generation[top:top + side, left:left + side],
-                                                target[top:top + side, left:left + side],
-                                                channel_axis=2, data_range=1.0, win_size=size)
-                          for top, left, side in self.windows] for generation in generations])
+                                                pixels[top:top + side, left:left + side],
+                                                channel_axis=2, data_range=1.0, win_size=size) if scoring else np.nan
+                          for (top, left, side), scoring in zip(self.windows, scored)] for generation in generations],
+                        dtype=np.float64)
 
     def replications(self, scores: np.ndarray) -> np.ndarray:
         """Replications per window among ``scores`` (N, windows); non-finite scores never replicate."""

@@ -578,10 +578,13 @@ def _check_window_scores(result: VerifyResult, image_id: str, name: str, regener
     import numpy as np
 
     rows = np.array([recorded[seeds.index(seed)] for seed in wanted], dtype=np.float64)  # null -> nan
-    largest = float(np.nanmax(np.abs(np.asarray(regenerated, dtype=np.float64) - rows), initial=0.0))
-    result.add(image_id, name, largest <= TOLERANCES["similarity_abs"],
+    regenerated = np.asarray(regenerated, dtype=np.float64)
+    unscored = int((np.isnan(regenerated) != np.isnan(rows)).sum())  # a window scored on one side only
+    largest = float(np.nanmax(np.abs(regenerated - rows), initial=0.0))
+    result.add(image_id, name, largest <= TOLERANCES["similarity_abs"] and not unscored,
                f"{len(wanted)} regenerated generation(s): largest window-score difference {largest:.2g} "
-               f"(tolerance {TOLERANCES['similarity_abs']:g})")
+               f"(tolerance {TOLERANCES['similarity_abs']:g})"
+               + (f"; {unscored} window(s) scored on one side only" if unscored else ""))
 
 
 def _part_seeds(certificate: dict, scale: float, seeds: list[int]) -> list[int]:
@@ -805,8 +808,8 @@ def witness_image(certificate: dict, image_path: Path):
     """What the witness's search measured the owner's image as: (pixels its error was measured on, the target
     its generations were scored against). The owner's framing: the prepared pixels twice; the framing search:
     those and the owner's image framed best (an ``OwnerImage``); the mirrored one: the prepared pixels mirrored
-    and the same; the aligned search: the owner's image cut at ``aligned_framing``, twice (None, None where
-    that framing leaves no overlap)."""
+    and the same; the aligned search: the owner's image cut at ``aligned_framing`` (an ``alignment.Cut``),
+    twice (None, None where that framing leaves no overlap)."""
     import numpy as np
 
     from verifier.alignment import Framing, OwnerImage
@@ -828,6 +831,7 @@ def witness_image(certificate: dict, image_path: Path):
 
 
 def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict, image_path: Path) -> None:
+    from verifier.alignment import latent_weights, pixels_of
     from verifier.error import prediction_error
 
     image_id = certificate["image"]["id"]
@@ -842,12 +846,13 @@ def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict,
     if pixels is None:
         result.add(image_id, "prediction error", False, "the recorded aligned framing leaves no overlap on the image")
         return
-    z0 = loaded.encode_images([pixels])
+    z0 = loaded.encode_images([pixels_of(pixels)])
+    weights = latent_weights([pixels], z0)  # an aligned cut's error counts its covered part only
     measured = {}
     for name, conditioning in zip(("inverted", "empty"), _conditionings(witness, certificate["witness"])):
         measured[name] = [float(v) for v in prediction_error(
             loaded, z0, conditioning.to(loaded.device), timesteps=len(record["timesteps"]),
-            noise_draws=record["noise_draws"])[0]]
+            noise_draws=record["noise_draws"], weights=weights)[0]]
     differences, largest = [], 0.0
     for name in ("inverted", "empty"):
         for t, mine, theirs in zip(record["timesteps"], measured[name], record[name]):
