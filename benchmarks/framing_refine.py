@@ -11,6 +11,11 @@ For owner copies the default config certifies ``not_memorized`` although they re
    the exact one (the trained box in the owner's copy, from ``copies.json``);
 4. certify those crops like any image (the first search only) and print what each framing gives.
 
+With ``--blurred-trained SIGMA`` it runs no model: the stand-in for the closest generation is the trained
+image itself, Gaussian-blurred by SIGMA pixels, and it prints where the grid and the refinement place it
+against the exact framing (does the refinement find the framing when the generation does resemble the
+memorized image?).
+
     python benchmarks/owner_copies.py build --model reference-32px --out owner/reference-32px
     python benchmarks/framing_refine.py --model reference-32px --copies owner/reference-32px \\
         --ids dup06-coins-x1000.grown-20 dup03-rocket-x2000.moved-8 --out runs/refine
@@ -39,6 +44,33 @@ def exact_framing(copy: dict, side: int) -> Framing:
     return Framing(trained["size"] / size, centre[0] * side, centre[1] * side, False)
 
 
+def locate_blurred_trained(model: str, copies_folder: Path, copies: dict, ids: list[str], sigma: float) -> None:
+    """Refine from a blurred copy of each copy's trained image; print the grid's, refined and exact framings."""
+    from PIL import ImageFilter
+
+    from verifier.alignment import FramedSimilarity
+    from verifier.reference_models import reference_model_path
+    from verifier.similarity import SSIM
+
+    def shown(framing: Framing) -> str:
+        return (f"{framing.scale:.3f}; ({framing.dy / side:+.3f}, {framing.dx / side:+.3f})"
+                + (", mirrored" if framing.mirror else ""))
+
+    print(f"\n{model}: refined from the trained image blurred by {sigma:g} px (no model run)\n")
+    print("| copy | exact | grid | refined | refined SSIM |")
+    print("|---|---|---|---|---|")
+    for copy_id in ids:
+        copy = copies[copy_id]
+        trained = Image.open(reference_model_path(model) / "images" / f"{copy['source_image']}.png").convert("RGB")
+        side = trained.size[0]
+        generation = np.asarray(trained.filter(ImageFilter.GaussianBlur(sigma)), dtype=np.float32) / 255
+        owner = OwnerImage(load_rgb(copies_folder / copy["file"]), BOUNDS, min(side, 64), side)
+        grid = FramedSimilarity(SSIM()).framings(generation[None], owner)[0]
+        score, refined = refine(owner, generation, grid)
+        side = owner.side
+        print(f"| {copy_id} | {shown(exact_framing(copy, side))} | {shown(grid)} | {shown(refined)} | {score:.3f} |")
+
+
 def keep_the_framing_witness() -> None:
     """Diagnostic only: the framing search's witness stands wherever the search ran (and the aligned search,
     which this benchmark does by hand, does not run)."""
@@ -53,7 +85,9 @@ def main() -> None:
     parser.add_argument("--model", default="reference-32px")
     parser.add_argument("--copies", type=Path, required=True, help="a benchmarks/owner_copies.py build folder")
     parser.add_argument("--ids", nargs="+", required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="required unless --blurred-trained")
+    parser.add_argument("--blurred-trained", type=float, metavar="SIGMA",
+                        help="run no model: refine from the trained image blurred by SIGMA pixels")
     arguments = parser.parse_args()
     from verifier.api import certify
     from verifier.reference_models import reference_model_path
@@ -66,6 +100,11 @@ def main() -> None:
     if unknown:
         parser.error(f"--ids: {', '.join(unknown)} not in {arguments.copies / 'copies.json'} (ids look like "
                      f"{next(iter(copies), 'dup06-coins-x1000.grown-20')})")
+    if arguments.blurred_trained is not None:
+        locate_blurred_trained(arguments.model, arguments.copies, copies, arguments.ids, arguments.blurred_trained)
+        return
+    if arguments.out is None:
+        parser.error("--out: required unless --blurred-trained")
     files = [arguments.copies / copies[copy_id]["file"] for copy_id in arguments.ids]
     keep_the_framing_witness()
     framed = {c["image"]["id"]: c for c in certify(model, files, arguments.out / "framing", VerifierConfig(device="cpu"))}
@@ -82,7 +121,7 @@ def main() -> None:
         _, refined = refine(owner, generation, grid)
         for name, framing in (("grid", grid), ("refined", refined), ("exact", exact_framing(copies[copy_id], owner.side))):
             path = arguments.out / "aligned" / f"{copy_id}.{name}.png"
-            Image.fromarray((owner.cut(framing, resolution) * 255).round().astype(np.uint8)).save(path)
+            Image.fromarray((owner.cut(framing, resolution).pixels * 255).round().astype(np.uint8)).save(path)
             crops.append(path)
             framings[path.stem] = framing.record(owner.side)
     import verifier.api

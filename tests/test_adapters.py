@@ -445,3 +445,36 @@ def test_the_stages_reach_a_model_only_through_its_adapter():
         tree = ast.parse((package / stage).read_text())
         touched = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)} & components
         assert not touched, f"{stage} reaches into the pipeline: {sorted(touched)}"
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_the_recorded_cost_is_the_denoiser_rows_the_run_spent(tmp_path, images, family):
+    """Every denoiser row a certification runs is in its certificate's cost, and no row twice: counted at the
+    denoiser itself, for classifier-free guidance (two rows per step above scale 1) and for Flux-dev's guidance
+    embedding (one), through every search that ran (the framing searches reuse no cost they did not spend)."""
+    adapter = load_model(build_tiny_pipeline(tmp_path / "model", family=family), device=TEST_DEVICE)
+    rows = []
+
+    def count(module, args, kwargs):
+        batch = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        rows.append(batch.shape[0])
+
+    handle = adapter.denoiser().register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        (certificate,) = certify(adapter, images[:1], tmp_path / "out",
+                                 # A fixed row budget: the memory probe's rows are the run's, not an image's.
+                                 replace(FAST, gradient_checkpointing=False, denoiser_batch=64))
+    finally:
+        handle.remove()
+    budget, framing = certificate["budget"], certificate["framing"]
+    searches = [framing[key] for key in ("denoiser_evaluations", "mirrored_denoiser_evaluations",
+                                         "aligned_denoiser_evaluations") if framing[key] is not None]
+    assert framing["searched"] and searches  # the tiny model reproduces nothing: the framing searches ran
+    recorded = budget["denoiser_evaluations_spent"]["total"] + budget["prompt_denoiser_evaluations"] + sum(
+        (cost or {"total": 0})["total"] for cost in [budget["control_denoiser_evaluations"],
+                                                     budget["part_control_denoiser_evaluations"]]
+        + [search["witness"] for search in searches] + [search["control"] for search in searches])
+    assert sum(rows) == recorded
+    guided = dict(zip(FAST.guidance_scales, (1, 1) if family == "flux" else (1, 2)))
+    assert budget["denoiser_evaluations"]["sampling_forward"] == sum(
+        FAST.generations * FAST.sampling_steps * per_step for per_step in guided.values())

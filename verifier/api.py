@@ -64,6 +64,7 @@ from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect
 from verifier.invert import InversionSchedule, invert
 from verifier.memory import row_budget
 from verifier.models import Conditioning, ModelAdapter, autocast_dtype, load_model
+from verifier.models.base import classifier_free_rows
 from verifier.progress import RunProgress
 from verifier.prompts import prompt_tests
 from verifier.readable import METHOD as READABLE_METHOD, decoded_prompts
@@ -101,17 +102,20 @@ def _environment(model: ModelAdapter) -> dict:
 
 
 def denoiser_evaluations(config: VerifierConfig, generations: dict[float, int] | None = None,
-                         inversion_steps: int | None = None, checks: int | None = None) -> dict:
+                         inversion_steps: int | None = None, checks: int | None = None, *,
+                         cfg_rows: Callable[[float], int] = classifier_free_rows, empty_pass: bool = True) -> dict:
     """Hardware-independent cost of one image's verdict (or of its control, which samples at one scale),
     in denoiser evaluations: the plan (every image's inversion steps and checks, the first look), or with
     ``generations`` (seeds per guidance scale), ``inversion_steps`` and ``checks`` what was spent. A check
-    of the grid error, like the empty prompt's error, is one pass over the grid; guidance above 1 costs
-    two evaluations per sampling step (conditional and unconditional)."""
+    of the grid error, like the empty prompt's error, is one pass over the grid; a sampling step costs the
+    model's ``cfg_rows`` at its guidance scale (the adapter's: two with classifier-free guidance above 1, one
+    for Flux-dev's guidance embedding). ``empty_pass`` False: the empty prompt's error was another search's,
+    reused (the framing search's)."""
     generations = generations or {scale: config.generations for scale in config.guidance_scales}
-    sampling = sum(count * config.sampling_steps * (2 if scale > 1 else 1) for scale, count in generations.items())
+    sampling = sum(count * config.sampling_steps * cfg_rows(scale) for scale, count in generations.items())
     inversion = (inversion_steps or config.inversion_steps) * config.inversion_noise_draws
     checks = checks or len(InversionSchedule.of(config).planned_checks())
-    error = (checks + 1) * config.error_timesteps * config.error_noise_draws
+    error = (checks + empty_pass) * config.error_timesteps * config.error_noise_draws
     return {"inversion_forward_backward": inversion, "error_forward": error, "sampling_forward": sampling,
             "total": inversion + error + sampling}
 
@@ -297,7 +301,7 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
                 "restarts": 1, "generations_per_scale": config.generations,
                 "sampling_looks": sampling_looks(config.generations, config.sampling_doublings),
                 "guidance_scales": list(config.guidance_scales), "sampling_steps": config.sampling_steps,
-                "denoiser_evaluations": denoiser_evaluations(config)},
+                "denoiser_evaluations": denoiser_evaluations(config, cfg_rows=loaded.cfg_rows)},
         witness_tensors=sorted(empty.tensors()),
         generation_kwargs={key: list(value) for key, value in loaded.generation_kwargs(resolution, resolution).items()},
         guidance_keyword=next(iter(loaded.guidance_kwargs(1.0))))
@@ -337,7 +341,8 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
     if searched:
         owners = [OwnerImage.open(batch[index].path, FRAMING_BOUNDS, resolution) for index in searched]
         framed = _search(run, [batch[index] for index in searched], z0[searched], empty_error[searched], owners,
-                         framed_metric, tracker, clock, noise_floor=FRAMING_NOISE_FLOOR, owners=owners, name="framing")
+                         framed_metric, tracker, clock, noise_floor=FRAMING_NOISE_FLOOR, owners=owners, name="framing",
+                         empty_measured=False)  # the first search's empty-prompt error, reused
     # 5g. With framing_mirror, where the framing search replicated nothing too: the framing search once more, on
     #     the owner's image mirrored left-right (its own latent and empty-prompt error; scored like the framing
     #     search, against the owner's image framed best).
@@ -457,9 +462,10 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
             aligned=None if align_row is None else aligned.summary(align_row), aligned_framing=aligned_framing,
             closest_framing=aligned_framing if chosen_searches[index] == ALIGNED_SEARCH else
             witness.closest_framing(framed_metric),
-            evaluations=None if row is None else framed.row(row).evaluations(config, looks),
-            mirrored_evaluations=None if mirror_row is None else mirrored.row(mirror_row).evaluations(config, looks),
-            aligned_evaluations=None if align_row is None else aligned.row(align_row).evaluations(config, looks))
+            evaluations=None if row is None else framed.row(row).evaluations(config, looks, model.cfg_rows),
+            mirrored_evaluations=None if mirror_row is None else mirrored.row(mirror_row).evaluations(
+                config, looks, model.cfg_rows),
+            aligned_evaluations=None if align_row is None else aligned.row(align_row).evaluations(config, looks, model.cfg_rows))
         certificate = _certificate(
             run.record, image, decision, witness_sha, image_seeds, best_scale, best_seed, timings, run.keys[image.id],
             error={"inverted": witness.errors, "empty": witness.empty_error, "ratio": witness.ratio,
@@ -468,12 +474,12 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
             control_witness=control_witness, sheet={
                 "file": f"{image.id}.generations.png", "sha256": hashlib.sha256(sheet).hexdigest(),
                 "tile": tile_size(resolution), "layout": SHEET_LAYOUT},
-            spent=first.row(index).evaluations(config, looks)["witness"],
-            control_cost=witness.evaluations(config, looks)["control"],
+            spent=first.row(index).evaluations(config, looks, model.cfg_rows)["witness"],
+            control_cost=witness.evaluations(config, looks, model.cfg_rows)["control"],
             part=parts[index], part_control_cost=None if index not in part_controls else denoiser_evaluations(
                 config, {part_controls[index].guidance_scale: looks[0]}, part_controls[index].inversion_steps,
-                part_controls[index].checks),
-            prompts=prompts, prompt_cost=prompt_evaluations(config, len(tested[index])),
+                part_controls[index].checks, cfg_rows=model.cfg_rows),
+            prompts=prompts, prompt_cost=prompt_evaluations(config, len(tested[index]), model.cfg_rows),
             readable={"method": READABLE_METHOD, "prompts": decoded,
                       "statement": readable_statement(decision.verdict, config.inversion_space, decoded,
                                                      config.decode_witness)},
@@ -506,6 +512,7 @@ class WitnessRow:
     decision: object
     target: object  # what the metric compared generations with: the prepared pixels, or the OwnerImage
     framed: bool
+    empty_measured: bool  # whether this search measured its empty-prompt error (the framing search reuses one)
 
     def closest_framing(self, framed_metric) -> dict | None:
         """The framing of the owner's image that the closest generation matches best (framing-search witnesses)."""
@@ -514,11 +521,13 @@ class WitnessRow:
         framing = framed_metric.framings(self.closest[2][None], self.target)[0]
         return framing.record(self.target.side)
 
-    def evaluations(self, config: VerifierConfig, looks: list[int]) -> dict:
+    def evaluations(self, config: VerifierConfig, looks: list[int], cfg_rows: Callable[[float], int]) -> dict:
         control = self.control
-        return {"witness": denoiser_evaluations(config, self.used, self.steps, len(self.checks)),
+        return {"witness": denoiser_evaluations(config, self.used, self.steps, len(self.checks), cfg_rows=cfg_rows,
+                                                empty_pass=self.empty_measured),
                 "control": None if control is None else denoiser_evaluations(
-                    config, {control.guidance_scale: looks[0]}, control.inversion_steps, control.checks)}
+                    config, {control.guidance_scale: looks[0]}, control.inversion_steps, control.checks,
+                    cfg_rows=cfg_rows)}
 
 
 @dataclass
@@ -534,6 +543,7 @@ class Search:
     targets: list
     framed: bool
     empty_errors: torch.Tensor
+    empty_measured: bool
 
     def summary(self, index: int) -> dict:
         """What the certificate's ``framing`` block records of this search for one image."""
@@ -549,19 +559,21 @@ class Search:
             closest=sampled.closest[index], tiles=sampled.tiles[index], window_scores=sampled.window_scores[index],
             used=sampled.seeds_used(index),
             control=self.controls.get(index), decision=self.decisions[index], target=self.targets[index],
-            framed=self.framed)
+            framed=self.framed, empty_measured=self.empty_measured)
 
 
 def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error: torch.Tensor, targets: list,
             metric, tracker: RunProgress, clock: dict, *, noise_floor: float = 0.0,
-            owners: list | None = None, name: str = "", weights: torch.Tensor | None = None) -> Search:
+            owners: list | None = None, name: str = "", weights: torch.Tensor | None = None,
+            empty_measured: bool = True) -> Search:
     """Steps 4-5c for a batch: invert, generate and score against ``targets`` with ``metric``, control, decide.
 
     The first search inverts at every noise level and compares with the prepared pixels; the framing
     search (``verifier.framing``) inverts at the noisiest levels only, a fixed number of steps, and
     compares with each image's ``OwnerImage`` framed best (its control likewise). ``name`` keeps a search's
     timings and random streams apart from the others' (the first search's are unprefixed). ``weights``: the
-    latent cells each image's errors count (the aligned search's cuts: ``alignment.Cut``)."""
+    latent cells each image's errors count (the aligned search's cuts: ``alignment.Cut``); ``empty_measured``
+    False where ``empty_error`` is another search's (its cost is not this one's)."""
     config, model, empty = run.config, run.loaded, run.empty
     seeds, resolution = run.record.seeds, run.record.resolution
     prefix = f"{name}_" if name else ""
@@ -604,7 +616,8 @@ def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error
     decisions = [_decide(run, ratios[index], sampled.scores[index], losses[index], controls.get(index), looks)
                  for index in range(len(batch))]
     return Search(inversion=inversion, ratios=ratios, losses=losses, sampled=sampled, controls=controls,
-                  decisions=decisions, targets=targets, framed=bool(noise_floor), empty_errors=empty_error)
+                  decisions=decisions, targets=targets, framed=bool(noise_floor), empty_errors=empty_error,
+                  empty_measured=empty_measured)
 
 
 def _pixels_of(targets: list) -> list:
@@ -718,11 +731,11 @@ def _decide(run: Run, ratio: float, scores: dict[float, np.ndarray], loss_first_
         similarity_source=run.thresholds.similarity_source)
 
 
-def prompt_evaluations(config: VerifierConfig, prompts: int) -> int:
+def prompt_evaluations(config: VerifierConfig, prompts: int, cfg_rows: Callable[[float], int]) -> int:
     """Denoiser evaluations the tested prompts (the owner's and the decoded witness's) cost one image: per
-    prompt, one pass over the error grid and the first look at every guidance scale."""
+    prompt, one pass over the error grid and the first look at every guidance scale (``cfg_rows`` per step)."""
     per_prompt = config.error_timesteps * config.error_noise_draws + sum(
-        config.generations * config.sampling_steps * (2 if scale > 1 else 1) for scale in config.guidance_scales)
+        config.generations * config.sampling_steps * cfg_rows(scale) for scale in config.guidance_scales)
     return prompts * per_prompt
 
 

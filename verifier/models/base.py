@@ -68,6 +68,13 @@ class Conditioning:
         return self.tensors() | {f"negative_{name}": tensor for name, tensor in negative.tensors().items()}
 
 
+def classifier_free_rows(guidance_scale: float) -> int:
+    """Denoiser rows per sampling step of one image under classifier-free guidance: the conditional and the
+    unconditional prediction above scale 1 (diffusers skips the second at 1). A family that guides otherwise
+    (Flux-dev's guidance embedding: one row) says so in its ``cfg_rows``."""
+    return 2 if guidance_scale > 1 else 1
+
+
 class ModelAdapter(ABC):
     """One model family's view of a loaded pipeline: exactly what the stages need.
 
@@ -295,7 +302,7 @@ class ModelAdapter(ABC):
 
     def cfg_rows(self, guidance_scale: float) -> int:
         """Denoiser rows per generated image at ``guidance_scale``: 2 where classifier-free guidance runs."""
-        return 2 if guidance_scale > 1 else 1
+        return classifier_free_rows(guidance_scale)
 
     def scheduler_record(self) -> dict:
         """The sampling scheduler a witness is regenerated with."""
