@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from verifier.alignment import Cut, Framing, FramingBounds, OwnerImage, refine
-from verifier.framing import ALIGNED_SEARCH, MIRRORED_SEARCH, aligned_search_runs, witness_search
+from verifier.framing import ALIGNED_SEARCH, MIRRORED_SEARCH, aligned_search_runs, framing_record, witness_search
 
 
 def _photo():
@@ -147,6 +147,15 @@ def test_the_aligned_search_runs_only_where_every_framing_search_found_nothing()
     assert witness_search(nothing, None, some) == ALIGNED_SEARCH
     assert witness_search(nothing, some, some) == MIRRORED_SEARCH
     assert witness_search(nothing, nothing, nothing) == "owner's framing"
+    # The aligned search is a whole search at the framing the model points to: an error under the existence
+    # threshold there without a replication (inconclusive) is not cleared by the owner's framing.
+    existence_only = {"verdict": "inconclusive", "error_ratio": 0.42, "replications": 0, "generations": 32}
+    assert witness_search(nothing, None, existence_only) == ALIGNED_SEARCH
+    assert witness_search(existence_only, None, None) == "owner's framing"  # the framing search needs a replication
+    record = framing_record(searched=True, enabled=True, mirror_enabled=False, first=nothing, framed=nothing,
+                            mirrored=None, aligned=existence_only, aligned_framing=Framing(1.1, 2, -3, False).record(32),
+                            closest_framing=None, evaluations=None, mirrored_evaluations=None, aligned_evaluations=None)
+    assert record["witness"] == ALIGNED_SEARCH and "inconclusive (error ratio 0.420)" in record["statement"]
 
 
 def test_a_copy_every_framing_search_misses_is_found_at_the_refined_framing_and_verify_rechecks_it(tmp_path):

@@ -16,8 +16,9 @@ The recipe, top to bottom (method.md section 3): ``certify`` = ``open_run`` (ste
    stands where it replicates (5g, with ``framing_mirror``: where that replicated nothing too, once more
    on the owner's image mirrored; 5h: where they replicated nothing, the aligned search: the owner's image
    cut at the framing the framing witness's closest generation matches, refined to a fraction of a
-   pixel, searched like the owner's framing); 5d: where the whole image was not reproduced, look for a replicated part and check it
-   against the twin; 5e: test the owner's prompts and, where the witness reproduced the image, its
+   pixel, searched like the owner's framing on the owner's pixels only, its witness standing where it
+   replicates or its verdict is not clean); 5d: where the whole image was not reproduced, look for a
+   replicated part and check it against the twin; 5e: test the owner's prompts and, where the witness reproduced the image, its
    decoding into readable text, like the witness);
 6. certify: write the witness, the closest generation, the contact sheet and then the certificate;
 7. write the run's summary and report.

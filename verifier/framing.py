@@ -37,7 +37,10 @@ crop to the pixel. So:
    pixels, but nothing counts it: the errors (inversion's loss, its checks, the empty prompt's, the
    twin's) count the latent cells wholly on the owner's pixels and similarity compares those pixels
    only (``alignment.Cut``), so a witness cannot win by drawing the filler.
-   Its witness stands where it replicates; the certificate records the framing (``aligned_framing``).
+   Its witness stands where it replicates, and also where its own verdict does not clear the image (an
+   error ratio under the existence threshold with no replication: ``inconclusive``): a whole search of
+   the owner's pixels at the framing the model points to outranks the owner's framing's clean verdict.
+   The certificate records the framing (``aligned_framing``).
 
 **Mirrored copies** (``framing_mirror``, off by default): the comparison searches mirrored framings, but
 the coarse inversion of a mirrored copy seldom finds the memorized conditioning. With the option on,
@@ -81,17 +84,28 @@ def framing_witness_stands(replications: int) -> bool:
     return replications > 0
 
 
+def aligned_witness_stands(aligned: dict) -> bool:
+    """The aligned search's witness replaces the first search's where it replicated the image, or where its own
+    verdict does not clear the image: it is a whole search (every noise level, its own twin) of the owner's
+    pixels at the framing the model points to, so an error ratio under the existence threshold there (or a
+    broken measurement) is ``inconclusive`` at worst, never cleared by the owner's framing."""
+    return aligned["replications"] > 0 or aligned["verdict"] != "not_memorized"
+
+
 def mirrored_search_runs(mirror_enabled: bool, framed: dict | None) -> bool:
     """The mirrored framing search runs where it is enabled and the framing search ran and replicated nothing."""
     return mirror_enabled and framed is not None and not framing_witness_stands(framed["replications"])
 
 
 def witness_search(framed: dict | None, mirrored: dict | None, aligned: dict | None = None) -> str:
-    """Which search the certificate's witness comes from: the first, in the order they run, whose witness
-    replicated the image after the search at the owner's framing replicated nothing; else that one's."""
-    for name, found in (("framing search", framed), (MIRRORED_SEARCH, mirrored), (ALIGNED_SEARCH, aligned)):
+    """Which search the certificate's witness comes from: the first, in the order they run, whose witness stands
+    (``framing_witness_stands``, ``aligned_witness_stands``) after the search at the owner's framing replicated
+    nothing; else that one's."""
+    for name, found in (("framing search", framed), (MIRRORED_SEARCH, mirrored)):
         if found is not None and framing_witness_stands(found["replications"]):
             return name
+    if aligned is not None and aligned_witness_stands(aligned):
+        return ALIGNED_SEARCH
     return "owner's framing"
 
 
@@ -122,6 +136,14 @@ def framing_record(*, searched: bool, enabled: bool, mirror_enabled: bool, first
         statement = "the framing search is off (framing_search = false): only the owner's framing was searched"
     elif not searched:
         statement = "not needed: the witness found at the owner's framing replicated the image"
+    elif witness == ALIGNED_SEARCH and aligned["replications"] == 0:
+        statement = (f"the witness at the owner's framing replicated nothing ({first['verdict']}), nor did the framing "
+                     f"search; the aligned search (the owner's image cut at scale {aligned_framing['scale']:.3g}, "
+                     f"shifted by ({aligned_framing['shift'][0]:+.3g}, {aligned_framing['shift'][1]:+.3g}) of the side"
+                     f"{', mirrored' if aligned_framing['mirror'] else ''}, searched at every noise level) replicated "
+                     f"nothing either, but its verdict there is {aligned['verdict']} (error ratio "
+                     + ("n/a" if aligned["error_ratio"] is None else f"{aligned['error_ratio']:.3f}")
+                     + "), so the image is not cleared: its witness is the certificate's")
     elif witness != "owner's framing":
         statement = (f"the witness at the owner's framing replicated nothing ({first['verdict']}); the {witness}'s "
                      + ("(the owner's image inverted mirrored left-right, the framing search finding nothing) "
