@@ -36,6 +36,22 @@ def test_help_is_instant_and_imports_no_torch():
     assert result.exit_code == 0 and "Examples:" in result.output
 
 
+def test_help_names_every_family_and_only_files_that_exist():
+    """The help is generated from the registry and names shipped files only, so it cannot go stale."""
+    import re
+    from pathlib import Path
+
+    from verifier.registry import MODEL_FAMILIES
+
+    root = Path(__file__).resolve().parents[1]
+    certify_help = CliRunner().invoke(main, ["certify", "--help"], terminal_width=200).output
+    assert all(re.search(rf"\b{name}\b", certify_help) for name in MODEL_FAMILIES.names()), certify_help
+    for command in main.commands:
+        output = CliRunner().invoke(main, [command, "--help"], terminal_width=200).output
+        named = re.findall(r"configs/[\w./-]+\.(?:toml|json)", output)
+        assert [path for path in named if not (root / path).is_file()] == [], (command, named)
+
+
 def test_certify_exit_codes(tmp_path, tiny_model):
     images = write_images(tmp_path / "images", count=2)
     runner = CliRunner()

@@ -1,6 +1,6 @@
 """A release-gate policy: which categories of memorization fail the gate, at which level (issue 10).
 
-A policy is a small TOML file (``certify --policy FILE``; the default ships as ``configs/policy.toml``)::
+A policy is a small TOML file (``certify --policy FILE``; the default ships as ``configs/policies/default.toml``)::
 
     description = "..."            # optional: what the policy is for
 

@@ -9,6 +9,7 @@ import click
 
 from verifier.cli import EXIT_FOUND, EXIT_OK, main, run_guarded
 from verifier.cli.options import FAIL_LEVELS, build, config_options, print_table, progress_options, tracker
+from verifier.registry import MODEL_FAMILIES
 
 
 @main.command()
@@ -21,7 +22,7 @@ from verifier.cli.options import FAIL_LEVELS, build, config_options, print_table
 @click.option("--sign-key", default=None, type=click.Path(dir_okay=False),
               help="Ed25519 PEM private key: sign every certificate and the summary (<file>.sig).")
 @click.option("--policy", "policy_file", default=None, type=click.Path(dir_okay=False),
-              help="Release-gate policy (TOML, e.g. configs/policy.toml): which categories of memorization "
+              help="Release-gate policy (TOML, e.g. configs/policies/default.toml): which categories of memorization "
                    "(unintended, implicit_intended, explicit_intended) fail the gate; replaces --fail-on.")
 @progress_options
 @config_options
@@ -29,8 +30,8 @@ def certify(model, images, out, allow_pickle, model_config, sign_key, policy_fil
             **overrides):
     """Certify IMAGES (files, folders, CSV/JSONL manifests) against MODEL.
 
-    MODEL is a diffusers folder of a supported family (StableDiffusionPipeline: SD 1.x/2.x;
-    StableDiffusionXLPipeline: SDXL), detected from its model_index.json.
+    MODEL is a diffusers folder of a supported family ({families}; README, "Model families"), detected
+    from its model_index.json.
 
     \b
     A CSV/JSONL manifest may give each image the owner's context (entity, explicit_prompts,
@@ -44,7 +45,7 @@ def certify(model, images, out, allow_pickle, model_config, sign_key, policy_fil
       verifier certify ./my-sdxl-model photos/ --out certs/
       verifier certify ./model.safetensors --model-config ./sd15-configs protected.csv --out certs/
       verifier certify ./model photos/ --out certs/ --config configs/sd15.toml --fail-on rarely_reproduced
-      verifier certify ./model protected.jsonl --out certs/ --policy configs/policy.toml
+      verifier certify ./model protected.jsonl --out certs/ --policy configs/policies/default.toml
       accelerate launch --num_processes 4 -m verifier certify ./model photos/ --out certs/
     """
     config = run_guarded(lambda: build(config_file, **overrides))
@@ -73,6 +74,11 @@ def certify(model, images, out, allow_pickle, model_config, sign_key, policy_fil
     else:
         failing = [c for c in certificates if c["verdict"] in FAIL_LEVELS[config.fail_on]]
     sys.exit(EXIT_FOUND if failing else EXIT_OK)
+
+
+
+# The families named in the help are the registry's, so the help cannot fall behind what loads.
+certify.help = certify.help.format(families=", ".join(MODEL_FAMILIES.names()))
 
 
 def _policy(policy_file, fail_on):
