@@ -36,11 +36,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from verifier.similarity import replicated
-
-from verifier.certificate.schema import VERDICTS  # noqa: F401  (every verdict, most severe first)
 
 
 def clopper_pearson(successes: int, trials: int, confidence: float) -> tuple[float, float]:
