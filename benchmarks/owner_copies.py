@@ -201,7 +201,7 @@ def build(model: Path, out: Path, never_trained: int = 8, seed: int = 0) -> dict
 def table(copies_folder: Path, run: Path) -> list[dict]:
     """Per kind of copy: verdict counts of memorized images' copies and never-trained images' copies, as
     certified and, from each certificate's ``framing`` block, as the search at the owner's framing alone
-    (verifier before the framing search) and as the searches without the mirrored one found them."""
+    (verifier before the framing search)."""
     record = json.loads((copies_folder / "copies.json").read_text())
     certificates = {}
     for copy in record["copies"]:
@@ -213,8 +213,7 @@ def table(copies_folder: Path, run: Path) -> list[dict]:
         row = {"variant": variant["name"], "group": variant["group"]}
         for status in ("memorized", "never_trained"):
             ids = [c["id"] for c in record["copies"] if c["variant"]["name"] == variant["name"] and c["status"] == status]
-            for column, verdict_of in (("final", lambda c: c["verdict"]), ("first", first_search_verdict),
-                                       ("unmirrored", unmirrored_verdict)):
+            for column, verdict_of in (("final", lambda c: c["verdict"]), ("first", first_search_verdict)):
                 counts: dict[str, int] = {}
                 for copy_id in ids:
                     verdict = verdict_of(certificates[copy_id]) if copy_id in certificates else "missing"
@@ -228,18 +227,6 @@ def first_search_verdict(certificate: dict) -> str:
     return certificate.get("framing", {}).get("first_search", {}).get("verdict", certificate["verdict"])
 
 
-def unmirrored_verdict(certificate: dict) -> str:
-    """The verdict without the mirrored search (``framing_mirror``): the framing search's where it replicated,
-    else the first search's (``verifier.framing.witness_search`` with no mirrored search)."""
-    from verifier.framing import witness_search
-
-    framing = certificate.get("framing", {})
-    if framing.get("mirrored_search") is None:
-        return certificate["verdict"]
-    chosen = witness_search(framing["framing_search"], None)
-    return (framing["framing_search"] if chosen == "framing search" else framing["first_search"])["verdict"]
-
-
 def print_table(rows: list[dict], title: str) -> None:
     def cell(counts: dict[str, int], wanted: tuple[str, ...]) -> str:
         total = sum(counts.values())
@@ -247,10 +234,8 @@ def print_table(rows: list[dict], title: str) -> None:
         rest = ", ".join(f"{counts[v]} {v}" for v in sorted(counts) if v not in wanted)
         return f"{hits}/{total}" + (f" ({rest})" if rest else "")
 
-    mirrored = any(row[f"{status}:unmirrored"] != row[f"{status}:final"] for row in rows
-                   for status in ("memorized", "never_trained"))
-    columns = ["first"] + (["unmirrored"] if mirrored else []) + ["final"]
-    names = {"first": "owner's framing only", "unmirrored": "without the mirrored search", "final": "as certified"}
+    columns = ["first", "final"]
+    names = {"first": "owner's framing only", "final": "as certified"}
     print(f"\n{title}\n")
     print("| copy | group | " + " | ".join(f"memorized images' copies: memorized ({names[c]})" for c in columns) + " | "
           + " | ".join(f"never-trained images' copies: flagged ({names[c]})" for c in columns) + " |")
@@ -279,7 +264,7 @@ def main() -> None:
     measure_parser.add_argument("--seed", type=int, default=0)
     measure_parser.add_argument("--config", type=Path, help="a config file (default: the default config)")
     measure_parser.add_argument("--framing-mirror", action="store_true",
-                                help="certify with --framing-mirror (the mirrored framing search)")
+                                help="certify with --framing-mirror (mirrored candidates in the framing search's screen)")
     arguments = parser.parse_args()
 
     if arguments.command == "table":

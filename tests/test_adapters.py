@@ -467,8 +467,8 @@ def test_the_recorded_cost_is_the_denoiser_rows_the_run_spent(tmp_path, images, 
     finally:
         handle.remove()
     budget, framing = certificate["budget"], certificate["framing"]
-    searches = [framing[key] for key in ("denoiser_evaluations", "mirrored_denoiser_evaluations",
-                                         "aligned_denoiser_evaluations") if framing[key] is not None]
+    searches = [framing[key] for key in ("denoiser_evaluations", "aligned_denoiser_evaluations")
+                if framing[key] is not None]
     assert framing["searched"] and searches  # the tiny model reproduces nothing: the framing searches ran
     recorded = budget["denoiser_evaluations_spent"]["total"] + budget["prompt_denoiser_evaluations"] + sum(
         (cost or {"total": 0})["total"] for cost in [budget["control_denoiser_evaluations"],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from verifier.alignment import Cut, Framing, FramingBounds, OwnerImage, refine
-from verifier.framing import ALIGNED_SEARCH, MIRRORED_SEARCH, aligned_search_runs, framing_record, witness_search
+from verifier.framing import ALIGNED_SEARCH, aligned_search_runs, framing_record, witness_search
 
 
 def _photo():
@@ -139,29 +139,28 @@ def _summary(replications: int) -> dict:
             "replications": replications, "generations": 32}
 
 
-def test_the_aligned_search_runs_only_where_every_framing_search_found_nothing():
+def test_the_aligned_search_runs_only_where_the_framing_search_found_nothing():
     nothing, some = _summary(0), _summary(5)
-    assert aligned_search_runs(nothing, None) and aligned_search_runs(nothing, nothing)
-    assert not aligned_search_runs(None, None)  # the framing search did not run: the first witness replicated
-    assert not aligned_search_runs(some, None) and not aligned_search_runs(nothing, some)
-    assert witness_search(nothing, None, some) == ALIGNED_SEARCH
-    assert witness_search(nothing, some, some) == MIRRORED_SEARCH
-    assert witness_search(nothing, nothing, nothing) == "owner's framing"
+    assert aligned_search_runs(nothing)
+    assert not aligned_search_runs(None)  # the framing search did not run: the first witness replicated
+    assert not aligned_search_runs(some)
+    assert witness_search(nothing, some) == ALIGNED_SEARCH
+    assert witness_search(nothing, nothing) == "owner's framing"
     # The aligned search is a whole search at the framing the model points to: an error under the existence
     # threshold there without a replication (inconclusive) is not cleared by the owner's framing.
     existence_only = {"verdict": "inconclusive", "error_ratio": 0.42, "replications": 0, "generations": 32}
-    assert witness_search(nothing, None, existence_only) == ALIGNED_SEARCH
-    assert witness_search(existence_only, None, None) == "owner's framing"  # the framing search needs a replication
+    assert witness_search(nothing, existence_only) == ALIGNED_SEARCH
+    assert witness_search(existence_only, None) == "owner's framing"  # the framing search needs a replication
     record = framing_record(searched=True, enabled=True, mirror_enabled=False, first=nothing, framed=nothing,
-                            mirrored=None, aligned=existence_only, aligned_framing=Framing(1.1, 2, -3, False).record(32),
-                            closest_framing=None, evaluations=None, mirrored_evaluations=None, aligned_evaluations=None)
+                            aligned=existence_only, aligned_framing=Framing(1.1, 2, -3, False).record(32),
+                            closest_framing=None, evaluations=None, aligned_evaluations=None)
     assert record["witness"] == ALIGNED_SEARCH and "inconclusive (error ratio 0.420)" in record["statement"]
 
 
-def test_a_copy_every_framing_search_misses_is_found_at_the_refined_framing_and_verify_rechecks_it(tmp_path):
-    """The fixture's chelsea moved by 15% of its side: neither the owner's framing nor the framing search
-    replicates it (0 and 0 of 32 on 2026-12-03); the aligned search does, and verify re-cuts the owner's image
-    at the recorded framing to re-measure the error and re-score the generations."""
+def test_a_copy_the_framing_search_misses_is_found_at_the_refined_framing_and_verify_rechecks_it(tmp_path):
+    """reference-32px's rocket moved by 15% of its side: neither the owner's framing nor the (screened) framing
+    search replicates it (0 and 0 of 32 on 2026-12-06); the aligned search does, and verify re-cuts the owner's
+    image at the recorded framing to re-measure the error and re-score the generations."""
     import sys
     from pathlib import Path
 
@@ -174,11 +173,11 @@ def test_a_copy_every_framing_search_misses_is_found_at_the_refined_framing_and_
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import owner_copies
 
-    fixture = reference_model_path("fixture-16px")
-    record = owner_copies.build(fixture, tmp_path / "copies", never_trained=0, seed=0)
-    moved = next(c for c in record["copies"] if c["id"] == "dup01-chelsea-x400.moved-15")
+    model = reference_model_path("reference-32px")
+    record = owner_copies.build(model, tmp_path / "copies", never_trained=0, seed=0)
+    moved = next(c for c in record["copies"] if c["id"] == "dup03-rocket-x2000.moved-15")
     out = tmp_path / "run"
-    (certificate,) = certify(fixture, [tmp_path / "copies" / moved["file"]], out, VerifierConfig(device="cpu"))
+    (certificate,) = certify(model, [tmp_path / "copies" / moved["file"]], out, VerifierConfig(device="cpu"))
     framing = certificate["framing"]
     assert framing["first_search"]["replications"] == 0 and framing["framing_search"]["replications"] == 0
     assert framing["witness"] == "aligned search", framing["statement"]
@@ -186,15 +185,15 @@ def test_a_copy_every_framing_search_misses_is_found_at_the_refined_framing_and_
     aligned = framing["aligned_framing"]
     assert framing["closest_framing"] == aligned and FramingBounds().contains(aligned["scale"], aligned["shift"], 1.0,
                                                                               aligned["mirror"])
-    assert any(abs(value * 16 - round(value * 16)) > 1e-6 for value in aligned["shift"])  # between the grid's pixels
-    owner = OwnerImage.open(tmp_path / "copies" / moved["file"], FramingBounds(), 16)
-    cut = owner.cut(Framing(aligned["scale"], aligned["shift"][0] * 16, aligned["shift"][1] * 16, False), 16)
+    assert any(abs(value * 32 - round(value * 32)) > 1e-6 for value in aligned["shift"])  # between the grid's pixels
+    owner = OwnerImage.open(tmp_path / "copies" / moved["file"], FramingBounds(), 32)
+    cut = owner.cut(Framing(aligned["scale"], aligned["shift"][0] * 32, aligned["shift"][1] * 32, False), 32)
     assert cut.coverage < 1  # the frame reaches past the copy: its strip is filler, counted nowhere
     assert certificate["budget"]["aligned_denoiser_evaluations"] == framing["aligned_denoiser_evaluations"]
     result = verify(out)
     assert result.passed, [check for check in result.checks if not check.passed]
     def moved_by_a_pixel(tampered: dict) -> None:  # the cut is another image: its errors are not the recorded ones
-        tampered["framing"]["aligned_framing"]["shift"][1] += 1 / 16
+        tampered["framing"]["aligned_framing"]["shift"][1] += 1 / 32
         tampered["framing"]["closest_framing"] = tampered["framing"]["aligned_framing"]
 
     assert "prediction error" in failed_checks_after(out, certificate["image"]["id"], moved_by_a_pixel)

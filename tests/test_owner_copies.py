@@ -166,33 +166,38 @@ def test_a_moved_copy_of_a_memorized_photograph_is_not_cleared_and_verify_rechec
     # A certificate that claims the first witness although the framing search replicated is caught.
     assert "framing" in failed_checks_after(out, certificate["image"]["id"],
                                             lambda tampered: tampered["framing"].update(witness="owner's framing"))
+    # The screen: 25 candidates, the chosen one the rule's; an edited ratio or chosen framing is caught, the
+    # latter also by the error re-measured on the owner's image cut there.
+    screen = framing["screen"]
+    assert len(screen["candidates"]) == 25 and screen["steps"] == [20, 40, 60]
+    assert (screen["twin"] is None) == (certificate["conditions"]["existence"]["control"] is None)  # the same screen
+    chosen = next(c for c in screen["candidates"] if c["shift"] == screen["chosen"]["shift"])
+
+    def chosen_ratio_raised(tampered: dict) -> None:
+        for candidate in tampered["framing"]["screen"]["candidates"]:
+            if candidate["shift"] == chosen["shift"]:
+                candidate["ratios"][1] = 9.0
+
+    def another_chosen(tampered: dict) -> None:
+        tampered["framing"]["screen"]["chosen"]["shift"] = [0.2 if chosen["shift"][0] != 0.2 else -0.2, 0.2]
+
+    assert "framing" in failed_checks_after(out, certificate["image"]["id"], chosen_ratio_raised)
+    assert {"framing", "prediction error"} <= failed_checks_after(out, certificate["image"]["id"], another_chosen)
 
 
 def _summary(verdict: str, replications: int) -> dict:
     return {"verdict": verdict, "error_ratio": 0.9, "replications": replications, "generations": 32}
 
 
-@pytest.mark.parametrize("mirror_enabled, framed, runs", [
-    (True, None, False),  # the framing search did not run: nothing to follow up
-    (True, _summary("not_memorized", 0), True),
-    (True, _summary("inconclusive", 3), False),  # the framing search's witness stands
-    (False, _summary("not_memorized", 0), False),
-])
-def test_the_mirrored_search_runs_only_after_a_framing_search_that_found_nothing(mirror_enabled, framed, runs):
-    from verifier.framing import mirrored_search_runs
-
-    assert mirrored_search_runs(mirror_enabled, framed) is runs
-
-
-def test_the_witness_is_the_first_search_that_replicated_in_order():
-    from verifier.framing import MIRRORED_SEARCH, witness_search
+def test_the_witness_is_the_first_search_that_stands_in_order():
+    from verifier.framing import ALIGNED_SEARCH, witness_search
 
     nothing, some = _summary("not_memorized", 0), _summary("memorized", 9)
-    assert witness_search(None, None) == "owner's framing"
-    assert witness_search(nothing, None) == "owner's framing"
-    assert witness_search(some, None) == "framing search"
-    assert witness_search(nothing, nothing) == "owner's framing"
-    assert witness_search(nothing, some) == MIRRORED_SEARCH
+    assert witness_search(None) == "owner's framing"
+    assert witness_search(nothing) == "owner's framing"
+    assert witness_search(some) == "framing search"
+    assert witness_search(some, some) == "framing search"  # the aligned search does not run after a replication
+    assert witness_search(nothing, some) == ALIGNED_SEARCH
 
 
 def test_the_framing_record_says_what_each_search_found():
@@ -201,17 +206,17 @@ def test_the_framing_record_says_what_each_search_found():
     nothing = _summary("not_memorized", 0)
     common = {"searched": True, "enabled": True, "first": nothing, "framed": nothing, "evaluations": {"total": 1},
               "closest_framing": None, "aligned": None, "aligned_framing": None, "aligned_evaluations": None}
-    off = framing_record(mirror_enabled=False, mirrored=None, mirrored_evaluations=None, **common)
-    assert off["witness"] == "owner's framing" and "the mirrored search is off: framing_mirror = false" in off["statement"]
-    missed = framing_record(mirror_enabled=True, mirrored=nothing, mirrored_evaluations={"total": 2}, **common)
-    assert "nor did the mirrored framing search (0 of 32, not_memorized)" in missed["statement"]
-    found = framing_record(mirror_enabled=True, mirrored=_summary("memorized", 12), mirrored_evaluations={"total": 2},
-                           **common | {"closest_framing": {"scale": 1.0, "shift": [0.0, 0.0], "mirror": True}})
-    assert found["witness"] == "mirrored framing search" and found["mirrored_denoiser_evaluations"] == {"total": 2}
-    assert "inverted mirrored" in found["statement"] and found["statement"].endswith("mirrored in its closest generation")
+    off = framing_record(mirror_enabled=False, **common)
+    assert off["witness"] == "owner's framing"
+    assert "mirrored framings are not screened: framing_mirror = false" in off["statement"]
+    on = framing_record(mirror_enabled=True, **common)
+    assert "framing_mirror" not in on["statement"] and on["mirror_enabled"] is True
+    found = framing_record(mirror_enabled=True, **common | {
+        "framed": _summary("memorized", 12), "closest_framing": {"scale": 1.0, "shift": [0.0, 0.0], "mirror": True}})
+    assert found["witness"] == "framing search" and found["statement"].endswith("mirrored in its closest generation")
 
 
-def test_the_mirrored_search_is_off_by_default_and_leaves_earlier_run_keys_alone():
+def test_framing_mirror_is_off_by_default_and_leaves_earlier_run_keys_alone():
     from verifier.config import ConfigError, VerifierConfig, build_config
 
     assert VerifierConfig().framing_mirror is False
@@ -221,9 +226,10 @@ def test_the_mirrored_search_is_off_by_default_and_leaves_earlier_run_keys_alone
         build_config(overrides={"framing_mirror": "yes"})
 
 
-def test_a_mirrored_copy_is_found_by_the_mirrored_search_and_verify_rechecks_it(tmp_path):
-    """The fixture's astronaut, mirrored: neither the owner's framing nor the framing search replicates it (0 and 0
-    of 32 on 2026-12-03); with framing_mirror the search on the mirrored image does, with the error falling."""
+def test_a_mirrored_copy_is_found_by_the_screens_mirrored_candidates_and_verify_rechecks_it(tmp_path):
+    """The fixture's astronaut, mirrored: the owner's framing replicates nothing (0 of 32); without framing_mirror
+    the framing search's best is inconclusive (2 of 32, 2026-12-06); with it the screen also tries every candidate
+    mirrored, chooses the mirrored owner's framing, and the framing search replicates it with the error falling."""
     from verifier.api import certify
     from verifier.config import VerifierConfig
     from verifier.verify import verify
@@ -235,15 +241,16 @@ def test_a_mirrored_copy_is_found_by_the_mirrored_search_and_verify_rechecks_it(
     (certificate,) = certify(fixture, [tmp_path / "copies" / mirrored["file"]], out,
                              VerifierConfig(device="cpu", framing_mirror=True))
     framing = certificate["framing"]
-    assert framing["first_search"]["replications"] == 0 and framing["framing_search"]["replications"] == 0
-    assert framing["witness"] == "mirrored framing search", framing["statement"]
+    assert framing["first_search"]["replications"] == 0 and framing["witness"] == "framing search"
+    assert len(framing["screen"]["candidates"]) == 50 and framing["screen"]["chosen"]["mirror"] is True
     assert certificate["verdict"] == "memorized", certificate["verdict_reason"]
     assert framing["closest_framing"]["mirror"] is True
     assert certificate["prediction_error"]["ratio"] <= certificate["conditions"]["existence"]["threshold"]
-    assert certificate["budget"]["mirrored_denoiser_evaluations"] == framing["mirrored_denoiser_evaluations"]
     result = verify(out)
     assert result.passed, [check for check in result.checks if not check.passed]
-    # verify re-measures the error on the mirrored image: a certificate claiming the framing search's witness
-    # fails the framing rule, and its errors do not match the owner's unmirrored image.
-    assert {"framing", "prediction error"} <= failed_checks_after(
-        out, certificate["image"]["id"], lambda tampered: tampered["framing"].update(witness="framing search"))
+    # verify re-measures the error on the owner's image cut at the chosen framing: claiming the unmirrored one
+    # fails both the screen's rule and the re-measured error.
+    def unmirrored(tampered: dict) -> None:
+        tampered["framing"]["screen"]["chosen"]["mirror"] = False
+
+    assert {"framing", "prediction error"} <= failed_checks_after(out, certificate["image"]["id"], unmirrored)

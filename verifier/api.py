@@ -12,12 +12,13 @@ The recipe, top to bottom (method.md section 3): ``certify`` = ``open_run`` (ste
 5. check the three conditions on generations from the witness (5b: where the witness replicates the
    image but the error ratio stays high, a never-seen twin control tells specific from generic; 5c:
    decide; 5f: where the witness replicated nothing, the framing search (``verifier.framing``) runs
-   steps 4-5c again at the noisiest timesteps against the owner's image framed best, and its witness
-   stands where it replicates (5g, with ``framing_mirror``: where that replicated nothing too, once more
-   on the owner's image mirrored; 5h: where they replicated nothing, the aligned search: the owner's image
-   cut at the framing the framing witness's closest generation matches, refined to a fraction of a
-   pixel, searched like the owner's framing on the owner's pixels only, its witness standing where it
-   replicates or its verdict is not clean); 5d: where the whole image was not reproduced, look for a
+   steps 4-5c again at the noisiest timesteps, on the owner's image cut where a screen over candidate
+   framings (``verifier.screen``; mirrored ones too with ``framing_mirror``) says the model knows it best,
+   against the owner's image framed best, and its witness stands where it replicates (5g: where it
+   replicated nothing, the aligned search: the owner's image cut at the framing the framing witness's
+   closest generation matches, refined to a fraction of a pixel, searched like the owner's framing on the
+   owner's pixels only, its witness standing where it replicates or its verdict is not clean); 5d: where
+   the whole image was not reproduced, look for a
    replicated part and check it against the twin; 5e: test the owner's prompts and, where the witness reproduced the image, its
    decoding into readable text, like the witness);
 6. certify: write the witness, the closest generation, the contact sheet and then the certificate;
@@ -59,10 +60,10 @@ from verifier.control import TWIN, ControlRun, run_controls
 from verifier.config import VerifierConfig
 from verifier.error import prediction_error
 from verifier.framing import BOUNDS as FRAMING_BOUNDS, NOISE_FLOOR as FRAMING_NOISE_FLOOR
-from verifier.framing import ALIGNED_SEARCH, MIRRORED_SEARCH, aligned_search_runs, framing_record
-from verifier.framing import mirrored_search_runs, reproduced_nothing, search_summary, witness_search
+from verifier.framing import ALIGNED_SEARCH, aligned_search_runs, framing_record, reproduced_nothing
+from verifier.framing import search_summary, witness_search
 from verifier.images import PREPROCESSING, ProtectedImage, check_images, collect_images, prepare_image
-from verifier.invert import InversionSchedule, invert
+from verifier.invert import Inversion, InversionSchedule, invert
 from verifier.memory import row_budget
 from verifier.models import Conditioning, ModelAdapter, autocast_dtype, load_model
 from verifier.models.base import classifier_free_rows
@@ -73,6 +74,7 @@ from verifier.readable import statement as readable_statement
 from verifier.regions import WindowSSIM, best_window, is_candidate, part_record
 from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
 from verifier.sampling import sample, seed_sequence
+from verifier.screen import screen, screen_cost, screen_record
 from verifier.similarity import replicated
 from verifier.taxonomy import REPRODUCED_VERDICTS, classify
 
@@ -119,6 +121,19 @@ def denoiser_evaluations(config: VerifierConfig, generations: dict[float, int] |
     error = (checks + empty_pass) * config.error_timesteps * config.error_noise_draws
     return {"inversion_forward_backward": inversion, "error_forward": error, "sampling_forward": sampling,
             "total": inversion + error + sampling}
+
+
+def _with_screen(cost: dict, screened: dict | None, config: VerifierConfig) -> dict:
+    """A search's cost with its screen's (``verifier.screen``), where one chose what it inverted."""
+    if screened is None:
+        return cost
+    extra = screen_cost(screened, config.inversion_noise_draws)
+    return cost | {"screen": extra, "total": cost["total"] + extra["total"]}
+
+
+def _screened_evaluations(evaluations: dict, screened: dict, config: VerifierConfig) -> dict:
+    """The framing search's cost: its witness's, its screen included, and its control's."""
+    return evaluations | {"witness": _with_screen(evaluations["witness"], screened, config)}
 
 
 def _verifier_version() -> str | None:
@@ -338,38 +353,27 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
     searched = [index for index in range(len(batch))
                 if config.framing_search and reproduced_nothing(first.decisions[index].verdict,
                                                                 first.decisions[index].conditions["similarity"]["replications"])]
-    framed = None
+    #     It searches the owner's image cut where a screen over candidate framings says the model knows it best
+    #     (verifier.screen), inverted at the noisiest levels; its generations are scored against the whole image.
+    framed = screened = None
     if searched:
         owners = [OwnerImage.open(batch[index].path, FRAMING_BOUNDS, resolution) for index in searched]
-        framed = _search(run, [batch[index] for index in searched], z0[searched], empty_error[searched], owners,
-                         framed_metric, tracker, clock, noise_floor=FRAMING_NOISE_FLOOR, owners=owners, name="framing",
-                         empty_measured=False)  # the first search's empty-prompt error, reused
-    # 5g. With framing_mirror, where the framing search replicated nothing too: the framing search once more, on
-    #     the owner's image mirrored left-right (its own latent and empty-prompt error; scored like the framing
-    #     search, against the owner's image framed best).
-    mirror_rows = [row for row in range(len(searched)) if mirrored_search_runs(config.framing_mirror, framed.summary(row))]
-    mirrored = None
-    if mirror_rows:
         tick = time.time()
-        flipped = model.encode_images([np.ascontiguousarray(pixels[searched[row]][:, ::-1]) for row in mirror_rows])
-        flipped_empty = prediction_error(model, flipped, empty.expand(len(mirror_rows)),
-                                         timesteps=config.error_timesteps, noise_draws=config.error_noise_draws)
-        clock["mirrored_error_s"] = time.time() - tick
-        mirrored = _search(run, [batch[searched[row]] for row in mirror_rows], flipped, flipped_empty,
-                           [owners[row] for row in mirror_rows], framed_metric, tracker, clock,
-                           noise_floor=FRAMING_NOISE_FLOOR, owners=[owners[row] for row in mirror_rows], name="mirrored")
-    # 5h. Where they replicated nothing: the aligned search. The framing witness's closest generation points
+        tracker.stage("screen", config.inversion_steps, "step")
+        screened = screen(model, run.space, owners, [f"framing:{batch[index].sha256}" for index in searched],
+                          empty=empty, config=config, noise_floor=FRAMING_NOISE_FLOOR, resolution=resolution,
+                          on_step=tracker.advance, mirror=config.framing_mirror)
+        clock["framing_screen_s"] = time.time() - tick
+        framed = _search(run, [batch[index] for index in searched], screened.z0, screened.empty_errors, owners,
+                         framed_metric, tracker, clock, noise_floor=FRAMING_NOISE_FLOOR, owners=owners, name="framing",
+                         weights=screened.weights, inversion=screened.inversion)
+    # 5g. Where it replicated nothing: the aligned search. The framing witness's closest generation points
     #     near the memorized image, blurred; refine its framing to a fraction of a pixel, cut the owner's image
     #     there and search the cut as the owner's framing was searched (every noise level, its own twin).
-    mirror_at = {row: position for position, row in enumerate(mirror_rows)}  # framing-search row -> mirrored row
-
-    def mirrored_summary(row: int) -> dict | None:
-        return mirrored.summary(mirror_at[row]) if row in mirror_at else None
-
     tick = time.time()
     aligned, aligned_framings, cuts = None, {}, {}
     for row in range(len(searched)):
-        if aligned_search_runs(framed.summary(row), mirrored_summary(row)):
+        if aligned_search_runs(framed.summary(row)):
             closest = framed.row(row).closest[2]
             _, aligned_framings[row] = refine(owners[row], closest, framed_metric.framings(closest[None], owners[row])[0])
             cuts[row] = owners[row].cut(aligned_framings[row], resolution)  # None: no overlap at this resolution
@@ -383,17 +387,16 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
         clock["aligned_error_s"] = time.time() - tick
         aligned = _search(run, [batch[searched[row]] for row in align_rows], z0_cut, cut_empty, cuts, framed_metric,
                           tracker, clock, name="aligned", weights=covered)
-    # The witness: the first search's, else the first framing search's that replicated (framing.witness_search).
+    # The witness: the first search's, else the first later search's that stands (framing.witness_search).
     align_at = {row: position for position, row in enumerate(align_rows)}  # framing-search row -> aligned row
     rows = {index: row for row, index in enumerate(searched)}
     witnesses, chosen_searches = [], []
     for index in range(len(batch)):
         row = rows.get(index)
         chosen = "owner's framing" if row is None else witness_search(
-            framed.summary(row), mirrored_summary(row), aligned.summary(align_at[row]) if row in align_at else None)
+            framed.summary(row), aligned.summary(align_at[row]) if row in align_at else None)
         chosen_searches.append(chosen)
         search, position = {"owner's framing": (first, index), "framing search": (framed, row),
-                            MIRRORED_SEARCH: (mirrored, mirror_at.get(row)),
                             ALIGNED_SEARCH: (aligned, align_at.get(row))}[chosen]
         witnesses.append(search.row(position))
     decisions = [witness.decision for witness in witnesses]
@@ -454,18 +457,17 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
                 "sha256": write_witness(run.out / f"{image.id}.part-control.safetensors", twin.witness, empty,
                                         twin.variables, metadata | {"control": f"{TWIN}, for the part check"})}
         row = rows.get(index)
-        mirror_row, align_row = mirror_at.get(row), align_at.get(row)
+        align_row = align_at.get(row)
         aligned_framing = None if align_row is None else aligned_framings[row].record(owners[row].side)
         framing = framing_record(
             searched=row is not None, enabled=config.framing_search, mirror_enabled=config.framing_mirror,
             first=first.summary(index), framed=None if row is None else framed.summary(row),
-            mirrored=None if mirror_row is None else mirrored.summary(mirror_row),
             aligned=None if align_row is None else aligned.summary(align_row), aligned_framing=aligned_framing,
             closest_framing=aligned_framing if chosen_searches[index] == ALIGNED_SEARCH else
             witness.closest_framing(framed_metric),
-            evaluations=None if row is None else framed.row(row).evaluations(config, looks, model.cfg_rows),
-            mirrored_evaluations=None if mirror_row is None else mirrored.row(mirror_row).evaluations(
-                config, looks, model.cfg_rows),
+            screen=None if row is None else screen_record(screened.records[row], framed.row(row).control),
+            evaluations=None if row is None else _screened_evaluations(
+                framed.row(row).evaluations(config, looks, model.cfg_rows), screened.records[row], config),
             aligned_evaluations=None if align_row is None else aligned.row(align_row).evaluations(config, looks, model.cfg_rows))
         certificate = _certificate(
             run.record, image, decision, witness_sha, image_seeds, best_scale, best_seed, timings, run.keys[image.id],
@@ -498,7 +500,7 @@ class WitnessRow:
 
     conditioning: Conditioning
     variables: dict[str, torch.Tensor]
-    errors: torch.Tensor  # the grid error under the witness, on the inverted image (the owner's, or mirrored)
+    errors: torch.Tensor  # the grid error under the witness, on the inverted image (the owner's, or a cut of it)
     empty_error: torch.Tensor  # the grid error under the empty prompt, on the same image
     ratio: float
     loss_first_last: list
@@ -526,9 +528,9 @@ class WitnessRow:
         control = self.control
         return {"witness": denoiser_evaluations(config, self.used, self.steps, len(self.checks), cfg_rows=cfg_rows,
                                                 empty_pass=self.empty_measured),
-                "control": None if control is None else denoiser_evaluations(
+                "control": None if control is None else _with_screen(denoiser_evaluations(
                     config, {control.guidance_scale: looks[0]}, control.inversion_steps, control.checks,
-                    cfg_rows=cfg_rows)}
+                    cfg_rows=cfg_rows), control.screen, config)}
 
 
 @dataclass
@@ -566,7 +568,7 @@ class Search:
 def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error: torch.Tensor, targets: list,
             metric, tracker: RunProgress, clock: dict, *, noise_floor: float = 0.0,
             owners: list | None = None, name: str = "", weights: torch.Tensor | None = None,
-            empty_measured: bool = True) -> Search:
+            empty_measured: bool = True, inversion: Inversion | None = None) -> Search:
     """Steps 4-5c for a batch: invert, generate and score against ``targets`` with ``metric``, control, decide.
 
     The first search inverts at every noise level and compares with the prepared pixels; the framing
@@ -574,20 +576,23 @@ def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error
     compares with each image's ``OwnerImage`` framed best (its control likewise). ``name`` keeps a search's
     timings and random streams apart from the others' (the first search's are unprefixed). ``weights``: the
     latent cells each image's errors count (the aligned search's cuts: ``alignment.Cut``); ``empty_measured``
-    False where ``empty_error`` is another search's (its cost is not this one's)."""
+    False where ``empty_error`` is another search's (its cost is not this one's); ``inversion``: the witnesses
+    where another stage inverted them (the framing search's screen), step 4 then skipped."""
     config, model, empty = run.config, run.loaded, run.empty
     seeds, resolution = run.record.seeds, run.record.resolution
     prefix = f"{name}_" if name else ""
     # 4. Invert, each image until its error ratio levels off (the framing search: a fixed budget); its last
     #    check is the witness's error.
     tick = time.time()
-    tracker.stage("invert", config.inversion_steps, "step")
-    inversion = invert(model, run.space, z0, [f"{name}:{image.sha256}" if name else image.sha256 for image in batch],
-                       schedule=InversionSchedule.of(config, fixed=bool(noise_floor)),
-                       empty_errors=empty_error.mean(dim=1), learning_rate=config.inversion_learning_rate,
-                       noise_draws=config.inversion_noise_draws, seed=config.seed, on_step=tracker.advance,
-                       noise_floor=noise_floor, weights=weights)
-    clock[f"{prefix}invert_s"] = time.time() - tick
+    screened = inversion is not None  # the framing search's: its control's twin is screened likewise
+    if inversion is None:
+        tracker.stage("invert", config.inversion_steps, "step")
+        inversion = invert(model, run.space, z0, [f"{name}:{image.sha256}" if name else image.sha256 for image in batch],
+                           schedule=InversionSchedule.of(config, fixed=bool(noise_floor)),
+                           empty_errors=empty_error.mean(dim=1), learning_rate=config.inversion_learning_rate,
+                           noise_draws=config.inversion_noise_draws, seed=config.seed, on_step=tracker.advance,
+                           noise_floor=noise_floor, weights=weights)
+        clock[f"{prefix}invert_s"] = time.time() - tick
     ratios = [float(inversion.errors[index].mean() / empty_error[index].mean()) for index in range(len(batch))]
     # 5. Generate from the witness and score each generation against its image; double the seeds where
     #    the first look leaves the probability condition undecided.
@@ -608,8 +613,9 @@ def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error
     clock[f"{prefix}generate_s"] = time.time() - tick
     # 5b. Where a witness replicates its image but the error ratio stayed high, run the control.
     tick = time.time()
-    controls = _controls(model, run.space, metric, run.thresholds, batch, _pixels_of(targets), sampled.scores, ratios, empty, seeds[:looks[0]], config, resolution, owners=owners,
-                         noise_floor=noise_floor)
+    controls = _controls(model, run.space, metric, run.thresholds, batch, _pixels_of(targets), sampled.scores, ratios,
+                         empty, seeds[:looks[0]], config, resolution, owners=owners, noise_floor=noise_floor,
+                         screened=screened, mirror=config.framing_mirror)
     clock[f"{prefix}control_s"] = time.time() - tick
     # 5c. Decide each image from its witness's numbers.
     losses = [[finite_or_none(inversion.loss_curves[index][0]), finite_or_none(inversion.loss_curves[index][-1])]
@@ -668,7 +674,7 @@ class Thresholds:
 
 def _controls(model: ModelAdapter, space, metric, thresholds: Thresholds, batch, pixels, scores, ratios,
               empty: Conditioning, seeds, config, resolution, owners: list | None = None,
-              noise_floor: float = 0.0) -> dict[int, "ControlRun"]:
+              noise_floor: float = 0.0, screened: bool = False, mirror: bool = False) -> dict[int, "ControlRun"]:
     """The never-seen twin control for the images of a batch where it can change the verdict."""
     wanted = []
     for index in range(len(batch)):
@@ -681,7 +687,8 @@ def _controls(model: ModelAdapter, space, metric, thresholds: Thresholds, batch,
         return {}
     runs = run_controls(model, space, metric, [(pixels[i], batch[i].sha256, scale) for i, scale in wanted],
                         empty=empty, seeds=seeds, config=config, resolution=resolution,
-                        owners=None if owners is None else [owners[i] for i, _ in wanted], noise_floor=noise_floor)
+                        owners=None if owners is None else [owners[i] for i, _ in wanted], noise_floor=noise_floor,
+                        screened=screened, mirror=mirror)
     return {index: run for (index, _), run in zip(wanted, runs)}
 
 
@@ -792,7 +799,6 @@ def _certificate(run: RunRecord, image: ProtectedImage, decision, witness_sha: s
                                 "part_control_denoiser_evaluations": part_control_cost,
                                 "prompt_denoiser_evaluations": prompt_cost,
                                 "framing_denoiser_evaluations": framing["denoiser_evaluations"],
-                                "mirrored_denoiser_evaluations": framing["mirrored_denoiser_evaluations"],
                                 "aligned_denoiser_evaluations": framing["aligned_denoiser_evaluations"]},
         "config": run.config,
         "environment": run.environment,

@@ -74,7 +74,7 @@ class VerifierConfig:
     confidence: float = 0.95
     decode_witness: bool = True  # test the witness decoded into readable text where it reproduced the image
     framing_search: bool = True  # where nothing replicated at the owner's framing, search framings (verifier.framing)
-    framing_mirror: bool = False  # where the framing search found nothing too, search the owner's image mirrored
+    framing_mirror: bool = False  # the framing search's screen also tries mirrored framings (verifier.screen)
 
     # Run.
     seed: int = 0

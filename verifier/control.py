@@ -49,36 +49,45 @@ class ControlRun:
     variables: dict[str, torch.Tensor]
     inversion_steps: int  # what the twin's inversion spent
     checks: int
+    screen: dict | None = None  # the framing search's control: the screen that chose the twin's cut
 
 
 def run_controls(model: ModelAdapter, space, metric, requests: list[tuple[np.ndarray, str, float]], *,
                  empty: Conditioning, seeds: list[int], config, resolution: int, owners: list | None = None,
-                 noise_floor: float = 0.0) -> list[ControlRun]:
+                 noise_floor: float = 0.0, screened: bool = False, mirror: bool = False) -> list[ControlRun]:
     """Run the control for each (pixels or ``Cut``, image sha256, guidance scale) request, batched like
     certification.
 
     ``metric`` scores the twin's generations against the twin: the run's whole-image metric (stage 5b), or
     ``verifier.regions.WindowSSIM`` for the part check (stage 5d), whose scores are per window. For the
-    framing search (``verifier.framing``) the twin is inverted as the image was (``noise_floor``) and
-    ``metric`` is a ``FramedSimilarity`` that frames each request's ``owners`` entry turned upside down."""
+    framing searches (``verifier.framing``) the twin is inverted as the image was (``noise_floor``) and ``metric``
+    is a ``FramedSimilarity`` that frames each request's ``owners`` entry turned upside down; ``screened``: that
+    twin is screened over the candidate framings and its best cut inverted, as the image was (``verifier.screen``)."""
     from verifier.error import prediction_error
     from verifier.invert import InversionSchedule, invert
+    from verifier.screen import screen
 
     results: list[ControlRun] = []
     for first in range(0, len(requests), config.batch_size):
         batch = requests[first : first + config.batch_size]
         twins = [never_seen_twin(pixels) for pixels, _, _ in batch]
-        z0 = model.encode_images([pixels_of(twin) for twin in twins])
-        weights = latent_weights(twins, z0)  # a cut's twin: its covered part only, as the cut's error
-        unconditional = prediction_error(model, z0, empty.expand(len(batch)), timesteps=config.error_timesteps,
-                                         noise_draws=config.error_noise_draws, weights=weights)
-        stream = "control" if not noise_floor else "framing-control"
-        inversion = invert(model, space, z0, [f"{sha}:{stream}" for _, sha, _ in batch],
-                           schedule=InversionSchedule.of(config, fixed=bool(noise_floor)),
-                           empty_errors=unconditional.mean(dim=1), learning_rate=config.inversion_learning_rate,
-                           noise_draws=config.inversion_noise_draws, seed=config.seed, noise_floor=noise_floor,
-                           weights=weights)
         targets = twins if owners is None else [never_seen_twin(owner) for owner in owners[first:first + len(batch)]]
+        stream = "control" if not noise_floor else "framing-control"
+        screens = [None] * len(batch)
+        if screened:
+            found = screen(model, space, targets, [f"{sha}:{stream}" for _, sha, _ in batch], empty=empty,
+                           config=config, noise_floor=noise_floor, resolution=resolution, mirror=mirror)
+            unconditional, inversion, screens = found.empty_errors, found.inversion, found.records
+        else:
+            z0 = model.encode_images([pixels_of(twin) for twin in twins])
+            weights = latent_weights(twins, z0)  # a cut's twin: its covered part only, as the cut's error
+            unconditional = prediction_error(model, z0, empty.expand(len(batch)), timesteps=config.error_timesteps,
+                                             noise_draws=config.error_noise_draws, weights=weights)
+            inversion = invert(model, space, z0, [f"{sha}:{stream}" for _, sha, _ in batch],
+                               schedule=InversionSchedule.of(config, fixed=bool(noise_floor)),
+                               empty_errors=unconditional.mean(dim=1), learning_rate=config.inversion_learning_rate,
+                               noise_draws=config.inversion_noise_draws, seed=config.seed, noise_floor=noise_floor,
+                               weights=weights)
         inverted = inversion.errors
         for index, (_, _, scale) in enumerate(batch):
             generations = model.generate(inversion.conditioning[index], empty, seeds, scale, config.sampling_steps,
@@ -88,5 +97,5 @@ def run_controls(model: ModelAdapter, space, metric, requests: list[tuple[np.nda
                 error_ratio=float(inverted[index].mean() / unconditional[index].mean()),
                 witness=inversion.conditioning[index],
                 variables={name: value[index] for name, value in inversion.variables.items()},
-                inversion_steps=inversion.steps[index], checks=len(inversion.checks[index])))
+                inversion_steps=inversion.steps[index], checks=len(inversion.checks[index]), screen=screens[index]))
     return results

@@ -11,21 +11,25 @@ the inversion to the memorized conditioning. So, for every image whose first sea
 the owner's framing, every noise level) reproduced nothing:
 
 1. invert the owner's image again, drawing training timesteps only from the noisiest
-   ``1 - NOISE_FLOOR`` of the schedule, a fixed ``inversion_steps`` Adam steps;
+   ``1 - NOISE_FLOOR`` of the schedule, a fixed ``inversion_steps`` Adam steps, cut where a screen over
+   candidate framings (the centre moved on a grid within ``BOUNDS``) says the model knows it best
+   (``verifier.screen``): even at those noise levels, a copy moved by 15% of its side is out of reach of an
+   inversion at the owner's framing;
 2. generate from that witness as from any witness (every guidance scale, the same seeds and looks)
    and score each generation against the owner's image **framed best for it** within ``BOUNDS``
    (``verifier.alignment``: scale up to 1.25x either way, the centre moved up to 20% of the side,
    mirrored or not);
 3. where it replicates but the error ratio stays above the existence threshold (as it does: the
    ratio is measured at the owner's framing, every noise level), the never-seen twin goes through the
-   same search (inverted at the same noise levels, scored with the same framing search), so an image
+   same search (screened over the same candidates, inverted at the same noise levels, scored with the
+   same framing search), so an image
    that any conditioning draws, or that the framing search flatters, is not called memorized;
 4. decide as for the first witness (``conditions.decide``). Where this search reproduces the image,
    its witness, numbers and verdict are the certificate's; otherwise the first search's stand, and
    the certificate says the framing search ran and found nothing.
 
 **Between the grid's framings** (the aligned search, with the framing search): where the framing
-searches replicated nothing, their witness's closest generation still points near the memorized image,
+search replicated nothing, their witness's closest generation still points near the memorized image,
 blurred, and the grid framing it matches is right to the grid's step; the model, though, memorized its
 crop to the pixel. So:
 
@@ -43,13 +47,10 @@ crop to the pixel. So:
    The certificate records the framing (``aligned_framing``).
 
 **Mirrored copies** (``framing_mirror``, off by default): the comparison searches mirrored framings, but
-the coarse inversion of a mirrored copy seldom finds the memorized conditioning. With the option on,
-where the framing search also reproduced nothing, steps 1-4 run once more on the owner's image
-mirrored left-right (its latent, its empty-prompt error, its random streams; generations scored
-against the owner's image framed best, which includes mirrored framings, so scores, the closest
-framing and the control are the owner's as in the framing search). Its witness stands where it
-replicates; its error ratio is measured on the mirrored image. Cost: another framing search per image
-nothing reproduced (docs/owner-copies.md).
+the coarse inversion of a mirrored copy seldom finds the memorized conditioning. With the option on, the
+screen (step 1) also tries every candidate framing mirrored left-right, so the framing search inverts the
+owner's image mirrored where the screen says the model knows it so. Cost: 25 more candidates in the screen
+(docs/owner-copies.md).
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ from __future__ import annotations
 from verifier.alignment import FramingBounds
 from verifier.taxonomy import REPRODUCED_VERDICTS
 
-MIRRORED_SEARCH = "mirrored framing search"
 ALIGNED_SEARCH = "aligned search"
 NOISE_FLOOR = 0.8  # the framing search's inversion draws t >= 0.8 x the schedule (DDPM) / the noisiest 20% (flow)
 BOUNDS = FramingBounds()
-METHOD = (f"inversion at the noisiest {1 - NOISE_FLOOR:.0%} of the training schedule, then each generation scored "
+METHOD = (f"inversion at the noisiest {1 - NOISE_FLOOR:.0%} of the training schedule of the owner's image cut at the "
+          "candidate framing a screen chose (verifier.screen), then each generation scored "
           "against the owner's image framed best for it (SSIM search over the framings in bounds, the metric on "
           "the overlap); the never-seen twin through the same search where the control decides existence; where "
           "nothing replicated, the aligned search: the owner's image cut at the closest generation's framing, "
@@ -92,32 +93,25 @@ def aligned_witness_stands(aligned: dict) -> bool:
     return aligned["replications"] > 0 or aligned["verdict"] != "not_memorized"
 
 
-def mirrored_search_runs(mirror_enabled: bool, framed: dict | None) -> bool:
-    """The mirrored framing search runs where it is enabled and the framing search ran and replicated nothing."""
-    return mirror_enabled and framed is not None and not framing_witness_stands(framed["replications"])
-
-
-def witness_search(framed: dict | None, mirrored: dict | None, aligned: dict | None = None) -> str:
+def witness_search(framed: dict | None, aligned: dict | None = None) -> str:
     """Which search the certificate's witness comes from: the first, in the order they run, whose witness stands
     (``framing_witness_stands``, ``aligned_witness_stands``) after the search at the owner's framing replicated
     nothing; else that one's."""
-    for name, found in (("framing search", framed), (MIRRORED_SEARCH, mirrored)):
-        if found is not None and framing_witness_stands(found["replications"]):
-            return name
+    if framed is not None and framing_witness_stands(framed["replications"]):
+        return "framing search"
     if aligned is not None and aligned_witness_stands(aligned):
         return ALIGNED_SEARCH
     return "owner's framing"
 
 
-def aligned_search_runs(framed: dict | None, mirrored: dict | None) -> bool:
-    """The aligned search runs where the framing search ran and neither it nor the mirrored one replicated."""
-    return framed is not None and witness_search(framed, mirrored) == "owner's framing"
+def aligned_search_runs(framed: dict | None) -> bool:
+    """The aligned search runs where the framing search ran and replicated nothing."""
+    return framed is not None and witness_search(framed) == "owner's framing"
 
 
 def witness_is_framed(witness: str) -> bool:
-    """A framing search's witness (plain or mirrored): fixed-budget inversion, scored against the owner's image
-    framed best."""
-    return witness in ("framing search", MIRRORED_SEARCH)
+    """The framing search's witness: fixed-budget inversion, scored against the owner's image framed best."""
+    return witness == "framing search"
 
 
 def search_summary(decision, ratio: float | None) -> dict:
@@ -127,11 +121,10 @@ def search_summary(decision, ratio: float | None) -> dict:
 
 
 def framing_record(*, searched: bool, enabled: bool, mirror_enabled: bool, first: dict, framed: dict | None,
-                   mirrored: dict | None, aligned: dict | None, aligned_framing: dict | None,
-                   closest_framing: dict | None, evaluations: dict | None, mirrored_evaluations: dict | None,
-                   aligned_evaluations: dict | None) -> dict:
+                   aligned: dict | None, aligned_framing: dict | None, closest_framing: dict | None,
+                   evaluations: dict | None, aligned_evaluations: dict | None, screen: dict | None = None) -> dict:
     """The certificate's ``framing`` block: whether each search ran, what each found, which is the witness."""
-    witness = witness_search(framed, mirrored, aligned)
+    witness = witness_search(framed, aligned)
     if not enabled:
         statement = "the framing search is off (framing_search = false): only the owner's framing was searched"
     elif not searched:
@@ -146,8 +139,6 @@ def framing_record(*, searched: bool, enabled: bool, mirror_enabled: bool, first
                      + "), so the image is not cleared: its witness is the certificate's")
     elif witness != "owner's framing":
         statement = (f"the witness at the owner's framing replicated nothing ({first['verdict']}); the {witness}'s "
-                     + ("(the owner's image inverted mirrored left-right, the framing search finding nothing) "
-                        if witness == MIRRORED_SEARCH else "")
                      + ("(the owner's image cut at the framing the framing search's closest generation matches, "
                         "refined to a fraction of a pixel, and searched at every noise level) "
                         if witness == ALIGNED_SEARCH else "")
@@ -157,15 +148,12 @@ def framing_record(*, searched: bool, enabled: bool, mirror_enabled: bool, first
     else:
         statement = (f"the framing search also reproduced nothing ({framed['replications']} replications of "
                      f"{framed['generations']} generations, {framed['verdict']})"
-                     + (f", nor did the mirrored framing search ({mirrored['replications']} of "
-                        f"{mirrored['generations']}, {mirrored['verdict']})" if mirrored is not None else
-                        "" if mirror_enabled else " (the mirrored search is off: framing_mirror = false)")
+                     + ("" if mirror_enabled else " (mirrored framings are not screened: framing_mirror = false)")
                      + (f", nor did the aligned search ({aligned['replications']} of {aligned['generations']}, "
                         f"{aligned['verdict']})" if aligned is not None else "")
                      + ": no framing within the bounds was reproduced")
     return {"method": METHOD, "noise_floor": NOISE_FLOOR, "bounds": bounds_record(), "enabled": enabled,
             "mirror_enabled": mirror_enabled, "searched": searched, "witness": witness,
-            "first_search": first, "framing_search": framed, "mirrored_search": mirrored, "aligned_search": aligned,
+            "first_search": first, "screen": screen, "framing_search": framed, "aligned_search": aligned,
             "aligned_framing": aligned_framing, "closest_framing": closest_framing,
-            "denoiser_evaluations": evaluations, "mirrored_denoiser_evaluations": mirrored_evaluations,
-            "aligned_denoiser_evaluations": aligned_evaluations, "statement": statement}
+            "denoiser_evaluations": evaluations, "aligned_denoiser_evaluations": aligned_evaluations, "statement": statement}

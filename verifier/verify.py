@@ -672,40 +672,80 @@ def _check_closest_framing(result: VerifyResult, certificate: dict, regenerated:
                f"the closest generation matches the framing {regenerated}, not the recorded {recorded}")
 
 
+def _screen_problems(framing: dict, framed: dict | None) -> list[str]:
+    """The screen ran exactly where the framing search did, over the rule's candidates, and measured and chose
+    (the image's and, where recorded, its twin's) as the rule prescribes on the recorded ratios."""
+    from verifier.framing import BOUNDS
+    from verifier.screen import KEPT, candidate_framings, chosen, stages, survivors
+
+    record = framing["screen"]
+    if (record is None) != (framed is None):
+        return [f"the screen {'ran' if record is not None else 'did not run'}, but the framing search "
+                f"{'did not' if framed is None else 'did'}"]
+    if record is None:
+        return []
+    side, problems = 1000, []  # framings compared as fractions of the side
+    expected = [framing.record(side) for framing in candidate_framings(BOUNDS, side, framing["mirror_enabled"])]
+    settings = {"steps": stages(record["steps"][-1]), "kept": list(KEPT)}
+    if {key: record[key] for key in settings} != settings:
+        problems.append(f"the screen's steps and kept {record['steps']}, {record['kept']} are not the rule's "
+                        f"{settings['steps']}, {settings['kept']}")
+        return problems
+    for name, screened in (("image", record), ("twin", record["twin"])):
+        if screened is None:
+            continue
+        candidates = screened["candidates"]
+        placed = [{key: candidate[key] for key in ("scale", "shift", "mirror")} for candidate in candidates]
+        # Every candidate on the rule's grid, in its order (a framing leaving too little of the image is skipped).
+        positions = [next((k for k, grid in enumerate(expected) if _same_framing(one, grid)), None) for one in placed]
+        if not placed or None in positions or positions != sorted(set(positions)):
+            problems.append(f"the {name}'s screen's candidates are not the rule's grid")
+            continue
+        measured = survivors(candidates)
+        if any((candidate["ratios"][stage] is not None) and index not in measured[stage]
+               for index, candidate in enumerate(candidates) for stage in range(len(measured))):
+            problems.append(f"the {name}'s screen records ratios for candidates the rule drops ({list(KEPT)} kept)")
+        elif not _same_framing(placed[chosen(candidates)], screened["chosen"]):
+            problems.append(f"the {name}'s screen chose {screened['chosen']}, but its ratios choose "
+                            f"{placed[chosen(candidates)]}")
+    return problems
+
+
+def _same_framing(one: dict, other: dict) -> bool:
+    return (one["mirror"] == other["mirror"] and _close(one["scale"], other["scale"], 1e-6)
+            and all(_close(a, b, 1e-6) for a, b in zip(one["shift"], other["shift"])))
+
+
 def _check_framing(result: VerifyResult, certificate: dict) -> None:
     """The framing record follows from its searches: the framing search ran exactly where the first witness
-    replicated nothing, the mirrored one exactly where it is on and the framing search replicated nothing too,
-    the witness is the search ``framing.witness_search`` names, and the verdict is the witness's."""
-    from verifier.framing import BOUNDS, aligned_search_runs, framing_record, mirrored_search_runs, reproduced_nothing
-    from verifier.framing import witness_search
+    replicated nothing (its screen with it, as the rule chooses), the aligned one exactly where the framing
+    search replicated nothing too, the witness is the search ``framing.witness_search`` names, and the verdict
+    is the witness's."""
+    from verifier.framing import BOUNDS, aligned_search_runs, framing_record, reproduced_nothing, witness_search
 
     framing, similarity = certificate["framing"], certificate["conditions"]["similarity"]
-    first, framed, mirrored = framing["first_search"], framing["framing_search"], framing["mirrored_search"]
+    first, framed = framing["first_search"], framing["framing_search"]
     aligned, aligned_framing = framing["aligned_search"], framing["aligned_framing"]
     problems = []
     should_search = framing["enabled"] and reproduced_nothing(first["verdict"], first["replications"])
     if framing["searched"] != should_search or (framed is None) == framing["searched"]:
         problems.append(f"searched is {framing['searched']}, but the first search ({first['verdict']}, "
                         f"{first['replications']} replications) {'calls' if should_search else 'does not call'} for it")
-    if (mirrored is not None) != mirrored_search_runs(framing["mirror_enabled"], framed):
-        problems.append(f"the mirrored search {'ran' if mirrored is not None else 'did not run'}, but with "
-                        f"framing_mirror = {str(framing['mirror_enabled']).lower()} and the framing search's "
-                        f"{'no ' if framed is None else framed['replications']} replications it "
-                        f"{'should not' if mirrored is not None else 'should'}")
-    if (aligned is not None) != aligned_search_runs(framed, mirrored) or (aligned is None) != (aligned_framing is None):
+    if (aligned is not None) != aligned_search_runs(framed) or (aligned is None) != (aligned_framing is None):
         problems.append(f"the aligned search {'ran' if aligned is not None else 'did not run'} (framing "
-                        f"{aligned_framing}), but the framing searches' replications say it "
+                        f"{aligned_framing}), but the framing search's replications say it "
                         f"{'should not' if aligned is not None else 'should'}")
     elif aligned_framing is not None and not BOUNDS.contains(aligned_framing["scale"], aligned_framing["shift"], 1.0,
                                                              aligned_framing["mirror"]):
         problems.append(f"the aligned framing {aligned_framing} lies outside the search's bounds")
-    chosen_search = witness_search(framed, mirrored, aligned)
+    problems += _screen_problems(framing, framed)
+    chosen_search = witness_search(framed, aligned)
     if framing["witness"] != chosen_search:
         problems.append(f"the witness is the {framing['witness']}'s, but the searches' replications make it the "
                         f"{chosen_search}'s")
     elif chosen_search == "aligned search" and framing["closest_framing"] != aligned_framing:
         problems.append("the closest framing of an aligned witness is not its aligned framing")
-    chosen = {"owner's framing": first, "framing search": framed, "aligned search": aligned}.get(chosen_search, mirrored)
+    chosen = {"owner's framing": first, "framing search": framed, "aligned search": aligned}[chosen_search]
     if chosen["verdict"] != certificate["verdict"] or chosen["replications"] != similarity["replications"] or \
             chosen["generations"] != similarity["generations"]:
         problems.append(f"the certificate's verdict and replications ({certificate['verdict']}, "
@@ -714,11 +754,11 @@ def _check_framing(result: VerifyResult, certificate: dict) -> None:
     if not problems:
         replayed = framing_record(searched=framing["searched"], enabled=framing["enabled"],
                                   mirror_enabled=framing["mirror_enabled"], first=first, framed=framed,
-                                  mirrored=mirrored, aligned=aligned, aligned_framing=aligned_framing,
+                                  aligned=aligned, aligned_framing=aligned_framing,
                                   closest_framing=framing["closest_framing"],
                                   evaluations=framing["denoiser_evaluations"],
-                                  mirrored_evaluations=framing["mirrored_denoiser_evaluations"],
-                                  aligned_evaluations=framing["aligned_denoiser_evaluations"])
+                                  aligned_evaluations=framing["aligned_denoiser_evaluations"],
+                                  screen=framing["screen"])
         if replayed != framing:
             changed = sorted(key for key in replayed if replayed[key] != framing[key])
             problems.append(f"the framing record's {', '.join(changed)} differ from what its searches give")
@@ -807,13 +847,11 @@ def _config_for_metric(config: dict):
 def witness_image(certificate: dict, image_path: Path):
     """What the witness's search measured the owner's image as: (pixels its error was measured on, the target
     its generations were scored against). The owner's framing: the prepared pixels twice; the framing search:
-    those and the owner's image framed best (an ``OwnerImage``); the mirrored one: the prepared pixels mirrored
-    and the same; the aligned search: the owner's image cut at ``aligned_framing`` (an ``alignment.Cut``),
+    the owner's image cut at the screen's chosen framing (``verifier.screen``) and the owner's image framed best
+    (an ``OwnerImage``); the aligned search: the owner's image cut at ``aligned_framing`` (an ``alignment.Cut``),
     twice (None, None where that framing leaves no overlap)."""
-    import numpy as np
-
     from verifier.alignment import Framing, OwnerImage
-    from verifier.framing import ALIGNED_SEARCH, BOUNDS, MIRRORED_SEARCH, witness_is_framed
+    from verifier.framing import ALIGNED_SEARCH, BOUNDS, witness_is_framed
     from verifier.images import prepare_image
 
     resolution, witness = certificate["witness"]["height"], certificate["framing"]["witness"]
@@ -827,7 +865,9 @@ def witness_image(certificate: dict, image_path: Path):
         pixels = prepare_image(image_path, resolution)
         return pixels, pixels
     owner = OwnerImage.open(image_path, BOUNDS, resolution)
-    return (np.ascontiguousarray(owner.pixels[:, ::-1]) if witness == MIRRORED_SEARCH else owner.pixels), owner
+    chosen = certificate["framing"]["screen"]["chosen"]
+    return owner.cut(Framing(chosen["scale"], chosen["shift"][0] * owner.side, chosen["shift"][1] * owner.side,
+                             chosen["mirror"]), resolution), owner
 
 
 def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict, image_path: Path) -> None:

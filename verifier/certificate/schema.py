@@ -57,6 +57,12 @@ Version history:
   aligned search (where the framing searches replicated nothing): what it found (``aligned_search``), the
   framing it cut the owner's image at (``aligned_framing``, shifts in fractions of a pixel) and its cost
   (``aligned_denoiser_evaluations``, also in the budget).
+- 12: candidate framings (issue 22): ``framing.screen`` records where the framing search inverted the owner's
+  image: every candidate framing with its screen ratios after a third and after all of the inversion steps, the
+  framing chosen, and its never-seen twin's screen where the framing search's control ran; the framing
+  search's error ratio is measured on that cut (the owner's pixels only), and its cost includes the screen's.
+  With ``framing_mirror`` the screen's candidates include mirrored framings, and the mirrored framing search
+  of v11 (``mirrored_search``, ``mirrored_denoiser_evaluations``, the witness "mirrored framing search") is gone.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
@@ -368,7 +374,7 @@ class PartReplication(_Strict):
 class SearchSummary(_Strict):
     verdict: Verdict
     error_ratio: Optional[float] = Field(description="The witness's error ratio on the image it inverted (the "
-                                                     "owner's, mirrored for the mirrored search)")
+                                                     "owner's, or the cut its search inverted)")
     replications: int = Field(ge=0)
     generations: int = Field(ge=0)
 
@@ -380,6 +386,28 @@ class FramingValue(_Strict):
     mirror: bool
 
 
+class ScreenCandidate(FramingValue):
+    ratios: list[Optional[float]] = Field(description="Its witness's error over the empty prompt's at the screen's "
+                                                      "draws, after each of the screen's steps (null: dropped by an "
+                                                      "earlier screen, or not finite)")
+
+
+class TwinScreen(_Strict):
+    candidates: list[ScreenCandidate]
+    chosen: FramingValue
+
+
+class ScreenRecord(_Strict):
+    method: str
+    steps: list[int] = Field(min_length=1, description="The inversion steps each screen follows")
+    kept: list[int] = Field(description="Candidates each screen after the first measures (the previous one's lowest)")
+    draws: int = Field(ge=1, description="(timestep, noise) draws each screen measures on")
+    candidates: list[ScreenCandidate]
+    chosen: FramingValue = Field(description="The framing the framing search inverted the owner's image at")
+    twin: Optional[TwinScreen] = Field(description="The never-seen twin's screen, where the framing search's "
+                                                   "control ran")
+
+
 class FramingRecord(_Strict):
     method: str
     noise_floor: float = Field(ge=0, lt=1, description="The framing search inverts at noise levels above this "
@@ -389,12 +417,12 @@ class FramingRecord(_Strict):
     searched: bool = Field(description="Whether the framing search ran (only where the first witness replicated "
                                        "nothing)")
     mirror_enabled: bool = Field(description="config framing_mirror")
-    witness: Literal["owner's framing", "framing search", "mirrored framing search", "aligned search"] = Field(
+    witness: Literal["owner's framing", "framing search", "aligned search"] = Field(
         description="Which search the witness, the conditions and the verdict come from")
     first_search: SearchSummary = Field(description="What the search at the owner's framing found")
+    screen: Optional[ScreenRecord] = Field(description="The candidate framings screened before the framing "
+                                                       "search (verifier.screen), where it ran")
     framing_search: Optional[SearchSummary] = Field(description="What the framing search found, where it ran")
-    mirrored_search: Optional[SearchSummary] = Field(description="What the framing search on the owner's image "
-                                                                 "mirrored found, where it ran")
     aligned_search: Optional[SearchSummary] = Field(description="What the search of the owner's image cut at the "
                                                                 "refined framing found, where it ran")
     aligned_framing: Optional[FramingValue] = Field(description="The framing the aligned search cut the owner's "
@@ -403,8 +431,6 @@ class FramingRecord(_Strict):
                                                                 "generation matches, for a framing-search witness")
     denoiser_evaluations: Optional[dict[str, Any]] = Field(description="The framing search's cost: its witness "
                                                                        "and its control")
-    mirrored_denoiser_evaluations: Optional[dict[str, Any]] = Field(
-        description="The mirrored framing search's cost (its empty-prompt error included in error_forward)")
     aligned_denoiser_evaluations: Optional[dict[str, Any]] = Field(
         description="The aligned search's cost: its witness (its empty-prompt error included) and its control")
     statement: str

@@ -35,8 +35,8 @@ CONFIG_OPTIONS = [
                  help="Where nothing replicated at the owner's framing, search framings of the owner's image (scale, "
                       "shift, mirror; default on; docs/owner-copies.md)."),
     click.option("--framing-mirror/--no-framing-mirror", default=None,
-                 help="Where the framing search found nothing too, search once more on the owner's image mirrored "
-                      "left-right, for mirrored copies (default off: another framing search per clean verdict; "
+                 help="The framing search's screen also tries every candidate framing mirrored left-right, for "
+                      "mirrored copies (default off: 25 more candidates in the screen per clean verdict; "
                       "docs/owner-copies.md)."),
     click.option("--batch-size", type=int, default=None, help="Images per batch (does not change results)."),
     click.option("--denoiser-batch", type=int, default=None,

@@ -1,0 +1,202 @@
+"""Stage 5f-i: where the owner's copy sits, screened over candidate framings before the framing search inverts.
+
+The framing search inverts at the noisiest levels only, where an owner's copy framed a little unlike the
+training crop still points to the memorized conditioning; but only so far: on the reference models a copy
+moved by 15% of its side is out of reach of an inversion at the owner's framing, while one at a framing
+within about 5% of the trained one regenerates the memorized image (docs/owner-copies.md, "Candidate
+framings"). So the framing search inverts the owner's image where a cheap screen says the model knows it:
+
+1. cut the owner's image at every **candidate framing**: the frame's centre moved by multiples of
+   ``STEP`` of its side, up to the bounds' ``max_shift`` both ways, at scale 1 (25 framings; 50 with
+   ``framing_mirror``, each also mirrored), where the
+   owner's pixels cover at least the bounds' ``min_overlap``; the strip a moved frame leaves uncovered is
+   edge-filled and counts nowhere (``alignment.Cut``);
+2. invert every cut as the framing search inverts (the noisiest levels, ``noise_floor``), every candidate
+   of an image with the same random stream (common random numbers: the candidates differ only in their
+   pixels), and **screen** each after every third of ``inversion_steps``: its error under its witness over
+   the empty prompt's, at ``DRAWS`` fixed draws at those noise levels (the same draws for every candidate
+   and both conditionings), owner's pixels only;
+3. after the first screen only the ``KEPT[0]`` lowest go on, after the second the ``KEPT[1]`` lowest of
+   those (successive halving: on the v-prediction reference model a good candidate ranks up to 11th after
+   a third of the steps and first after all of them);
+4. the lowest at the last screen is the framing the framing search searches, and its inversion is the
+   framing search's witness.
+
+``chosen`` is the rule of steps 3-4 on recorded ratios, which ``verify`` replays. A NaN ratio ranks last.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from verifier.alignment import Cut, Framing, FramingBounds, OwnerImage, latent_weights
+from verifier.error import denoising_error, prediction_error
+from verifier.invert import Inversion, InversionSchedule, InversionSearch, image_generator
+from verifier.models.base import Conditioning, ModelAdapter
+
+STEP = 0.1  # candidate framings' centres lie on this grid (fractions of the frame's side)
+KEPT = (12, 6)  # candidates each screen after the first measures: the lowest of the screen before
+DRAWS = 8  # (timestep, noise) draws the screen measures each candidate's error on
+ENCODE_CHUNK = 4  # cuts per VAE call: 25 per image at once would hold a 1024-px VAE's activations 25 times
+METHOD = (f"the owner's image cut at every framing whose centre lies on a {STEP:g}-of-the-side grid within the "
+          "shift bounds (scale 1), each cut inverted at the framing search's noise levels with the same random "
+          "stream and screened after each third of the steps (witness / empty prompt error at "
+          f"{DRAWS} fixed draws at those noise levels, owner's pixels only); after the first screen the {KEPT[0]} "
+          f"lowest go on, after the second the {KEPT[1]} lowest, and the lowest at the last is the framing searched")
+
+
+def candidate_framings(bounds: FramingBounds, side: int, mirror: bool = False) -> list[Framing]:
+    """The candidate framings of step 1, shifts in pixels of a ``side``-pixel search (as ``Framing`` keeps them);
+    with ``mirror`` (config ``framing_mirror``) each also mirrored left-right."""
+    reach = int(math.floor(bounds.max_shift / STEP + 1e-9))
+    offsets = [k * STEP * side for k in range(-reach, reach + 1)]
+    return [Framing(1.0, dy, dx, mirrored) for mirrored in ((False, True) if mirror else (False,))
+            for dy in offsets for dx in offsets]
+
+
+def stages(inversion_steps: int) -> list[int]:
+    """The steps each screen follows: equal parts of the budget, the last screen after all of it."""
+    parts = len(KEPT) + 1
+    return [max(1, inversion_steps * part // parts) for part in range(1, parts)] + [inversion_steps]
+
+
+def _rank_key(ratio: float | None) -> float:
+    return math.inf if ratio is None or not math.isfinite(ratio) else ratio
+
+
+def survivors(candidates: list[dict]) -> list[list[int]]:
+    """Indices of the candidates each screen measured: every one at the first; at each later one, the ``KEPT``
+    lowest of the screen before (ties to the earlier; a NaN ranks last)."""
+    measured = [list(range(len(candidates)))]
+    for stage, kept in enumerate(KEPT):
+        order = sorted(measured[-1], key=lambda i: (_rank_key(candidates[i]["ratios"][stage]), i))
+        measured.append(sorted(order[:kept]))
+    return measured
+
+
+def chosen(candidates: list[dict]) -> int:
+    """Index of the framing searched: the last screen's lowest, ties to the earlier."""
+    return min(survivors(candidates)[-1], key=lambda i: (_rank_key(candidates[i]["ratios"][-1]), i))
+
+
+@dataclass
+class Screened:
+    """The framing search's input for a batch of owners' images: the cuts it searches and their inversion."""
+
+    framings: list[Framing]
+    cuts: list[Cut]
+    z0: torch.Tensor  # the cuts' latents
+    weights: torch.Tensor  # the latent cells each cut's errors count
+    empty_errors: torch.Tensor  # (B, timesteps) the cuts' grid errors under the empty prompt
+    inversion: Inversion  # the chosen candidates' inversion: the framing search's witnesses
+    records: list[dict]  # per image: the certificate's ``screen`` block
+
+
+def screen(model: ModelAdapter, space, owners: list[OwnerImage], streams: list[str], *, empty: Conditioning,
+           config, noise_floor: float, resolution: int, on_step: Callable[[], None] | None = None,
+           mirror: bool = False) -> Screened:
+    """Steps 1-4 for a batch of owners' images; ``streams`` names each image's random streams; ``on_step`` is
+    called after every Adam step of the batch (``inversion_steps`` in all: progress)."""
+    side = owners[0].side
+    framings, cuts, owner_of = [], [], []
+    for index, owner in enumerate(owners):
+        for framing in candidate_framings(owner.bounds, side, mirror):
+            cut = owner.cut(framing, resolution)
+            if cut is not None and cut.coverage >= owner.bounds.min_overlap - 1e-9:
+                framings.append(framing)
+                cuts.append(cut)
+                owner_of.append(index)
+    z0 = torch.cat([model.encode_images([cut.pixels for cut in cuts[first:first + ENCODE_CHUNK]])
+                    for first in range(0, len(cuts), ENCODE_CHUNK)])
+    weights = latent_weights(cuts, z0)
+    # 2. Every candidate of an image with the image's stream: one generator per row, seeded alike.
+    generators = [image_generator(config.seed, streams[index], "inversion") for index in owner_of]
+    search = InversionSearch(model, space, z0, generators, config.inversion_learning_rate,
+                             config.inversion_noise_draws, noise_floor, weights)
+    draws = [_screen_draws(model, z0, streams[index], config.seed, noise_floor) for index in range(len(owners))]
+
+    @torch.no_grad()
+    def errors(conditioning: Conditioning, rows: list[int]) -> list[float]:
+        values = []
+        for position, row in enumerate(rows):
+            timesteps, noise = draws[owner_of[row]]
+            measured = denoising_error(model, z0[row:row + 1].expand(DRAWS, *z0.shape[1:]), noise, timesteps,
+                                       conditioning.select([position]).repeat_interleave(DRAWS),
+                                       weights[row:row + 1].expand(DRAWS, *weights.shape[1:]))
+            values.append(float(measured.mean()))
+        return values
+
+    every = list(range(len(cuts)))
+    rows_of = [[row for row in every if owner_of[row] == index] for index in range(len(owners))]
+    baseline = errors(empty.expand(len(cuts)), every)
+    steps = stages(config.inversion_steps)
+    records = [[{**framings[row].record(side), "ratios": [None] * len(steps)} for row in rows] for rows in rows_of]
+    curves: dict[int, list[torch.Tensor]] = {row: [] for row in every}
+    active, done = every, 0  # the search's rows, in its order
+    for stage, step in enumerate(steps):
+        # 3. Invert the candidates still in to this stage's step, then screen them.
+        for row, curve in zip(active, search.run(step - done, on_step)):
+            curves[row].append(curve)
+        done = step
+        for row, value in zip(active, errors(search.witness(), active)):
+            records[owner_of[row]][rows_of[owner_of[row]].index(row)]["ratios"][stage] = _finite(value / baseline[row])
+        # 4. Each image's lowest go on (``survivors``); after the last screen, its lowest is the framing searched.
+        wanted = ([rows_of[index][position] for index in range(len(owners))
+                   for position in survivors(records[index])[stage + 1]] if stage + 1 < len(steps) else
+                  [rows_of[index][chosen(records[index])] for index in range(len(owners))])
+        search.keep([active.index(row) for row in wanted])
+        active = wanted
+    picks = active
+    empty_errors = prediction_error(model, z0[picks], empty.expand(len(picks)), timesteps=config.error_timesteps,
+                                    noise_draws=config.error_noise_draws, weights=weights[picks])
+    grid = search.grid_errors(InversionSchedule.of(config, fixed=True))
+    with torch.no_grad():
+        conditioning = search.witness()
+    inversion = Inversion(
+        variables={name: value.detach() for name, value in search.variables.items()}, conditioning=conditioning,
+        errors=grid, loss_curves=[torch.cat(curves[row]) for row in picks],
+        checks=[[(done, float(grid[position].mean() / empty_errors[position].mean()))]
+                for position in range(len(picks))])
+    return Screened(framings=[framings[row] for row in picks], cuts=[cuts[row] for row in picks], z0=z0[picks],
+                    weights=weights[picks], empty_errors=empty_errors, inversion=inversion,
+                    records=[{"method": METHOD, "steps": steps, "kept": list(KEPT), "draws": DRAWS,
+                              "candidates": records[index], "chosen": framings[row].record(side)}
+                             for index, row in enumerate(picks)])
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _screen_draws(model: ModelAdapter, z0: torch.Tensor, stream: str, seed: int,
+                  noise_floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed (timestep, noise) draws an image's candidates are screened at."""
+    generator = image_generator(seed, stream, "screen")
+    timesteps = model.objective.sample_timesteps(generator, DRAWS, noise_floor).to(z0.device)
+    noise = torch.randn((DRAWS, *z0.shape[1:]), generator=generator).to(z0.device)
+    return timesteps, noise
+
+
+def screen_cost(record: dict, inversion_noise_draws: int) -> dict:
+    """The screen's denoiser evaluations beyond the chosen candidate's own inversion, from its record: every
+    candidate's inversion steps, and each screen's forwards (the empty prompt's once per candidate)."""
+    measured = [len(rows) for rows in survivors(record["candidates"])]
+    steps = record["steps"]
+    lengths = [step - before for step, before in zip(steps, [0] + steps[:-1])]
+    forward_backward = (sum(count * length for count, length in zip(measured, lengths)) - steps[-1]) \
+        * inversion_noise_draws
+    forward = (measured[0] + sum(measured)) * record["draws"]
+    return {"inversion_forward_backward": forward_backward, "screen_forward": forward,
+            "total": forward_backward + forward}
+
+
+def screen_record(record: dict, control) -> dict:
+    """The certificate's ``framing.screen``: the image's screen and, where the framing search's control ran, its
+    twin's (candidates and chosen framing; the same method)."""
+    twin = None if control is None or control.screen is None else \
+        {key: control.screen[key] for key in ("candidates", "chosen")}
+    return record | {"twin": twin}
