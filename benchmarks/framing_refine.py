@@ -77,7 +77,7 @@ def keep_the_framing_witness() -> None:
     import verifier.api
 
     verifier.api.witness_search = lambda framed, *_: "owner's framing" if framed is None else "framing search"
-    verifier.api.aligned_search_runs = lambda framed, mirrored: False
+    verifier.api.aligned_search_runs = lambda framed: False
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from verifier.alignment import Cut, Framing, FramingBounds, OwnerImage, latent_weights
+from verifier.alignment import Framing, FramingBounds, OwnerImage, latent_weights
 from verifier.error import denoising_error, prediction_error
 from verifier.invert import Inversion, InversionSchedule, InversionSearch, image_generator
 from verifier.models.base import Conditioning, ModelAdapter
@@ -87,9 +87,7 @@ def chosen(candidates: list[dict]) -> int:
 class Screened:
     """The framing search's input for a batch of owners' images: the cuts it searches and their inversion."""
 
-    framings: list[Framing]
-    cuts: list[Cut]
-    z0: torch.Tensor  # the cuts' latents
+    z0: torch.Tensor  # the chosen cuts' latents
     weights: torch.Tensor  # the latent cells each cut's errors count
     empty_errors: torch.Tensor  # (B, timesteps) the cuts' grid errors under the empty prompt
     inversion: Inversion  # the chosen candidates' inversion: the framing search's witnesses
@@ -161,7 +159,7 @@ def screen(model: ModelAdapter, space, owners: list[OwnerImage], streams: list[s
         errors=grid, loss_curves=[torch.cat(curves[row]) for row in picks],
         checks=[[(done, float(grid[position].mean() / empty_errors[position].mean()))]
                 for position in range(len(picks))])
-    return Screened(framings=[framings[row] for row in picks], cuts=[cuts[row] for row in picks], z0=z0[picks],
+    return Screened(z0=z0[picks],
                     weights=weights[picks], empty_errors=empty_errors, inversion=inversion,
                     records=[{"method": METHOD, "steps": steps, "kept": list(KEPT), "draws": DRAWS,
                               "candidates": records[index], "chosen": framings[row].record(side)}
