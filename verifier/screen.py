@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 from verifier.alignment import Framing, FramingBounds, OwnerImage, latent_weights
-from verifier.error import denoising_error, prediction_error
+from verifier.error import ERROR_ROWS_PER_CALL, denoising_error, prediction_error
 from verifier.invert import Inversion, InversionSchedule, InversionSearch, image_generator
 from verifier.models.base import Conditioning, ModelAdapter
 
@@ -119,14 +119,17 @@ def screen(model: ModelAdapter, space, owners: list[OwnerImage], streams: list[s
 
     @torch.no_grad()
     def errors(conditioning: Conditioning, rows: list[int]) -> list[float]:
-        values = []
-        for position, row in enumerate(rows):
-            timesteps, noise = draws[owner_of[row]]
-            measured = denoising_error(model, z0[row:row + 1].expand(DRAWS, *z0.shape[1:]), noise, timesteps,
-                                       conditioning.select([position]).repeat_interleave(DRAWS),
-                                       weights[row:row + 1].expand(DRAWS, *weights.shape[1:]))
-            values.append(float(measured.mean()))
-        return values
+        """Each row's mean error at its image's draws, rows (candidate, draw) in calls of at most ``chunk``."""
+        index = torch.tensor(rows, device=z0.device).repeat_interleave(DRAWS)
+        timesteps = torch.cat([draws[owner_of[row]][0] for row in rows])
+        noise = torch.cat([draws[owner_of[row]][1] for row in rows])
+        repeated = conditioning.repeat_interleave(DRAWS)
+        chunk = min(ERROR_ROWS_PER_CALL, model.rows_per_call or ERROR_ROWS_PER_CALL)
+        measured = torch.cat([
+            denoising_error(model, z0[index[i:i + chunk]], noise[i:i + chunk], timesteps[i:i + chunk],
+                            repeated.select(list(range(i, min(i + chunk, len(index))))), weights[index[i:i + chunk]])
+            for i in range(0, len(index), chunk)])
+        return measured.view(len(rows), DRAWS).mean(dim=1).tolist()
 
     every = list(range(len(cuts)))
     rows_of = [[row for row in every if owner_of[row] == index] for index in range(len(owners))]
