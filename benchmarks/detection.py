@@ -14,7 +14,7 @@ verifier's defaults (or --config), then prints per model:
   sampling and the never-seen twin control included, averaged over the images) and wall time per
   image, on this machine;
 
-and one line per model at the end (the README's per-family table). With ``--plot PNG`` it also draws,
+and one line per model at the end (docs/benchmarks.md, "Per family"). With ``--plot PNG`` it also draws,
 per model, the error ratio and the replication rate of every image grouped by ground truth, with the
 thresholds the verdicts used (matplotlib; ``pip install -e ".[plot]"``).
 

@@ -114,7 +114,7 @@ SEQUENTIAL_METHOD = ("seeds double at the best guidance scale while the bounds s
                      "where a replication bound is set and nothing replicated without the existence condition, at "
                      "every scale whose upper bound is still above it; union bound over scales and looks: half the "
                      "error rate at the first look, half shared by the later looks")
-DEFAULT_EXISTENCE_SOURCE = "config existence_max_error_ratio (default 0.5: README, Decisions)"
+DEFAULT_EXISTENCE_SOURCE = "config existence_max_error_ratio (default 0.5: docs/decisions.md)"
 
 
 def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metric, threshold: float,

@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class VerifierConfig:
-    """Every knob of a certification run. Defaults are model-agnostic (see README, "Decisions")."""
+    """Every knob of a certification run. Defaults are model-agnostic (see docs/decisions.md)."""
 
     # Inversion: where the free variables live and how hard the search is.
     inversion_space: str = "token_embeddings"

@@ -23,7 +23,7 @@ checks what it finds against a control:
    often than the twin's best window (one-sided Fisher exact test at the run's confidence).
 
 Measured on ``reference-part-32px`` (a logo stamped on thousands of different backgrounds) and on every
-family's never-trained images: README, "Partial replication".
+family's never-trained images: docs/context-and-policy.md, "Partial replication".
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class SSIM:
     default_threshold = 0.7
     threshold_range = (-1.0, 1.0)
     threshold_source = ("verifier reference-32px ground truth: the value the manifest uses, between memorized "
-                        "(SSIM >= 0.75) and never-trained (<= 0.5) generations; see README, Decisions")
+                        "(SSIM >= 0.75) and never-trained (<= 0.5) generations; see docs/decisions.md")
 
     def __init__(self, config=None):
         self.weights = None

@@ -30,14 +30,14 @@ def certify(model, images, out, allow_pickle, model_config, sign_key, policy_fil
             **overrides):
     """Certify IMAGES (files, folders, CSV/JSONL manifests) against MODEL.
 
-    MODEL is a diffusers folder of a supported family ({families}; README, "Model families"), detected
+    MODEL is a diffusers folder of a supported family ({families}; docs/families.md), detected
     from its model_index.json.
 
     \b
     A CSV/JSONL manifest may give each image the owner's context (entity, explicit_prompts,
     implicit_prompts, public): every prompt is tested like the witness and each reproduced image
-    is classified as explicit_intended, implicit_intended or unintended (README, "Intended or
-    unintended").
+    is classified as explicit_intended, implicit_intended or unintended (docs/context-and-policy.md,
+    "Intended or unintended").
 
     \b
     Examples:

@@ -30,7 +30,7 @@ CONFIG_OPTIONS = [
                       "seeds double at every guidance scale until it does. Default: the bound 16 seeds give."),
     click.option("--decode-witness/--no-decode-witness", default=None,
                  help="Where the witness reproduced an image, decode it into readable text and test that like a "
-                      "prompt (default on; README, \"Readable evidence\")."),
+                      "prompt (default on; docs/context-and-policy.md, \"Readable evidence\")."),
     click.option("--framing-search/--no-framing-search", default=None,
                  help="Where nothing replicated at the owner's framing, search framings of the owner's image (scale, "
                       "shift, mirror; default on; docs/owner-copies.md)."),

@@ -27,7 +27,7 @@ from verifier.cli import EXIT_FOUND, EXIT_OK, main, progress, run_guarded
 def verify(certificates, model, images, device, all_generations, calibration, public_key, allow_pickle, model_config):
     """Re-check CERTIFICATES (a run folder or one <id>.json): hashes, arithmetic, verdict, regenerations.
 
-    Prints every check; exits 0 only when all hold (tolerances: README, "Verifying a certificate"),
+    Prints every check; exits 0 only when all hold (tolerances: docs/certificates.md, "Verifying a certificate"),
     1 when any does not.
 
     \b

@@ -17,7 +17,7 @@ The empty prompt is the **encoded empty string** for both the error ratio's base
 negative of every generation, passed to the pipeline explicitly, so the model's
 ``force_zeros_for_empty_prompt`` (which would swap in zeros when no negative is given) does not
 apply; it is recorded. The alternative, zeros (``empty_prompt = "zeros"``), is kept for the
-measurement that chose between them (``benchmarks/sdxl_choices.py``; README, Decisions). The fp16 VAE is run in float32 where its config says ``force_upcast``, as
+measurement that chose between them (``benchmarks/sdxl_choices.py``; docs/decisions.md). The fp16 VAE is run in float32 where its config says ``force_upcast``, as
 the pipeline does when decoding.
 """
 
