@@ -85,7 +85,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from verifier.api import certify
-    from verifier.calibration import calibrate
+    from verifier.calibrate import calibrate
     from verifier.config import VerifierConfig
     from verifier.models import load_model
     from verifier.reference_models import load_manifest, reference_model_path

@@ -131,7 +131,7 @@ def _rewrite_witness(path: Path, change) -> str:
 def test_tamper_edited_verdict(copy):
     _edit(copy / f"{MEMORIZED}.json", lambda c: c.update(verdict="not_memorized"))
     _fail(verify(_only(copy, MEMORIZED), device="cpu"), "verdict",
-          "verdict 'not_memorized' recorded, 'memorized' follows from the numbers")
+          "verdict 'not_memorized' recorded, 'memorized' follows")
     _fail(verify(copy, device="cpu"), "summary", "summary says memorized, its certificate not_memorized")
 
 
@@ -395,3 +395,82 @@ def test_tamper_a_stronger_claim_without_its_seeds(copy):
     result = verify(_only(copy, HELD_OUT), device="cpu")
     _fail(result, "sequential sampling", "(32 at guidance 1, 32 at guidance 3)")
     _fail(result, "verdict", "inconclusive")
+
+
+# --- verify compares whole records: every derived field, not a hand-picked list ------------------------------
+
+def _set(path: str, value):
+    """An edit of one field by its dotted path (``a.b[0].c``)."""
+    import re
+
+    keys = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", path)]
+
+    def change(certificate):
+        target = certificate
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value(target[keys[-1]]) if callable(value) else value
+    return change
+
+
+DERIVED_FIELDS = {  # field -> (edit, the check that must name it)
+    "verdict_reason": (_set("verdict_reason", lambda reason: reason.replace("the witness", "the witness strongly")), "verdict"),
+    "conditions.existence.margin": (_set("conditions.existence.margin", lambda v: v + 0.1), "verdict"),
+    "conditions.similarity.margin": (_set("conditions.similarity.margin", lambda v: v - 0.05), "verdict"),
+    "conditions.probability.best_guidance_scale": (_set("conditions.probability.best_guidance_scale", 1.0), "verdict"),
+    "conditions.probability.rate": (_set("conditions.probability.rate", 0.5), "verdict"),
+    "conditions.probability.upper_bound": (_set("conditions.probability.upper_bound", 0.9), "verdict"),
+    "conditions.probability.look_confidences": (
+        _set("conditions.probability.look_confidences", lambda v: [0.99] + v[1:]), "verdict"),
+    "conditions.probability.per_scale[1].confidence": (
+        _set("conditions.probability.per_scale[1].confidence", 0.999), "verdict"),
+    "conditions.existence.threshold_source": (
+        _set("conditions.existence.threshold_source", "calibration 0123456789ab on 300 non-members"), "verdict"),
+    "conditions.similarity.threshold_source": (
+        _set("conditions.similarity.threshold_source", "a stricter metric"), "verdict"),
+    "classification.reason": (_set("classification.reason", "the owner published it"), "prompts and category"),
+}
+
+
+@pytest.fixture(scope="module")
+def unrelated_image(tmp_path_factory):
+    """An image no certificate names: given to ``verify``, it skips the re-measurement (no recorded image is at
+    hand), so only the arithmetic stage can catch an edit."""
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("unrelated") / "grey.png"
+    Image.new("RGB", (16, 16), (128, 128, 128)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("field", sorted(DERIVED_FIELDS))
+def test_tamper_any_derived_field_is_named(copy, unrelated_image, field):
+    change, check = DERIVED_FIELDS[field]
+    _edit(copy / f"{MEMORIZED}.json", change)
+    result = verify(_only(copy, MEMORIZED), images=[unrelated_image], device="cpu")
+    _fail(result, check, field)
+    assert {c.name for c in result.checks if not c.passed} == {check, "image", "re-measurement"}
+
+
+def test_whitespace_and_key_order_do_not_matter(copy):
+    path = copy / f"{MEMORIZED}.json"
+
+    def reorder(value):
+        if isinstance(value, dict):
+            return {key: reorder(value[key]) for key in reversed(list(value))}
+        return [reorder(item) for item in value] if isinstance(value, list) else value
+    path.write_text(json.dumps(reorder(json.loads(path.read_text())), indent=7, separators=(" ,  ", " :\t")))
+    result = verify(_only(copy, MEMORIZED), device="cpu")
+    assert result.passed, [(c.name, c.detail) for c in result.checks if not c.passed]
+
+
+def test_differences_names_every_field_and_tolerates_float_noise():
+    from verifier.verify import differences
+
+    recorded = {"a": 1.0, "b": {"c": [1, 2.0, "x"], "d": None}, "e": True}
+    assert differences(recorded, {"a": 1.0 + 1e-12, "b": {"c": [1, 2.0, "x"], "d": None}, "e": True}) == []
+    found = differences(recorded, {"a": 1.1, "b": {"c": [1, 2.0, "y"], "f": 0}, "e": 1})
+    assert found == ["a 1.0 recorded, 1.1 follows", "b.c[2] 'x' recorded, 'y' follows",
+                     "b.d is recorded but does not follow", "b.f follows but is not recorded",
+                     "e True recorded, 1 follows"]
+    assert differences([1, 2], [1]) == ["the record has 2 entries recorded, 1 follow"]

@@ -72,7 +72,8 @@ def test_a_replicating_witness_beats_a_cut_off_through_the_control(tmp_path):
     assert checked.passed and any(c.name == "control generations" for c in checked.checks)
     # The control's numbers are evidence too: a control score edited past the threshold is caught by regeneration.
     path = tmp_path / "out" / f"{image.stem}.json"
-    edited = json.loads(path.read_text())
+    original = path.read_text()
+    edited = json.loads(original)
     scores = edited["conditions"]["existence"]["control"]["scores"]
     index = max(range(len(scores)), key=lambda i: scores[i])
     assert scores[index] < 0.7, "the twin is not replicated"
@@ -81,6 +82,12 @@ def test_a_replicating_witness_beats_a_cut_off_through_the_control(tmp_path):
     failed = verify(path, device="cpu")
     assert any(c.name == "control generations" and not c.passed and "regenerated vs" in c.detail
                for c in failed.checks), [(c.name, c.detail) for c in failed.checks if not c.passed]
+    # The control's Fisher p-value follows from its scores: an edited one is named by the verdict check.
+    edited = json.loads(original)
+    edited["conditions"]["existence"]["control"]["p_value"] /= 10
+    path.write_text(json.dumps(edited))
+    failed = {c.name: c.detail for c in verify(path, device="cpu").checks if not c.passed}
+    assert set(failed) == {"verdict"} and "conditions.existence.control.p_value" in failed["verdict"], failed
 
 
 def test_a_flat_image_stays_inconclusive_because_its_twin_replicates_too(tmp_path):

@@ -54,9 +54,9 @@ from verifier.certificate.store import (
 )
 from verifier.calibration import check_calibration, read_calibration, threshold_sources
 from verifier.conditions import (
-    DEFAULT_EXISTENCE_SOURCE, decide, inversion_problems, needs_control, redecide, sampling_looks, scales_to_extend,
+    DEFAULT_EXISTENCE_SOURCE, TWIN, decide, inversion_problems, needs_control, redecide, sampling_looks, scales_to_extend,
 )
-from verifier.control import TWIN, ControlRun, run_controls
+from verifier.control import ControlRun, run_controls
 from verifier.config import VerifierConfig
 from verifier.error import prediction_error
 from verifier.framing import BOUNDS as FRAMING_BOUNDS, NOISE_FLOOR as FRAMING_NOISE_FLOOR

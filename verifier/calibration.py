@@ -1,6 +1,6 @@
 """Thresholds that know the model: measured on images known not to be in its training set.
 
-``calibrate`` certifies a set of non-members with the run's config, collects the two quantities
+``verifier.calibrate`` certifies a set of non-members with the run's config, collects the two quantities
 verdicts rest on (each image's error ratio and its best similarity over every generation), and
 derives thresholds with a distribution-free guarantee from order statistics:
 
@@ -23,9 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 CALIBRATION_SCHEMA = {"id": "verifier.calibration", "version": 1}
 # Config keys a calibration's thresholds replace, or that do not change the measured quantities.
@@ -56,17 +55,7 @@ def order_statistic_rank(n: int, rate: float, confidence: float) -> int | None:
     return rank
 
 
-def _check_writable(out: Path) -> None:
-    """The calibration file's folder can be created and written (checked before any certification)."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"):
-            pass
-    except OSError as error:
-        raise CalibrationError(f"--out {str(out)!r} cannot be written: {error.strerror or error}") from None
-
-
-def _check_enough(n: int, rate: float, confidence: float) -> None:
+def check_enough(n: int, rate: float, confidence: float) -> None:
     if n < non_members_needed(rate, confidence):
         raise CalibrationError(
             f"{n} non-members cannot bound a false-alarm rate of {rate:g} at {100 * confidence:g}% confidence; "
@@ -77,7 +66,7 @@ def derive_thresholds(error_ratios: Sequence[float], best_similarities: Sequence
                       rate: float, confidence: float) -> dict:
     """Existence and similarity thresholds from non-member measurements (see module doc)."""
     n = len(error_ratios)
-    _check_enough(n, rate, confidence)
+    check_enough(n, rate, confidence)
     rank = order_statistic_rank(n, rate, confidence)
     ratios = sorted(error_ratios)
     similarities = sorted(best_similarities, reverse=higher_is_similar)
@@ -88,66 +77,6 @@ def derive_thresholds(error_ratios: Sequence[float], best_similarities: Sequence
 def calibration_config_values(config_values: dict) -> dict:
     """The config values a calibration must share with the runs that use it."""
     return {key: value for key, value in config_values.items() if key not in NOT_CALIBRATED}
-
-
-def calibrate(model, non_members: Sequence[str | Path], out: str | Path, config, *, rate: float = 0.05,
-              work: str | Path | None = None, allow_pickle: bool = False, model_config: str | Path | None = None,
-              progress: Callable[[str], None] | None = None) -> dict:
-    """Certify ``non_members`` with ``config``, derive thresholds and write them to ``out`` (JSON).
-
-    The non-members' certificates go to ``work`` (default: ``<out>.certificates/``), so an
-    interrupted calibration resumes and anyone can re-check each measured value.
-    """
-    import dataclasses
-
-    from verifier.api import certify
-    from verifier.certificate.store import atomic_write_json, prepare_output_folder
-    from verifier.images import collect_images
-    from verifier.models import ModelAdapter, load_model
-
-    if not (0 < rate < 1) or not math.isfinite(rate):
-        raise CalibrationError(f"--false-alarm-rate {rate!r} is not allowed: expected a number in (0, 1)")
-    out = Path(out)
-    work = Path(work) if work is not None else out.with_name(out.name + ".certificates")
-    config = dataclasses.replace(config, calibration=None)
-    _check_enough(len(collect_images(list(non_members), exclude=work)), rate, config.confidence)
-    _check_writable(out)
-    prepare_output_folder(work)
-    loaded = model if isinstance(model, ModelAdapter) else load_model(
-        model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
-    certificates = certify(loaded, non_members, work, config, progress=progress)
-    n = len(certificates)
-    rows = []
-    for certificate in certificates:
-        ratio = certificate["prediction_error"]["ratio"]
-        scores = [v for s in certificate["conditions"]["probability"]["per_scale"] for v in s["scores"]]
-        if ratio is None or None in scores:
-            raise CalibrationError(f"non-member {certificate['image']['id']!r} has a non-finite measurement "
-                                   f"({certificate['verdict_reason']}); a calibration cannot rest on it")
-        higher = certificate["conditions"]["similarity"]["direction"] == "higher is more similar"
-        rows.append({"id": certificate["image"]["id"], "sha256": certificate["image"]["sha256"], "error_ratio": ratio,
-                     "best_similarity": max(scores) if higher else min(scores)})
-    higher = certificates[0]["conditions"]["similarity"]["direction"] == "higher is more similar"
-    thresholds = derive_thresholds([r["error_ratio"] for r in rows], [r["best_similarity"] for r in rows],
-                                   higher_is_similar=higher, rate=rate, confidence=config.confidence)
-    record = {
-        "schema": CALIBRATION_SCHEMA,
-        "model_fingerprint": loaded.fingerprint,
-        "metric": config.similarity,
-        "metric_direction": "higher is more similar" if higher else "lower is more similar",
-        "metric_weights_sha256": (certificates[0]["conditions"]["similarity"]["weights"] or {}).get("sha256"),
-        "config": calibration_config_values(config.fingerprint_dict()),
-        "false_alarm_rate": rate,
-        "confidence": config.confidence,
-        "images": n,
-        "non_members_needed": non_members_needed(rate, config.confidence),
-        **thresholds,
-        "method": "order statistics: P(Beta(k, n-k+1) > rate) <= 1 - confidence (verifier.calibration)",
-        "non_members": rows,
-        "certificates": str(work),
-    }
-    atomic_write_json(out, record)
-    return record
 
 
 def read_calibration(path: str | Path) -> tuple[dict, str]:

@@ -37,7 +37,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from verifier.calibration import threshold_sources
+from verifier.registry import SIMILARITY_METRICS
 from verifier.similarity import replicated
+
+# What the existence control is (``verifier.control`` runs it): the kind its record and files name.
+TWIN = "the image turned upside down (a never-seen twin), inverted with the same schedule"
 
 
 def clopper_pearson(successes: int, trials: int, confidence: float) -> tuple[float, float]:
@@ -239,8 +244,6 @@ def _control_record(control: dict | None, best: dict, metric, threshold: float, 
                     problems: list[str]) -> dict | None:
     if control is None:
         return None
-    from verifier.control import TWIN
-
     scores = np.asarray([np.nan if v is None else v for v in control["scores"]], dtype=np.float64)
     error_ratio = math.nan if control["error_ratio"] is None else float(control["error_ratio"])
     if not np.isfinite(scores).all() or not math.isfinite(error_ratio):
@@ -316,9 +319,6 @@ def inversion_problems(loss_first_last: list[float | None]) -> tuple[str, ...]:
 def recorded_inputs(certificate: dict) -> dict:
     """``decide``'s arguments as a certificate records them, with the thresholds it names (its
     calibration's, else its config's)."""
-    from verifier.calibration import threshold_sources
-    from verifier.registry import SIMILARITY_METRICS
-
     config, calibration = certificate["config"], certificate["calibration"]
     similarity = certificate["conditions"]["similarity"]
     metric = RecordedMetric(similarity["metric"], similarity["direction"] == "higher is more similar",

@@ -28,8 +28,6 @@ import torch
 from verifier.alignment import Cut, OwnerImage, latent_weights, pixels_of
 from verifier.models.base import Conditioning, ModelAdapter
 
-TWIN = "the image turned upside down (a never-seen twin), inverted with the same schedule"
-
 
 def never_seen_twin(target):
     """The image flipped top to bottom: prepared pixels (float RGB HWC in [0, 1]), an ``OwnerImage`` or a ``Cut``."""

@@ -52,6 +52,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# File stems the run itself uses (run.json, summary.json, report.html, ...): no image id may take them.
+RESERVED_STEMS = ("run", "summary", "report", "calibration", "demo-images")
 MAX_ID_LENGTH = 120  # <id>.witness.safetensors must stay well under the 255-byte file-name limit
 
 
@@ -61,8 +63,6 @@ def _safe_id(text: str) -> str:
     Ids that the run's own files use (``summary``, ``run``, ...) get an ``image-`` prefix, and long
     ids are shortened with a hash of the full text, so every id maps to one file of its own.
     """
-    from verifier.certificate.store import RESERVED_STEMS
-
     cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text).strip("._")
     cleaned = cleaned or "image"
     if cleaned.lower() in RESERVED_STEMS:

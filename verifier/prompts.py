@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from verifier.conditions import look_confidences, scale_bounds
+from verifier.conditions import look_confidences, recorded_inputs, scale_bounds
 from verifier.error import prediction_error
 from verifier.models.base import Conditioning, ModelAdapter
 from verifier.sampling import sample
@@ -57,8 +57,6 @@ def prompt_tests(model: ModelAdapter, z0: torch.Tensor, pixels: list[np.ndarray]
 def replayed_prompts(certificate: dict, records: list[dict]) -> list[dict]:
     """The prompt records that follow from ``records``' recorded scores (a certificate's owner prompts or
     decoded witness) under the threshold and config the certificate names; ``verify`` compares them."""
-    from verifier.conditions import recorded_inputs
-
     inputs = recorded_inputs(certificate)
     config = certificate["config"]
     confidence = look_confidences(config["confidence"], len(config["guidance_scales"]), 1)[0]

@@ -27,13 +27,47 @@ the other side of the similarity threshold fails the check whatever the toleranc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
-from verifier.config import ConfigError, VerifierConfig
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from verifier.alignment import FramedSimilarity, Framing, OwnerImage, latent_weights, pixels_of
+from verifier.certificate.schema import CERTIFICATE_SCHEMA_ID, CertificateFormatError, read_certificate, validated
+from verifier.certificate.sheet import sheet_tile, thumbnail
+from verifier.certificate.signing import load_public_key, signature_holds
+from verifier.certificate.store import SUMMARY_FILE, run_key, witness_metadata
+from verifier.conditions import redecide, replayed_generations
+from verifier.config import AUTOCAST, ConfigError, VerifierConfig
+from verifier.context import ImageContext
+from verifier.control import never_seen_twin
+from verifier.error import prediction_error
+from verifier.framing import (
+    ALIGNED_SEARCH, BOUNDS, aligned_search_runs, framing_record, reproduced_nothing, witness_is_framed, witness_search,
+)
+from verifier.images import collect_images, file_sha256, prepare_image
+from verifier.invert import InversionSchedule
+from verifier.memory import row_budget
+from verifier.models import Conditioning, autocast_dtype, load_model
+from verifier.policy import Policy
+from verifier.prompts import replayed_prompts
+from verifier.readable import decoded_prompts, statement as readable_statement
+from verifier.regions import WindowSSIM, part_record
+from verifier.registry import SIMILARITY_METRICS
+from verifier.sampling import seed_sequence
+from verifier.screen import KEPT, candidate_framings, chosen, stages, survivors
+from verifier.similarity import replicated
+from verifier.taxonomy import REPRODUCED_VERDICTS, classify
+
 
 TOLERANCES = {"similarity_abs": 0.02, "error_rel": 0.02, "arithmetic_abs": 1e-9, "negative_abs": 1e-4}
 
@@ -41,7 +75,6 @@ TOLERANCES = {"similarity_abs": 0.02, "error_rel": 0.02, "arithmetic_abs": 1e-9,
 @dataclass
 class Check:
     """One check on one certificate: what was compared, whether it held, and what differs when not."""
-
     image_id: str
     name: str
     passed: bool
@@ -63,10 +96,6 @@ class VerifyResult:
 
 def certificate_files(target: Path) -> list[Path]:
     """The certificates in a run folder (``<id>.json`` with a certificate schema tag), or the one file given."""
-    import json
-
-    from verifier.certificate.schema import CERTIFICATE_SCHEMA_ID, CertificateFormatError
-
     if target.is_file():
         return [target]
     if not target.is_dir():
@@ -86,8 +115,6 @@ def certificate_files(target: Path) -> list[Path]:
 
 def _index_images(arguments: list[str | Path]) -> dict[str, Path]:
     """sha256 -> file for every image among ``arguments`` (files, folders, manifests)."""
-    from verifier.images import collect_images
-
     return {image.sha256: image.path for image in collect_images(list(arguments))}
 
 
@@ -101,14 +128,11 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
     ``model`` defaults to each certificate's recorded source; ``images`` (files, folders, manifests)
     are matched to certificates by sha256, else the recorded path is used.
     """
-    from verifier.certificate.schema import CertificateFormatError, read_certificate
-
     say = progress or (lambda message: None)
     target = Path(target)
     result = VerifyResult()
     key = None
     if public_key is not None:
-        from verifier.certificate.signing import load_public_key
 
         key = load_public_key(public_key)
     by_hash = _index_images(images) if images else {}
@@ -116,7 +140,6 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
     for path in certificate_files(target):
         # 0. Signature (when a public key is given): over the file's exact bytes.
         if key is not None:
-            from verifier.certificate.signing import signature_holds
 
             result.add(path.stem, "signature", *signature_holds(key, path))
         # 1. Schema.
@@ -132,8 +155,6 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
         image_path = _check_image(result, certificate, by_hash, bool(images))
         source = str(model) if model is not None else certificate["model"]["source"]
         if source not in loaded_models:
-            from verifier.memory import row_budget
-            from verifier.models import load_model
 
             say(f"loading {source}")
             loaded_models[source] = load_model(source, device=device, allow_pickle=allow_pickle,
@@ -165,8 +186,6 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
     if target.is_dir():
         _check_summary(result, target)
         if key is not None:
-            from verifier.certificate.signing import signature_holds
-            from verifier.certificate.store import SUMMARY_FILE
 
             result.add("(run)", "summary signature", *signature_holds(key, target / SUMMARY_FILE))
     return result
@@ -177,8 +196,6 @@ def _short(fingerprint: str) -> str:
 
 
 def _check_image(result: VerifyResult, certificate: dict, by_hash: dict[str, Path], images_given: bool) -> Path | None:
-    from verifier.images import file_sha256
-
     image_id, wanted = certificate["image"]["id"], certificate["image"]["sha256"]
     if images_given:
         found = by_hash.get(wanted)
@@ -198,20 +215,11 @@ def _check_image(result: VerifyResult, certificate: dict, by_hash: dict[str, Pat
 def _recorded_autocast(certificate: dict):
     """The precision the certificate's numbers were measured in, replayed by the re-measurement (a value that is
     not a valid one is named by the arithmetic check; the replay then runs without autocast)."""
-    from verifier.config import AUTOCAST
-    from verifier.models import autocast_dtype
-
     name = certificate.get("config", {}).get("autocast", "off")
     return autocast_dtype(name) if name in AUTOCAST else None
 
 
 def _check_witness(result: VerifyResult, certificate: dict, folder: Path, loaded) -> dict | None:
-    import torch
-    from safetensors import safe_open
-
-    from verifier.certificate.store import witness_metadata
-    from verifier.images import file_sha256
-
     image_id, record = certificate["image"]["id"], certificate["witness"]
     path = folder / record["file"]
     if not path.is_file():
@@ -258,8 +266,6 @@ def _check_witness(result: VerifyResult, certificate: dict, folder: Path, loaded
 
 def _conditionings(tensors: dict, record: dict):
     """(witness, negative) conditionings from a witness file's tensors, as the certificate names them."""
-    from verifier.models import Conditioning
-
     witness = Conditioning.from_tensors({name: tensors[name] for name in record["tensors"]})
     negative = Conditioning.from_tensors({name.removeprefix("negative_"): tensors[name]
                                           for name in record["negative_tensors"]})
@@ -283,9 +289,6 @@ def _recorded_config(certificate: dict) -> tuple[VerifierConfig | None, Exceptio
 
 def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
     """Numbers that follow from other recorded numbers, and the run key, must agree exactly."""
-    from verifier.certificate.store import run_key
-    from verifier.sampling import seed_sequence
-
     image_id = certificate["image"]["id"]
     error = certificate["prediction_error"]
     problems = []
@@ -326,8 +329,6 @@ def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
 
 def _check_sampling_rule(result: VerifyResult, certificate: dict) -> None:
     """The seeds per guidance scale are what the sequential rule prescribes on the recorded scores."""
-    from verifier.conditions import replayed_generations
-
     image_id = certificate["image"]["id"]
     recorded = {s["guidance_scale"]: s["generations"] for s in certificate["conditions"]["probability"]["per_scale"]}
     prescribed = replayed_generations(certificate)
@@ -344,9 +345,6 @@ def _check_sampling_rule(result: VerifyResult, certificate: dict) -> None:
 def _check_inversion_rule(result: VerifyResult, certificate: dict) -> None:
     """The inversion was checked and stopped where its schedule prescribes on the recorded check ratios, and
     its last check is the witness's ratio."""
-    from verifier.framing import witness_is_framed
-    from verifier.invert import InversionSchedule
-
     image_id, record = certificate["image"]["id"], certificate["prediction_error"]
     config, _ = _recorded_config(certificate)
     if config is None:
@@ -371,8 +369,6 @@ def _check_inversion_rule(result: VerifyResult, certificate: dict) -> None:
 
 def _check_calibration(result: VerifyResult, certificate: dict, calibration_file: str | Path | None) -> None:
     """A calibrated certificate names its calibration by sha256; the file, where at hand, must match."""
-    import hashlib
-
     record = certificate["calibration"]
     if record is None:
         return
@@ -393,90 +389,88 @@ def _check_calibration(result: VerifyResult, certificate: dict, calibration_file
 
 
 def _check_verdict(result: VerifyResult, certificate: dict) -> None:
-    from verifier.conditions import redecide
-
-    image_id = certificate["image"]["id"]
+    """The verdict, its reason and the three conditions, every field of them (margins, bounds, the best scale,
+    look confidences, threshold sources, the control's p-value), are what follows from the recorded numbers."""
     decision = redecide(certificate)
-    recorded = certificate["conditions"]
-    differences = [] if decision.verdict == certificate["verdict"] else [
-        f"verdict {certificate['verdict']!r} recorded, {decision.verdict!r} follows from the numbers"]
-    for name in ("similarity", "existence", "probability"):
-        for key in ("value", "threshold", "pass"):
-            if not _equal(decision.conditions[name][key], recorded[name][key]):
-                differences.append(f"{name}.{key} {recorded[name][key]!r} recorded, {decision.conditions[name][key]!r} "
-                                   "follows")
-    for mine, theirs in zip(decision.conditions["probability"]["per_scale"], recorded["probability"]["per_scale"]):
-        for key in ("replications", "generations", "rate", "lower_bound", "upper_bound"):
-            if not _equal(mine[key], theirs[key]):
-                differences.append(f"probability at guidance {theirs['guidance_scale']:g}: {key} {theirs[key]!r} "
-                                   f"recorded, {mine[key]!r} follows")
-    result.add(image_id, "verdict", not differences,
-               "; ".join(differences[:3]) or f"{certificate['verdict']} follows from the recorded numbers")
+    found = differences({"verdict": certificate["verdict"], "verdict_reason": certificate["verdict_reason"],
+                         "conditions": certificate["conditions"]},
+                        {"verdict": decision.verdict, "verdict_reason": decision.reason,
+                         "conditions": decision.conditions})
+    result.add(certificate["image"]["id"], "verdict", not found,
+               described(found) or f"{certificate['verdict']} follows from the recorded numbers")
 
 
 def _check_prompts_and_category(result: VerifyResult, certificate: dict) -> None:
     """Every prompt of the context was tested at the run's scales and seeds; counts, bounds and the category
     follow from the recorded scores."""
-    from verifier.context import ImageContext
-    from verifier.prompts import replayed_prompts
-    from verifier.readable import statement as readable_statement
-    from verifier.taxonomy import classify
-
     image_id = certificate["image"]["id"]
     context, prompts, config = certificate["context"], certificate["prompts"], certificate["config"]
-    differences = []
+    listing_problems = []
     listed = ImageContext(explicit_prompts=tuple(context["explicit_prompts"]),
                           implicit_prompts=tuple(context["implicit_prompts"])).prompts() if context else []
     tested = [(prompt["kind"], prompt["prompt"]) for prompt in prompts]
     if tested != listed:
-        differences.append(f"the prompts tested {tested!r} are not the context's {listed!r}")
+        listing_problems.append(f"the prompts tested {tested!r} are not the context's {listed!r}")
     for prompt in prompts:
         scales = [scale["guidance_scale"] for scale in prompt["per_scale"]]
         sizes = {len(scale["scores"]) for scale in prompt["per_scale"]}
         if scales != list(config["guidance_scales"]) or sizes != {config["generations"]}:
-            differences.append(f"prompt {prompt['prompt']!r} was not tested with {config['generations']} seeds at "
-                               f"each of the guidance scales {config['guidance_scales']}")
+            listing_problems.append(f"prompt {prompt['prompt']!r} was not tested with {config['generations']} "
+                                    f"seeds at each of the guidance scales {config['guidance_scales']}")
     replayed = replayed_prompts(certificate, prompts)
     decoded = certificate["readable_prompt"]["prompts"]
     replayed_decoded = replayed_prompts(certificate, decoded)
-    for mine, theirs in zip(replayed + replayed_decoded, prompts + decoded):
-        for key in ("replications", "generations", "lower_bound", "reproduces", "reaches_min_rate", "confidence"):
-            if not _equal(mine[key], theirs[key]):
-                differences.append(f"prompt {theirs['prompt']!r}: {key} {theirs[key]!r} recorded, {mine[key]!r} follows")
+    differences_found = differences({"prompts": prompts, "decoded": decoded},
+                                    {"prompts": replayed, "decoded": replayed_decoded})
     if any(prompt["kind"] != "decoded" for prompt in decoded) or any(p["kind"] == "decoded" for p in prompts):
-        differences.append("decoded prompts and the owner's are mixed up")
+        differences_found.append("decoded prompts and the owner's are mixed up")
     statement = readable_statement(certificate["verdict"], config["inversion_space"],
                                    replayed_decoded, config.get("decode_witness", True))
-    if statement != certificate["readable_prompt"]["statement"]:
-        differences.append(f"the readable-prompt statement {certificate['readable_prompt']['statement']!r} does not "
-                           f"follow from the recorded numbers ({statement!r})")
-    category = classify(certificate["verdict"], context, replayed)
-    for key in ("category", "level", "evidence"):
-        if category[key] != certificate["classification"][key]:
-            differences.append(f"classification.{key} {certificate['classification'][key]!r} recorded, "
-                               f"{category[key]!r} follows")
-    result.add(image_id, "prompts and category", not differences, "; ".join(differences[:3]) or
+    differences_found += differences({"readable_prompt.statement": certificate["readable_prompt"]["statement"],
+                                      "classification": certificate["classification"]},
+                                     {"readable_prompt.statement": statement,
+                                      "classification": classify(certificate["verdict"], context, replayed)})
+    result.add(image_id, "prompts and category", not (listing_problems or differences_found),
+               described(listing_problems + differences_found) or
                f"{len(prompts)} owner prompt(s) tested; category {certificate['classification']['category']!r} "
                "follows from the recorded scores")
 
 
+def differences(recorded, derived, path: str = "") -> list[str]:
+    """Every field where a recorded record differs from the one that follows from its numbers, by path (floats
+    equal to 1e-9 relative: both sides are computed by the same code from the same recorded values)."""
+    if isinstance(recorded, dict) and isinstance(derived, dict):
+        return [difference for key in [*recorded, *(key for key in derived if key not in recorded)]
+                for difference in (differences(recorded[key], derived[key], f"{path}.{key}".lstrip("."))
+                                   if key in recorded and key in derived else
+                                   [f"{path}.{key}".lstrip(".") + (" is recorded but does not follow" if key in recorded
+                                                                   else " follows but is not recorded")])]
+    if isinstance(recorded, list) and isinstance(derived, list):
+        if len(recorded) != len(derived):
+            return [f"{path or 'the record'} has {len(recorded)} entries recorded, {len(derived)} follow"]
+        return [difference for index, (mine, theirs) in enumerate(zip(recorded, derived))
+                for difference in differences(mine, theirs, f"{path}[{index}]")]
+    if _equal(recorded, derived):
+        return []
+    return [f"{path} {recorded!r} recorded, {derived!r} follows"]
+
+
+def described(found: list[str], shown: int = 3) -> str:
+    """The first differences, and how many more there are."""
+    return "; ".join(found[:shown]) + (f" (and {len(found) - shown} more)" if len(found) > shown else "")
+
+
 def _equal(a, b) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(a) and math.isnan(b))
     return a == b
 
 
 def _check_generations(result: VerifyResult, certificate: dict, loaded, witness: dict, image_path: Path,
                        folder: Path, all_generations: bool) -> None:
     """Regenerate the generations the verdict rests on (and the control's, where it ran) and re-score them."""
-    import numpy as np
-
-    from verifier.alignment import FramedSimilarity
-    from verifier.control import never_seen_twin
-    from verifier.framing import witness_is_framed
-    from verifier.registry import SIMILARITY_METRICS
-    from verifier.similarity import replicated
-
     image_id = certificate["image"]["id"]
     record, config = certificate["witness"], certificate["config"]
     metric = SIMILARITY_METRICS.get(config["similarity"])(_config_for_metric(config))
@@ -522,7 +516,6 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
     control = certificate["conditions"]["existence"]["control"]
     control_file = folder / certificate["control_witness"]["file"] if certificate["control_witness"] else None
     if control is not None and control_file is not None and control_file.is_file():
-        from safetensors.torch import load_file
 
         tensors = {name: tensor.float() for name, tensor in load_file(str(control_file)).items()}
         recorded = np.array([np.nan if v is None else v for v in control["scores"]])
@@ -538,12 +531,6 @@ def _regenerate_part_twin(result: VerifyResult, certificate: dict, loaded, targe
                           all_generations: bool) -> None:
     """The part control's twin generations that replicated its best window (else its best one), regenerated from
     the twin's witness file, window scores compared with the recorded ones."""
-    import numpy as np
-    from safetensors.torch import load_file
-
-    from verifier.control import never_seen_twin
-    from verifier.regions import WindowSSIM
-
     control = certificate["part_replication"]["control"]
     if control is None:
         return
@@ -565,8 +552,6 @@ def _regenerate_part_twin(result: VerifyResult, certificate: dict, loaded, targe
 
 def _check_file(result: VerifyResult, image_id: str, name: str, path: Path, recorded_sha256: str) -> bool:
     """A file the certificate names exists and has the recorded sha256."""
-    from verifier.images import file_sha256
-
     actual = file_sha256(path) if path.is_file() else None
     return result.add(image_id, name, actual == recorded_sha256, f"{path.name} is missing" if actual is None else
                       f"sha256 {actual[:12]} vs recorded {recorded_sha256[:12]}")
@@ -575,8 +560,6 @@ def _check_file(result: VerifyResult, image_id: str, name: str, path: Path, reco
 def _check_window_scores(result: VerifyResult, image_id: str, name: str, regenerated, recorded: list,
                          wanted: list[int], seeds: list[int]) -> None:
     """Regenerated images' window scores (one row per ``wanted`` seed) against the recorded rows (one per seed)."""
-    import numpy as np
-
     rows = np.array([recorded[seeds.index(seed)] for seed in wanted], dtype=np.float64)  # null -> nan
     regenerated = np.asarray(regenerated, dtype=np.float64)
     unscored = int((np.isnan(regenerated) != np.isnan(rows)).sum())  # a window scored on one side only
@@ -601,8 +584,6 @@ def _part_seeds(certificate: dict, scale: float, seeds: list[int]) -> list[int]:
 def _check_part_windows(result: VerifyResult, certificate: dict, scale: float, target, seeds: list[int],
                         wanted: list[int], images) -> None:
     """The regenerated images' window scores match the recorded ones (the part finding's replications)."""
-    from verifier.regions import WindowSSIM
-
     part = certificate["part_replication"]
     rows = next(s["scores"] for s in part["per_scale"] if s["guidance_scale"] == scale)
     regenerated = WindowSSIM(certificate["image"]["preprocessing"]["resolution"])(images, target)
@@ -614,10 +595,6 @@ def _regenerate_prompts(result: VerifyResult, certificate: dict, loaded, metric,
                         target, all_generations: bool) -> None:
     """Regenerate each owner prompt's and decoded witness's replicating generations (every one with
     ``all_generations``) from its text."""
-    import numpy as np
-
-    from verifier.similarity import replicated
-
     record = certificate["witness"]
     seeds = record["seeds"][:certificate["config"]["generations"]]
     tested = certificate["prompts"] + certificate["readable_prompt"]["prompts"]
@@ -638,10 +615,6 @@ def _regenerate(result: VerifyResult, image_id: str, name: str, loaded, metric, 
                 target, scale: float, wanted: list[int], seeds: list[int], recorded, record: dict, condition=None):
     """Regenerate ``wanted`` seeds from ``witness`` (or ``condition``, an owner prompt's) with the stock pipeline,
     compare their scores; return the images."""
-    import numpy as np
-
-    from verifier.similarity import replicated
-
     witness_condition, negative = _conditionings(witness, record)
     condition = witness_condition if condition is None else condition
     images = loaded.generate(condition.to(loaded.device), negative.to(loaded.device), wanted, scale,
@@ -675,9 +648,6 @@ def _check_closest_framing(result: VerifyResult, certificate: dict, regenerated:
 def _screen_problems(framing: dict, framed: dict | None) -> list[str]:
     """The screen ran exactly where the framing search did, over the rule's candidates, and measured and chose
     (the image's and, where recorded, its twin's) as the rule prescribes on the recorded ratios."""
-    from verifier.framing import BOUNDS
-    from verifier.screen import KEPT, candidate_framings, chosen, stages, survivors
-
     record = framing["screen"]
     if (record is None) != (framed is None):
         return [f"the screen {'ran' if record is not None else 'did not run'}, but the framing search "
@@ -721,8 +691,6 @@ def _check_framing(result: VerifyResult, certificate: dict) -> None:
     replicated nothing (its screen with it, as the rule chooses), the aligned one exactly where the framing
     search replicated nothing too, the witness is the search ``framing.witness_search`` names, and the verdict
     is the witness's."""
-    from verifier.framing import BOUNDS, aligned_search_runs, framing_record, reproduced_nothing, witness_search
-
     framing, similarity = certificate["framing"], certificate["conditions"]["similarity"]
     first, framed = framing["first_search"], framing["framing_search"]
     aligned, aligned_framing = framing["aligned_search"], framing["aligned_framing"]
@@ -767,9 +735,6 @@ def _check_framing(result: VerifyResult, certificate: dict) -> None:
 
 
 def _check_closest_png(result: VerifyResult, image_id: str, path: Path, regenerated) -> None:
-    import numpy as np
-    from PIL import Image
-
     if not path.is_file():
         result.add(image_id, "closest generation", False, f"{path.name} is missing")
         return
@@ -782,10 +747,6 @@ def _check_closest_png(result: VerifyResult, image_id: str, path: Path, regenera
 def _check_part(result: VerifyResult, certificate: dict) -> None:
     """The part finding follows from the recorded window scores (and the twin's): the windows are the resolution's,
     the best window, the candidacy, the Fisher test and the finding are recomputed and must agree."""
-    import numpy as np
-
-    from verifier.regions import WindowSSIM, part_record
-
     part = certificate["part_replication"]
     metric = WindowSSIM(certificate["image"]["preprocessing"]["resolution"])
     if [list(window) for window in metric.windows] != part["windows"] or metric.threshold != part["threshold"]:
@@ -819,11 +780,6 @@ def _check_sheet_tiles(result: VerifyResult, image_id: str, folder: Path, record
                        columns: list[int], regenerated) -> None:
     """The contact sheet the report shows holds the regenerated generations at their scale's row and seeds'
     columns (the file's sha256 is checked with the other files)."""
-    import numpy as np
-    from PIL import Image
-
-    from verifier.certificate.sheet import sheet_tile, thumbnail
-
     sheet_record = record["generations_sheet"]
     path, tile = folder / sheet_record["file"], sheet_record["tile"]
     if not path.is_file():
@@ -839,8 +795,6 @@ def _check_sheet_tiles(result: VerifyResult, image_id: str, folder: Path, record
 
 
 def _config_for_metric(config: dict):
-    from types import SimpleNamespace
-
     return SimpleNamespace(lpips_weights=config.get("lpips_weights"), sscd_weights=config.get("sscd_weights"))
 
 
@@ -850,10 +804,6 @@ def witness_image(certificate: dict, image_path: Path):
     the owner's image cut at the screen's chosen framing (``verifier.screen``) and the owner's image framed best
     (an ``OwnerImage``); the aligned search: the owner's image cut at ``aligned_framing`` (an ``alignment.Cut``),
     twice (None, None where that framing leaves no overlap)."""
-    from verifier.alignment import Framing, OwnerImage
-    from verifier.framing import ALIGNED_SEARCH, BOUNDS, witness_is_framed
-    from verifier.images import prepare_image
-
     resolution, witness = certificate["witness"]["height"], certificate["framing"]["witness"]
     if witness == ALIGNED_SEARCH:
         owner = OwnerImage.open(image_path, BOUNDS, resolution)
@@ -871,9 +821,6 @@ def witness_image(certificate: dict, image_path: Path):
 
 
 def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict, image_path: Path) -> None:
-    from verifier.alignment import latent_weights, pixels_of
-    from verifier.error import prediction_error
-
     image_id = certificate["image"]["id"]
     record = certificate["prediction_error"]
     settings = certificate["config"]
@@ -907,9 +854,6 @@ def _check_error(result: VerifyResult, certificate: dict, loaded, witness: dict,
 
 def _check_decoding(result: VerifyResult, certificate: dict, loaded, witness: dict) -> None:
     """The decoded texts are what the witness file's variables decode to (where a decoding was made)."""
-    from verifier.readable import decoded_prompts
-    from verifier.taxonomy import REPRODUCED_VERDICTS
-
     if certificate["verdict"] not in REPRODUCED_VERDICTS or not certificate["config"].get("decode_witness", True):
         return
     variables = {name.removeprefix("variables."): tensor for name, tensor in witness.items()
@@ -922,12 +866,6 @@ def _check_decoding(result: VerifyResult, certificate: dict, loaded, witness: di
 
 
 def _check_summary(result: VerifyResult, folder: Path) -> None:
-    import json
-
-    from verifier.certificate.schema import CertificateFormatError, validated
-    from verifier.certificate.store import SUMMARY_FILE
-    from verifier.policy import Policy
-
     path = folder / SUMMARY_FILE
     if not path.is_file():
         result.add("(run)", "summary", False, f"{SUMMARY_FILE} is missing")

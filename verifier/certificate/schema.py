@@ -63,6 +63,10 @@ Version history:
   search's error ratio is measured on that cut (the owner's pixels only), and its cost includes the screen's.
   With ``framing_mirror`` the screen's candidates include mirrored framings, and the mirrored framing search
   of v11 (``mirrored_search``, ``mirrored_denoiser_evaluations``, the witness "mirrored framing search") is gone.
+- 13: ``verify`` compares whole derived records (issue 23): the verdict, its reason and every field of the three
+  conditions, the prompts' records and the classification must be what follows from the recorded numbers, text
+  included; the default thresholds' sources cite docs/decisions.md (the README's "Decisions" moved there), so
+  a v12 certificate's sources no longer follow from v13's rule book.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")

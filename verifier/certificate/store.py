@@ -36,8 +36,6 @@ from verifier.images import file_sha256
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
-# File stems the run itself uses: no image id may take them (see verifier.images).
-RESERVED_STEMS = ("run", "summary", "report", "calibration", "demo-images")
 
 
 class OutputFolderError(ValueError):

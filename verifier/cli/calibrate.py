@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from verifier.cli import EXIT_OK, main, progress, run_guarded
+from verifier.cli.base import EXIT_OK, main, progress, run_guarded
 from verifier.cli.options import build, config_options
 
 
@@ -38,7 +38,7 @@ def calibrate(model, non_members, out, false_alarm_rate, work, allow_pickle, mod
     config = run_guarded(lambda: build(config_file, **overrides))
 
     def run():
-        from verifier.calibration import calibrate as calibrate_model
+        from verifier.calibrate import calibrate as calibrate_model
 
         return calibrate_model(model, list(non_members), out, config, rate=false_alarm_rate, work=work,
                                allow_pickle=allow_pickle, model_config=model_config, progress=progress)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from verifier.cli import EXIT_FOUND, EXIT_OK, main, run_guarded
+from verifier.cli.base import EXIT_FOUND, EXIT_OK, main, run_guarded
 from verifier.cli.options import FAIL_LEVELS, build, config_options, print_table, progress_options, tracker
 from verifier.registry import MODEL_FAMILIES
 

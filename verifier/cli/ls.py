@@ -6,7 +6,7 @@ import json
 
 import click
 
-from verifier.cli import main, run_guarded
+from verifier.cli.base import main, run_guarded
 
 
 @main.command(name="ls")

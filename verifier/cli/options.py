@@ -71,7 +71,7 @@ def tracker(quiet: bool, progress_log):
     """Progress bars on standard error when it is a terminal and not ``quiet``; the JSON-lines log if asked."""
     import sys
 
-    from verifier.cli import UsageFailure
+    from verifier.cli.base import UsageFailure
     from verifier.progress import RunProgress
 
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from verifier.cli import main, run_guarded
+from verifier.cli.base import main, run_guarded
 
 
 @main.command()

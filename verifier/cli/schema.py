@@ -6,7 +6,7 @@ import json
 
 import click
 
-from verifier.cli import main
+from verifier.cli.base import main
 
 
 @main.command()

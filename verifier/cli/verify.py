@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from verifier.cli import EXIT_FOUND, EXIT_OK, main, progress, run_guarded
+from verifier.cli.base import EXIT_FOUND, EXIT_OK, main, progress, run_guarded
 
 
 @main.command()
