@@ -52,6 +52,35 @@ def test_help_names_every_family_and_only_files_that_exist():
         assert [path for path in named if not (root / path).is_file()] == [], (command, named)
 
 
+def test_config_options_are_the_config_fields_with_their_defaults_and_choices():
+    """Every config option of certify, demo and calibrate is made from a config field (its name, help, values and
+    default), so none can be hand-written to disagree with the config; each reaches the config it sets."""
+    import dataclasses
+
+    from verifier.config import VerifierConfig
+    from verifier.registry import SIMILARITY_METRICS
+
+    exposed = {field.name: field for field in dataclasses.fields(VerifierConfig) if "help" in field.metadata}
+    assert {"inversion_steps", "similarity", "framing_search", "fail_on", "calibration"} <= set(exposed)
+    for command in ("certify", "demo", "calibrate"):
+        params = {param.name: param for param in main.commands[command].params}
+        config_params = {name for name in params if name in {f.name for f in dataclasses.fields(VerifierConfig)}}
+        assert config_params == set(exposed), (command, config_params ^ set(exposed))
+        help_text = " ".join(CliRunner().invoke(main, [command, "--help"], terminal_width=1000).output.split())
+        for name, field in exposed.items():
+            flag = "--" + name.replace("_", "-")
+            assert flag in help_text, flag
+            if isinstance(field.default, bool):
+                assert params[name].secondary_opts == [f"--no-{flag[2:]}"]
+            elif field.default is not None:
+                assert f"Default: {field.default}." in help_text, flag
+        assert "One of: " + ", ".join(SIMILARITY_METRICS.names()) in help_text
+    from verifier.cli.options import build
+
+    assert build(None, inversion_steps=7, framing_search=False, fail_on="never") == dataclasses.replace(
+        VerifierConfig(), inversion_steps=7, framing_search=False, fail_on="never")
+
+
 def test_certify_exit_codes(tmp_path, tiny_model):
     images = write_images(tmp_path / "images", count=2)
     runner = CliRunner()

@@ -194,7 +194,7 @@ CASES = [
     ("meta device", lambda m, d: certify_args([_image(d)], m, d, "--device", "meta"), 2,
      "device='meta' is not allowed: expected auto, cpu, cuda, cuda:N or mps"),
     ("unknown fail-on level", lambda m, d: certify_args([_image(d)], m, d, "--fail-on", "always"), 2,
-     "Invalid value for '--fail-on'"),
+     "fail_on='always' is not allowed: expected one of memorized, rarely_reproduced, never"),
     ("unknown metric", lambda m, d: certify_args([_image(d)], m, d, "--similarity", "psnr"), 2,
      "similarity='psnr' is not allowed"),
     # Output folders (exit 2).

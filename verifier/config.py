@@ -32,6 +32,13 @@ ERROR_FORMS = ("native", "x0")  # how verifier.objectives measures the predictio
 TIMESTEP_DENSITIES = ("logit_normal", "uniform")  # flow-matching training densities (verifier.objectives)
 
 
+def option(default, help: str, choices: tuple[str, ...] | str | None = None):
+    """A field the command line sets too (``--field-name``): ``verifier.cli.options`` makes the option from it, its
+    help from ``help``, the allowed values (a tuple, or the name of a ``verifier.registry`` registry) and the
+    default, so the help cannot disagree with the config."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
 class ConfigError(ValueError):
     """A configuration value or file that cannot be used; the message names it and what is allowed."""
 
@@ -41,51 +48,73 @@ class VerifierConfig:
     """Every knob of a certification run. Defaults are model-agnostic (see docs/decisions.md)."""
 
     # Inversion: where the free variables live and how hard the search is.
-    inversion_space: str = "token_embeddings"
+    inversion_space: str = option(
+        "token_embeddings", "Where inversion's free variables live (verifier.spaces).", choices="INVERSION_SPACES")
     inversion_tokens: int = 8
-    inversion_steps: int = 60  # every image; then images whose grid error still falls go on (below)
-    inversion_max_steps: int | None = None  # None: 4 x inversion_steps
+    inversion_steps: int = option(60, "Adam steps every image gets; images whose error still falls go on.")
+    inversion_max_steps: int | None = option(
+        None, "The most Adam steps any image gets; unset: 4 x inversion_steps (equal to it: a fixed budget).")
     inversion_check_every: int = 20  # steps between two checks of the error ratio, past inversion_steps
     inversion_min_drop: float = 0.02  # go on while the last window lowered the error ratio by more than this
     inversion_learning_rate: float = 0.1  # relative to each variable's scale (see verifier.spaces)
     inversion_noise_draws: int = 4
-    batch_size: int = 16
-    denoiser_batch: int | None = None  # rows per denoiser call; None: from the free memory (verifier.memory)
-    gradient_checkpointing: bool = False  # recompute activations in inversion's backward pass (large models)
+    batch_size: int = option(16, "Images per batch (does not change results).")
+    denoiser_batch: int | None = option(
+        None, "Rows per denoiser call; unset: from the free memory, measured (does not change results).")
+    gradient_checkpointing: bool = option(
+        False, "Recompute the denoiser's activations in inversion's backward pass: less memory, more time.")
 
     # Prediction error: a fixed timestep grid and noise draws shared by every image.
     error_timesteps: int = 10
     error_noise_draws: int = 4
-    error_form: str = "native"  # native: the model's training loss; x0: the error of the clean latent it implies
+    error_form: str = option(
+        "native", "Prediction error in the model's own loss (native) or on the clean latent it implies (x0).",
+        choices=ERROR_FORMS)
     flow_timestep_density: str = "logit_normal"  # flow-matching models: the training density the grid follows
 
     # Existence: the inverted conditioning must lower the model's error well below the empty prompt's.
     existence_max_error_ratio: float = 0.5
 
     # Similarity and probability: generations from the witness.
-    similarity: str = "ssim"
-    similarity_threshold: float | None = None  # None: the metric's own documented default
-    generations: int = 16  # seeds per guidance scale at the first look
-    sampling_doublings: int = 3  # where the first look leaves the rate undecided, double the best scale's seeds
+    similarity: str = option(
+        "ssim", "The similarity metric generations are compared with the image by.", choices="SIMILARITY_METRICS")
+    similarity_threshold: float | None = option(
+        None, "The similarity threshold; unset: the metric's documented default.")
+    generations: int = option(16, "Seeds per guidance scale at the first look.")
+    sampling_doublings: int = option(
+        3, "Times the best scale's seeds may double while the rate is undecided (0: a fixed sample).")
     guidance_scales: tuple[float, ...] = (1.0, 3.0)
     sampling_steps: int = 25
     probability_min_rate: float = 0.25
-    replication_bound: float | None = None  # a not_memorized claim's target upper bound; None: what the seeds give
+    replication_bound: float | None = option(
+        None, "The upper bound on the replication probability a not_memorized verdict must reach (e.g. 0.1): seeds "
+        "double at every guidance scale until it does; unset: the bound the first look's seeds give.")
     confidence: float = 0.95
-    decode_witness: bool = True  # test the witness decoded into readable text where it reproduced the image
-    framing_search: bool = True  # where nothing replicated at the owner's framing, search framings (verifier.framing)
-    framing_mirror: bool = False  # the framing search's screen also tries mirrored framings (verifier.screen)
+    decode_witness: bool = option(
+        True, "Where the witness reproduced an image, decode it into readable text and test that like a prompt "
+        "(docs/context-and-policy.md, \"Readable evidence\").")
+    framing_search: bool = option(
+        True, "Where nothing replicated at the owner's framing, search framings of the owner's image (scale, shift, "
+        "mirror; docs/owner-copies.md).")
+    framing_mirror: bool = option(
+        False, "The framing search's screen also tries every candidate framing mirrored left-right, for mirrored copies"
+        " (25 more candidates in the screen per clean verdict; docs/owner-copies.md).")
 
     # Run.
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"  # the weights' dtype
-    autocast: str = "off"  # run the denoiser and sampling under torch.autocast in this dtype; off: in the weights'
+    seed: int = option(0, "The run seed, from 0 to 2**32-1.")
+    device: str = option("auto", "Where to run: auto, cpu, cuda, cuda:N or mps.")
+    dtype: str = option("float32", "The weights' dtype.", choices=DTYPES)
+    autocast: str = option(
+        "off", "Run the denoiser and sampling under torch.autocast in this dtype, the weights, free variables and loss "
+        "staying in the weights' dtype or float32; off: not (docs/gpu.md says when to use it).", choices=AUTOCAST)
     resolution: int | None = None  # None: the model's native resolution
-    fail_on: str = "memorized"
-    lpips_weights: str | None = None
-    sscd_weights: str | None = None
-    calibration: str | None = None  # a `verifier calibrate` file: its thresholds replace the two defaults above
+    fail_on: str = option(
+        "memorized", "Exit 1 when any image reaches this verdict (rarely_reproduced includes memorized; never: always "
+        "0).", choices=FAIL_ON_LEVELS)
+    lpips_weights: str | None = option(None, "torchvision AlexNet weights for the lpips metric (never downloaded).")
+    sscd_weights: str | None = option(None, "SSCD TorchScript file for the sscd metric.")
+    calibration: str | None = option(
+        None, "A `verifier calibrate` file for this model: its thresholds replace the two defaults.")
 
     def __post_init__(self) -> None:
         finite = math.isfinite
