@@ -50,11 +50,12 @@ from verifier.certificate.sheet import LAYOUT as SHEET_LAYOUT, sheet_png, tile_s
 from verifier.certificate.signing import load_private_key, sign_file, signature_holds
 from verifier.certificate.store import (
     REPORT_FILE, SUMMARY_FILE, atomic_write_bytes, atomic_write_json, claim_run_folder, finite_or_none,
-    png_bytes, prepare_output_folder, reusable_certificate, run_key, summary, write_witness,
+    png_bytes, prepare_output_folder, reusable_certificate, run_config_values, run_key, summary, write_witness,
 )
-from verifier.calibration import check_calibration, read_calibration, threshold_sources
+from verifier.calibration import check_calibration, read_calibration
 from verifier.conditions import (
-    DEFAULT_EXISTENCE_SOURCE, TWIN, decide, inversion_problems, needs_control, redecide, sampling_looks, scales_to_extend,
+    TWIN, Thresholds, decide, inversion_problems, needs_control, redecide, resolve_thresholds, sampling_looks,
+    scales_to_extend,
 )
 from verifier.control import ControlRun, run_controls
 from verifier.config import VerifierConfig
@@ -222,7 +223,7 @@ class Run:
     out: Path
     loaded: ModelAdapter
     metric: object
-    thresholds: "Thresholds"
+    thresholds: Thresholds
     protected: list[ProtectedImage]
     keys: dict[str, str]
     record: "RunRecord"
@@ -280,8 +281,7 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
         model, device=device or config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
     calibration = check_calibration(config.calibration, *calibration_file, loaded.fingerprint, config, weights_sha) \
         if calibration_file else None
-    config_values = config.fingerprint_dict() | {"similarity_weights_sha256": weights_sha,
-                                                 "calibration_sha256": (calibration or {}).get("sha256")}
+    config_values = run_config_values(config, weights_sha, (calibration or {}).get("sha256"))
     claim_run_folder(out, {"model_fingerprint": loaded.fingerprint, "config": config_values,
                            "verifier": _verifier_version()})
     keys = {image.id: run_key(loaded.fingerprint, config_values, image.sha256, _verifier_version(), weights_sha,
@@ -321,7 +321,9 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
         witness_tensors=sorted(empty.tensors()),
         generation_kwargs={key: list(value) for key, value in loaded.generation_kwargs(resolution, resolution).items()},
         guidance_keyword=next(iter(loaded.guidance_kwargs(1.0))))
-    return Run(config=config, out=out, loaded=loaded, metric=metric, thresholds=Thresholds.of(config, metric, calibration),
+    thresholds = resolve_thresholds(config.similarity_threshold, config.existence_max_error_ratio,
+                                    metric.default_threshold, metric.threshold_source, calibration)
+    return Run(config=config, out=out, loaded=loaded, metric=metric, thresholds=thresholds,
                protected=protected, keys=keys, record=record, signer=signer,
                empty=empty,
                space=INVERSION_SPACES.get(config.inversion_space)(loaded, config.inversion_tokens),
@@ -648,28 +650,6 @@ def finish_run(run: Run, certificates: dict[str, dict], seconds: float, write: b
     atomic_write_bytes(run.out / REPORT_FILE, report_html(run.out, record, ordered, image_pngs,
                                                           f"verifier report: {run.loaded.source}").encode())
     return ordered
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The similarity and existence thresholds a run decides with, and where each comes from."""
-
-    similarity: float
-    existence: float
-    similarity_source: str
-    existence_source: str
-
-    @classmethod
-    def of(cls, config: VerifierConfig, metric, calibration: dict | None) -> "Thresholds":
-        if calibration is not None:
-            existence_source, similarity_source = threshold_sources(calibration)
-            return cls(calibration["similarity_threshold"], calibration["error_ratio_threshold"], similarity_source,
-                       existence_source)
-        if config.similarity_threshold is not None:
-            similarity, source = config.similarity_threshold, "config similarity_threshold"
-        else:
-            similarity, source = metric.default_threshold, metric.threshold_source
-        return cls(similarity, config.existence_max_error_ratio, source, DEFAULT_EXISTENCE_SOURCE)
 
 
 def _controls(model: ModelAdapter, space, metric, thresholds: Thresholds, batch, pixels, scores, ratios,

@@ -39,7 +39,7 @@ import numpy as np
 
 from verifier.calibration import threshold_sources
 from verifier.registry import SIMILARITY_METRICS
-from verifier.similarity import replicated
+from verifier.similarity import best_index, replicated
 
 # What the existence control is (``verifier.control`` runs it): the kind its record and files name.
 TWIN = "the image turned upside down (a never-seen twin), inverted with the same schedule"
@@ -145,7 +145,7 @@ def decide(*, error_ratio: float, scores_by_scale: dict[float, np.ndarray], metr
         problems.append(f"the error ratio is {error_ratio}")
     best = _best(per_scale)
     finite_scores = [v for s in per_scale for v in s["scores"] if v is not None]
-    best_score = (max(finite_scores) if metric.higher_is_similar else min(finite_scores)) if finite_scores else None
+    best_score = finite_scores[best_index(metric, finite_scores)] if finite_scores else None
     replications = sum(s["replications"] for s in per_scale)
     ratio = _finite(error_ratio)
     control_record = _control_record(control, best, metric, threshold, confidence, problems)
@@ -316,34 +316,54 @@ def inversion_problems(loss_first_last: list[float | None]) -> tuple[str, ...]:
     return ()
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """The similarity and existence thresholds a verdict is decided with, and where each comes from."""
+
+    similarity: float
+    existence: float
+    similarity_source: str
+    existence_source: str
+
+
+def resolve_thresholds(config_similarity: float | None, config_existence: float, metric_default: float,
+                       metric_source: str, calibration: dict | None) -> Thresholds:
+    """The one rule, for certify and every reader: a calibration's thresholds, else the config's similarity
+    threshold or the metric's documented default, and the config's existence threshold."""
+    if calibration is not None:
+        existence_source, similarity_source = threshold_sources(calibration)
+        return Thresholds(calibration["similarity_threshold"], calibration["error_ratio_threshold"],
+                          similarity_source, existence_source)
+    if config_similarity is not None:
+        return Thresholds(config_similarity, config_existence, "config similarity_threshold", DEFAULT_EXISTENCE_SOURCE)
+    return Thresholds(metric_default, config_existence, metric_source, DEFAULT_EXISTENCE_SOURCE)
+
+
 def recorded_inputs(certificate: dict) -> dict:
     """``decide``'s arguments as a certificate records them, with the thresholds it names (its
     calibration's, else its config's)."""
-    config, calibration = certificate["config"], certificate["calibration"]
+    config = certificate["config"]
     similarity = certificate["conditions"]["similarity"]
+    registered = SIMILARITY_METRICS.get(config["similarity"])
     metric = RecordedMetric(similarity["metric"], similarity["direction"] == "higher is more similar",
-                            SIMILARITY_METRICS.get(config["similarity"]).threshold_source, similarity["weights"])
-    if calibration is not None:
-        existence_source, similarity_source = threshold_sources(calibration)
-        threshold, max_ratio = calibration["similarity_threshold"], calibration["error_ratio_threshold"]
-    else:
-        existence_source, max_ratio = DEFAULT_EXISTENCE_SOURCE, config["existence_max_error_ratio"]
-        threshold, similarity_source = config["similarity_threshold"], "config similarity_threshold"
-        if threshold is None:
-            threshold, similarity_source = SIMILARITY_METRICS.get(config["similarity"]).default_threshold, None
+                            registered.threshold_source, similarity["weights"])
+    thresholds = resolve_thresholds(config["similarity_threshold"], config["existence_max_error_ratio"],
+                                    registered.default_threshold, registered.threshold_source,
+                                    certificate["calibration"])
     scores = {s["guidance_scale"]: np.array([np.nan if v is None else v for v in s["scores"]], dtype=np.float64)
               for s in certificate["conditions"]["probability"]["per_scale"]}
     ratio = certificate["prediction_error"]["ratio"]
     control = certificate["conditions"]["existence"]["control"]
     return dict(error_ratio=float("nan") if ratio is None else ratio, scores_by_scale=scores, metric=metric,
-                threshold=threshold, max_error_ratio=max_ratio, min_rate=config["probability_min_rate"],
+                threshold=thresholds.similarity, max_error_ratio=thresholds.existence,
+                min_rate=config["probability_min_rate"],
                 confidence=config["confidence"],
                 looks=sampling_looks(config["generations"], config["sampling_doublings"]),
                 replication_bound=config["replication_bound"],
                 problems=inversion_problems(certificate["prediction_error"]["inversion_loss_first_last"]),
                 control=None if control is None else {key: control[key] for key in
                                                       ("guidance_scale", "scores", "error_ratio")},
-                existence_source=existence_source, similarity_source=similarity_source)
+                existence_source=thresholds.existence_source, similarity_source=thresholds.similarity_source)
 
 
 def redecide(certificate: dict) -> Decision:

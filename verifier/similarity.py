@@ -140,5 +140,11 @@ class SSCD:
 
 
 def replicated(metric, scores: np.ndarray, threshold: float) -> np.ndarray:
-    """Boolean per score: does it count as a replication under ``metric``'s direction?"""
+    """Boolean per score: does it count as a replication under ``metric``'s direction? (NaN never does.)"""
     return scores >= threshold if metric.higher_is_similar else scores <= threshold
+
+
+def best_index(metric, scores) -> int:
+    """Index of the most similar score under ``metric``'s direction (NaN never wins; at least one is finite)."""
+    values = np.asarray(scores, dtype=np.float64)
+    return int(np.nanargmax(values) if metric.higher_is_similar else np.nanargmin(values))

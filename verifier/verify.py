@@ -45,7 +45,7 @@ from verifier.alignment import FramedSimilarity, Framing, OwnerImage, latent_wei
 from verifier.certificate.schema import CERTIFICATE_SCHEMA_ID, CertificateFormatError, read_certificate, validated
 from verifier.certificate.sheet import sheet_tile, thumbnail
 from verifier.certificate.signing import load_public_key, signature_holds
-from verifier.certificate.store import SUMMARY_FILE, run_key, witness_metadata
+from verifier.certificate.store import SUMMARY_FILE, run_config_values, run_key, witness_metadata
 from verifier.conditions import redecide, replayed_generations
 from verifier.config import AUTOCAST, ConfigError, VerifierConfig
 from verifier.context import ImageContext
@@ -65,7 +65,7 @@ from verifier.regions import WindowSSIM, part_record
 from verifier.registry import SIMILARITY_METRICS
 from verifier.sampling import seed_sequence
 from verifier.screen import KEPT, candidate_framings, chosen, stages, survivors
-from verifier.similarity import replicated
+from verifier.similarity import best_index, replicated
 from verifier.taxonomy import REPRODUCED_VERDICTS, classify
 
 
@@ -133,14 +133,12 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
     result = VerifyResult()
     key = None
     if public_key is not None:
-
         key = load_public_key(public_key)
     by_hash = _index_images(images) if images else {}
     loaded_models: dict[str, object] = {}
     for path in certificate_files(target):
         # 0. Signature (when a public key is given): over the file's exact bytes.
         if key is not None:
-
             result.add(path.stem, "signature", *signature_holds(key, path))
         # 1. Schema.
         try:
@@ -155,7 +153,6 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
         image_path = _check_image(result, certificate, by_hash, bool(images))
         source = str(model) if model is not None else certificate["model"]["source"]
         if source not in loaded_models:
-
             say(f"loading {source}")
             loaded_models[source] = load_model(source, device=device, allow_pickle=allow_pickle,
                                                model_config=model_config)
@@ -186,7 +183,6 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
     if target.is_dir():
         _check_summary(result, target)
         if key is not None:
-
             result.add("(run)", "summary signature", *signature_holds(key, target / SUMMARY_FILE))
     return result
 
@@ -311,8 +307,7 @@ def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
         weights = certificate["conditions"]["similarity"]["weights"]
         weights_sha = weights["sha256"] if weights else None
         calibration = certificate["calibration"]
-        config_values = config.fingerprint_dict() | {"similarity_weights_sha256": weights_sha,
-                                                     "calibration_sha256": (calibration or {}).get("sha256")}
+        config_values = run_config_values(config, weights_sha, (calibration or {}).get("sha256"))
         expected = run_key(certificate["model"]["fingerprint"], config_values, certificate["image"]["sha256"],
                            certificate["environment"].get("verifier"), weights_sha, certificate["context"])
         if expected != certificate["run_key"]:
@@ -516,13 +511,12 @@ def _check_generations(result: VerifyResult, certificate: dict, loaded, witness:
     control = certificate["conditions"]["existence"]["control"]
     control_file = folder / certificate["control_witness"]["file"] if certificate["control_witness"] else None
     if control is not None and control_file is not None and control_file.is_file():
-
         tensors = {name: tensor.float() for name, tensor in load_file(str(control_file)).items()}
         recorded = np.array([np.nan if v is None else v for v in control["scores"]])
         hits = replicated(metric, recorded, threshold)
         # The control's replications (if any), else its closest seed: what the Fisher test rests on.
         wanted = [seed for seed, hit in zip(seeds, hits) if hit or all_generations] or [
-            seeds[int(np.nanargmax(recorded) if metric.higher_is_similar else np.nanargmin(recorded))]]
+            seeds[best_index(metric, recorded)]]
         _regenerate(result, image_id, "control generations", loaded, metric, threshold, tensors,
                     never_seen_twin(target), control["guidance_scale"], wanted, seeds, recorded, record)
 

@@ -115,6 +115,13 @@ def witness_metadata(file_metadata: dict | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def run_config_values(config, metric_weights_sha256: str | None, calibration_sha256: str | None) -> dict:
+    """The config values a run's key and ``run.json`` record: those that change the numbers
+    (``VerifierConfig.fingerprint_dict``), with the similarity weights and the calibration by sha256."""
+    return config.fingerprint_dict() | {"similarity_weights_sha256": metric_weights_sha256,
+                                        "calibration_sha256": calibration_sha256}
+
+
 def run_key(model_fingerprint: str, config_values: dict, image_sha256: str, verifier_version: str | None,
             metric_weights_sha256: str | None, context: dict | None = None) -> str:
     """Identifies what a certificate's numbers depend on: reuse it only when every part matches (the owner's
