@@ -34,6 +34,14 @@ def _share_the_cpu_between_workers() -> None:
 _share_the_cpu_between_workers()
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny random Stable Diffusion pipeline folder (``helpers.tiny_models``), one per test module."""
+    from helpers.tiny_models import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
+
+
 @pytest.fixture
 def copy(run, tmp_path):
     """A private copy of the requesting module's ``run`` folder, free to edit."""

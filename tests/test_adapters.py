@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_images import write_images
-from tiny_models import TEST_DEVICE, build_tiny_pipeline
+from helpers.images import write_images
+from helpers.tiny_models import TEST_DEVICE, build_tiny_pipeline
 from verifier.api import certify
 from verifier.config import VerifierConfig
 from verifier.models import Conditioning, ModelLoadError, load_model

@@ -164,7 +164,7 @@ def test_a_copy_the_framing_search_misses_is_found_at_the_refined_framing_and_ve
     import sys
     from pathlib import Path
 
-    from tampering import failed_checks_after
+    from helpers.tampering import failed_checks_after
     from verifier.api import certify
     from verifier.config import VerifierConfig
     from verifier.reference_models import reference_model_path

@@ -225,7 +225,7 @@ def test_tamper_another_image(copy):
 
 
 def test_tamper_another_model(copy, tmp_path):
-    from tiny_models import build_tiny_pipeline
+    from helpers.tiny_models import build_tiny_pipeline
 
     other = build_tiny_pipeline(tmp_path / "other-model")
     _fail(verify(_only(copy, MEMORIZED), model=other, device="cpu"), "model", "vs recorded")

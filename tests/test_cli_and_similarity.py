@@ -11,8 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest_images import write_images
-from tiny_models import build_tiny_pipeline
+from helpers.images import write_images
 from verifier.cli import main
 from verifier.conditions import clopper_pearson, decide
 from verifier.config import VerifierConfig
@@ -22,11 +21,6 @@ from verifier.similarity import SSCD, SSIM, LPIPSSimilarity, SimilarityError
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 FAST_OPTIONS = ["--inversion-steps", "2", "--generations", "2", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def test_help_is_instant_and_imports_no_torch():
@@ -113,9 +107,11 @@ def test_fail_on_levels_gate_the_exit_code(tmp_path, tiny_model):
     config = tmp_path / "lenient.toml"
     config.write_text("existence_max_error_ratio = 1.0\nprobability_min_rate = 0.01\n")
     gated = runner.invoke(main, [*arguments, "--config", str(config)])
-    assert "memorized" in gated.output
+    verdicts = [image["verdict"] for image in json.loads((tmp_path / "o" / "summary.json").read_text())["images"]]
+    assert verdicts == ["memorized"], gated.output
     assert gated.exit_code == 1
-    assert runner.invoke(main, [*arguments, "--config", str(config), "--fail-on", "never"]).exit_code == 0
+    for level, code in (("rarely_reproduced", 1), ("never", 0)):
+        assert runner.invoke(main, [*arguments, "--config", str(config), "--fail-on", level]).exit_code == code, level
 
 
 # --- similarity ---------------------------------------------------------------------------------

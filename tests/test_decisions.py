@@ -151,7 +151,7 @@ def test_certify_with_a_calibration_cites_it_and_verify_checks_it(calibration, t
 
 
 def test_a_calibration_refuses_another_model_or_config(calibration, tmp_path):
-    from tiny_models import build_tiny_pipeline
+    from helpers.tiny_models import build_tiny_pipeline
 
     image = str(FIXTURE / "images" / "dup00-astronaut-x400.png")
     other = build_tiny_pipeline(tmp_path / "other")

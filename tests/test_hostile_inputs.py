@@ -23,19 +23,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest_images import textured
+from helpers.images import textured
 from verifier.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 FAST = ["--inversion-steps", "1", "--generations", "1", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from tiny_models import build_tiny_pipeline
-
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
 
 
 # --- builders of bad inputs: each takes the case folder and returns what to put on the command line -----

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest_images import textured
-from tiny_models import build_tiny_pipeline
+from helpers.images import textured
+from helpers.tiny_models import build_tiny_pipeline
 from verifier.config import ConfigError, VerifierConfig, build_config
 from verifier.images import ImageInputError, collect_images, prepare_image
 from verifier.models import ModelLoadError, load_model
@@ -83,10 +83,15 @@ def test_config_file_problems(tmp_path):
 def test_shipped_presets_load():
     from pathlib import Path
 
+    from verifier.config import read_config_file, tomllib  # tomli on Python 3.10
+
     presets = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
-    assert presets, "configs/ holds the presets"
+    assert len(presets) >= 8, "configs/ holds the presets"
     for preset in presets:
-        build_config(preset)
+        config = build_config(preset)
+        assert len(tomllib.loads(preset.read_text())["description"]) >= 60, f"{preset.name} states its sources"
+        for key, value in read_config_file(preset).items():  # each value the preset sets is the config's
+            assert getattr(config, key) == (tuple(value) if isinstance(value, list) else value), (preset.name, key)
 
 
 # --- images -----------------------------------------------------------------------------------
@@ -167,11 +172,6 @@ def test_non_square_images_are_centre_cropped(tmp_path):
 
 # --- model --------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
-
-
 def test_loads_a_local_folder_and_fingerprints_its_weights(tiny_model):
     first = load_model(tiny_model, device="cpu")
     assert first.kind == "diffusers-folder" and first.resolution == 16 and first.prediction_type == "epsilon"
@@ -244,7 +244,7 @@ def test_hub_id_in_the_local_cache_loads_offline(monkeypatch, tmp_path, tiny_mod
 
 def test_single_file_checkpoint_loads_with_a_local_config_folder(tmp_path, tiny_model):
     import torch
-    from ldm_checkpoint import write_single_file
+    from helpers.ldm_checkpoint import write_single_file
 
     checkpoint = write_single_file(tiny_model, tmp_path / "tiny.safetensors")
     from_folder = load_model(tiny_model, device="cpu")

@@ -20,7 +20,7 @@ from verifier.similarity import SSIM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import owner_copies  # noqa: E402  (benchmarks/owner_copies.py)
-from tampering import failed_checks_after  # noqa: E402  (tests/tampering.py)
+from helpers.tampering import failed_checks_after  # noqa: E402
 
 REFERENCE = reference_model_path("reference-32px")
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest_images import write_images
-from tiny_models import build_tiny_pipeline
+from helpers.images import write_images
+from helpers.tiny_models import build_tiny_pipeline
 from verifier.api import certify
 from verifier.config import ConfigError, VerifierConfig
 from verifier.memory import saved_bytes

@@ -84,8 +84,8 @@ def test_looking_again_finds_images_a_single_look_cannot_settle():
 
 def test_a_seed_gives_the_same_generation_at_any_look(tmp_path):
     """Seeds 2-3 made at a later look equal seeds 2-3 made at the first look of a larger plan."""
-    from conftest_images import write_images
-    from tiny_models import build_tiny_pipeline
+    from helpers.images import write_images
+    from helpers.tiny_models import build_tiny_pipeline
     from verifier.images import prepare_image
     from verifier.models import load_model
     from verifier.sampling import sample

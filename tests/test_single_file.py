@@ -14,8 +14,8 @@ import shutil
 import pytest
 import torch
 
-from ldm_checkpoint import write_single_file
-from tiny_models import build_tiny_pipeline
+from helpers.ldm_checkpoint import write_single_file
+from helpers.tiny_models import build_tiny_pipeline
 from verifier.models import ModelLoadError, load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
