@@ -151,16 +151,18 @@ def test_the_aligned_search_runs_only_where_the_framing_search_found_nothing():
     existence_only = {"verdict": "inconclusive", "error_ratio": 0.42, "replications": 0, "generations": 32}
     assert witness_search(nothing, existence_only) == ALIGNED_SEARCH
     assert witness_search(existence_only, None) == "owner's framing"  # the framing search needs a replication
-    record = framing_record(searched=True, enabled=True, mirror_enabled=False, first=nothing, framed=nothing,
+    record = framing_record(searched=True, enabled=True, mirror_enabled=False, scales_enabled=True, first=nothing,
+                            framed=nothing,
                             aligned=existence_only, aligned_framing=Framing(1.1, 2, -3, False).record(32),
                             closest_framing=None, evaluations=None, aligned_evaluations=None)
     assert record["witness"] == ALIGNED_SEARCH and "inconclusive (error ratio 0.420)" in record["statement"]
 
 
 def test_a_copy_the_framing_search_misses_is_found_at_the_refined_framing_and_verify_rechecks_it(tmp_path):
-    """reference-32px's rocket moved by 15% of its side: neither the owner's framing nor the (screened) framing
-    search replicates it (0 and 0 of 32 on 2026-12-06); the aligned search does, and verify re-cuts the owner's
-    image at the recorded framing to re-measure the error and re-score the generations."""
+    """reference-32px's rocket moved by 15% of its side: neither the owner's framing nor the framing search with
+    a shift-only screen (``framing_scales`` off) replicates it (0 and 0 of 32 on 2026-12-06; with scales in the
+    screen the framing search replicates it, 4 of 32, 2026-12-07); the aligned search does, and verify re-cuts
+    the owner's image at the recorded framing to re-measure the error and re-score the generations."""
     import sys
     from pathlib import Path
 
@@ -177,7 +179,8 @@ def test_a_copy_the_framing_search_misses_is_found_at_the_refined_framing_and_ve
     record = owner_copies.build(model, tmp_path / "copies", never_trained=0, seed=0)
     moved = next(c for c in record["copies"] if c["id"] == "dup03-rocket-x2000.moved-15")
     out = tmp_path / "run"
-    (certificate,) = certify(model, [tmp_path / "copies" / moved["file"]], out, VerifierConfig(device="cpu"))
+    (certificate,) = certify(model, [tmp_path / "copies" / moved["file"]], out,
+                             VerifierConfig(device="cpu", framing_scales=False))
     framing = certificate["framing"]
     assert framing["first_search"]["replications"] == 0 and framing["framing_search"]["replications"] == 0
     assert framing["witness"] == "aligned search", framing["statement"]

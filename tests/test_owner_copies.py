@@ -166,16 +166,20 @@ def test_a_moved_copy_of_a_memorized_photograph_is_not_cleared_and_verify_rechec
     # A certificate that claims the first witness although the framing search replicated is caught.
     assert "framing" in failed_checks_after(out, certificate["image"]["id"],
                                             lambda tampered: tampered["framing"].update(witness="owner's framing"))
-    # The screen: 25 candidates, the chosen one the rule's; an edited ratio or chosen framing is caught, the
-    # latter also by the error re-measured on the owner's image cut there.
+    # The screen: 25 candidates at each of scales 0.8 and 1, 21 at 1.25 (4 leave less than half the frame on the
+    # owner's image), the chosen one the rule's; an edited ratio or chosen framing is caught, the latter also by
+    # the error re-measured on the owner's image cut there.
     screen = framing["screen"]
-    assert len(screen["candidates"]) == 25 and screen["steps"] == [20, 40, 60]
+    scales = [candidate["scale"] for candidate in screen["candidates"]]
+    assert (scales.count(0.8), scales.count(1.0), scales.count(1.25)) == (25, 25, 21)
+    assert screen["steps"] == [20, 40, 60]
     assert (screen["twin"] is None) == (certificate["conditions"]["existence"]["control"] is None)  # the same screen
-    chosen = next(c for c in screen["candidates"] if c["shift"] == screen["chosen"]["shift"])
+    chosen = next(c for c in screen["candidates"]
+                  if (c["scale"], c["shift"]) == (screen["chosen"]["scale"], screen["chosen"]["shift"]))
 
     def chosen_ratio_raised(tampered: dict) -> None:
         for candidate in tampered["framing"]["screen"]["candidates"]:
-            if candidate["shift"] == chosen["shift"]:
+            if (candidate["scale"], candidate["shift"]) == (chosen["scale"], chosen["shift"]):
                 candidate["ratios"][1] = 9.0
 
     def another_chosen(tampered: dict) -> None:
@@ -204,13 +208,17 @@ def test_the_framing_record_says_what_each_search_found():
     from verifier.framing import framing_record
 
     nothing = _summary("not_memorized", 0)
-    common = {"searched": True, "enabled": True, "first": nothing, "framed": nothing, "evaluations": {"total": 1},
+    common = {"searched": True, "enabled": True, "scales_enabled": True, "first": nothing, "framed": nothing,
+              "evaluations": {"total": 1},
               "closest_framing": None, "aligned": None, "aligned_framing": None, "aligned_evaluations": None}
     off = framing_record(mirror_enabled=False, **common)
     assert off["witness"] == "owner's framing"
     assert "mirrored framings are not screened: framing_mirror = false" in off["statement"]
     on = framing_record(mirror_enabled=True, **common)
     assert "framing_mirror" not in on["statement"] and on["mirror_enabled"] is True
+    assert "framing_scales" not in on["statement"] and on["scales_enabled"] is True
+    unscaled = framing_record(mirror_enabled=True, **common | {"scales_enabled": False})
+    assert "only scale 1 is screened: framing_scales = false" in unscaled["statement"]
     found = framing_record(mirror_enabled=True, **common | {
         "framed": _summary("memorized", 12), "closest_framing": {"scale": 1.0, "shift": [0.0, 0.0], "mirror": True}})
     assert found["witness"] == "framing search" and found["statement"].endswith("mirrored in its closest generation")
@@ -224,6 +232,9 @@ def test_framing_mirror_is_off_by_default_and_leaves_earlier_run_keys_alone():
     assert VerifierConfig(framing_mirror=True).fingerprint_dict()["framing_mirror"] is True
     with pytest.raises(ConfigError, match="framing_mirror='yes' is not allowed: expected true or false"):
         build_config(overrides={"framing_mirror": "yes"})
+    # Scales in the screen are on by default, and earlier runs' keys stay valid while they are.
+    assert VerifierConfig().framing_scales is True and "framing_scales" not in VerifierConfig().fingerprint_dict()
+    assert VerifierConfig(framing_scales=False).fingerprint_dict()["framing_scales"] is False
 
 
 def test_a_mirrored_copy_is_found_by_the_screens_mirrored_candidates_and_verify_rechecks_it(tmp_path):
@@ -242,7 +253,8 @@ def test_a_mirrored_copy_is_found_by_the_screens_mirrored_candidates_and_verify_
                              VerifierConfig(device="cpu", framing_mirror=True))
     framing = certificate["framing"]
     assert framing["first_search"]["replications"] == 0 and framing["witness"] == "framing search"
-    assert len(framing["screen"]["candidates"]) == 50 and framing["screen"]["chosen"]["mirror"] is True
+    mirrors = [candidate["mirror"] for candidate in framing["screen"]["candidates"]]
+    assert len(mirrors) == 142 and sum(mirrors) == 71 and framing["screen"]["chosen"]["mirror"] is True
     assert certificate["verdict"] == "memorized", certificate["verdict_reason"]
     assert framing["closest_framing"]["mirror"] is True
     assert certificate["prediction_error"]["ratio"] <= certificate["conditions"]["existence"]["threshold"]

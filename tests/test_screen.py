@@ -25,6 +25,10 @@ def test_the_candidates_are_the_shift_grid_within_the_bounds_at_scale_one():
     assert len(narrow) == 9 and max(abs(framing.dx) for framing in narrow) <= 0.1 * 32 + 1e-9
     mirrored = candidate_framings(FramingBounds(), 32, mirror=True)
     assert len(mirrored) == 50 and sum(framing.mirror for framing in mirrored) == 25
+    scaled = candidate_framings(FramingBounds(), 32, scales=True)
+    assert sorted({round(framing.scale, 9) for framing in scaled}) == [0.8, 1.0, 1.25] and len(scaled) == 75
+    assert [framing for framing in scaled if framing.scale == 1.0] == framings  # the scale-1 grid, unchanged
+    assert len(candidate_framings(FramingBounds(), 32, mirror=True, scales=True)) == 150
 
 
 def test_each_screen_keeps_the_lowest_of_the_one_before_and_a_nan_ranks_last():

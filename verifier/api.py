@@ -364,7 +364,7 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
         tracker.stage("screen", config.inversion_steps, "step")
         screened = screen(model, run.space, owners, [f"framing:{batch[index].sha256}" for index in searched],
                           empty=empty, config=config, noise_floor=FRAMING_NOISE_FLOOR, resolution=resolution,
-                          on_step=tracker.advance, mirror=config.framing_mirror)
+                          on_step=tracker.advance)
         clock["framing_screen_s"] = time.time() - tick
         framed = _search(run, [batch[index] for index in searched], screened.z0, screened.empty_errors, owners,
                          framed_metric, tracker, clock, noise_floor=FRAMING_NOISE_FLOOR, owners=owners, name="framing",
@@ -463,6 +463,7 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
         aligned_framing = None if align_row is None else aligned_framings[row].record(owners[row].side)
         framing = framing_record(
             searched=row is not None, enabled=config.framing_search, mirror_enabled=config.framing_mirror,
+            scales_enabled=config.framing_scales,
             first=first.summary(index), framed=None if row is None else framed.summary(row),
             aligned=None if align_row is None else aligned.summary(align_row), aligned_framing=aligned_framing,
             closest_framing=aligned_framing if chosen_searches[index] == ALIGNED_SEARCH else
@@ -617,7 +618,7 @@ def _search(run: Run, batch: list[ProtectedImage], z0: torch.Tensor, empty_error
     tick = time.time()
     controls = _controls(model, run.space, metric, run.thresholds, batch, _pixels_of(targets), sampled.scores, ratios,
                          empty, seeds[:looks[0]], config, resolution, owners=owners, noise_floor=noise_floor,
-                         screened=screened, mirror=config.framing_mirror)
+                         screened=screened)
     clock[f"{prefix}control_s"] = time.time() - tick
     # 5c. Decide each image from its witness's numbers.
     losses = [[finite_or_none(inversion.loss_curves[index][0]), finite_or_none(inversion.loss_curves[index][-1])]
@@ -654,7 +655,7 @@ def finish_run(run: Run, certificates: dict[str, dict], seconds: float, write: b
 
 def _controls(model: ModelAdapter, space, metric, thresholds: Thresholds, batch, pixels, scores, ratios,
               empty: Conditioning, seeds, config, resolution, owners: list | None = None,
-              noise_floor: float = 0.0, screened: bool = False, mirror: bool = False) -> dict[int, "ControlRun"]:
+              noise_floor: float = 0.0, screened: bool = False) -> dict[int, "ControlRun"]:
     """The never-seen twin control for the images of a batch where it can change the verdict."""
     wanted = []
     for index in range(len(batch)):
@@ -668,7 +669,7 @@ def _controls(model: ModelAdapter, space, metric, thresholds: Thresholds, batch,
     runs = run_controls(model, space, metric, [(pixels[i], batch[i].sha256, scale) for i, scale in wanted],
                         empty=empty, seeds=seeds, config=config, resolution=resolution,
                         owners=None if owners is None else [owners[i] for i, _ in wanted], noise_floor=noise_floor,
-                        screened=screened, mirror=mirror)
+                        screened=screened)
     return {index: run for (index, _), run in zip(wanted, runs)}
 
 

@@ -96,6 +96,10 @@ class VerifierConfig:
     framing_search: bool = option(
         True, "Where nothing replicated at the owner's framing, search framings of the owner's image (scale, shift, "
         "mirror; docs/owner-copies.md).")
+    framing_scales: bool = option(
+        True, "The framing search's screen also tries every candidate framing at scales 0.8 and 1.25, for copies "
+        "framed wider or tighter than the trained crop (50 more candidates in the screen per clean verdict; "
+        "docs/owner-copies.md).")
     framing_mirror: bool = option(
         False, "The framing search's screen also tries every candidate framing mirrored left-right, for mirrored copies"
         " (25 more candidates in the screen per clean verdict; docs/owner-copies.md).")
@@ -221,8 +225,9 @@ class VerifierConfig:
         ignored = {"device", "fail_on", "batch_size", "denoiser_batch", "gradient_checkpointing", "lpips_weights",
                    "sscd_weights", "calibration"}
         values = {key: value for key, value in self.to_dict().items() if key not in ignored}
-        for name, default in (("autocast", "off"), ("framing_mirror", False)):  # added later: keys of earlier
-            if values[name] == default:  # runs stay valid while these keep their defaults
+        # Added later: keys of earlier runs stay valid while these keep their defaults.
+        for name, default in (("autocast", "off"), ("framing_mirror", False), ("framing_scales", True)):
+            if values[name] == default:
                 del values[name]
         return values
 

@@ -52,7 +52,7 @@ class ControlRun:
 
 def run_controls(model: ModelAdapter, space, metric, requests: list[tuple[np.ndarray, str, float]], *,
                  empty: Conditioning, seeds: list[int], config, resolution: int, owners: list | None = None,
-                 noise_floor: float = 0.0, screened: bool = False, mirror: bool = False) -> list[ControlRun]:
+                 noise_floor: float = 0.0, screened: bool = False) -> list[ControlRun]:
     """Run the control for each (pixels or ``Cut``, image sha256, guidance scale) request, batched like
     certification.
 
@@ -74,7 +74,7 @@ def run_controls(model: ModelAdapter, space, metric, requests: list[tuple[np.nda
         screens = [None] * len(batch)
         if screened:
             found = screen(model, space, targets, [f"{sha}:{stream}" for _, sha, _ in batch], empty=empty,
-                           config=config, noise_floor=noise_floor, resolution=resolution, mirror=mirror)
+                           config=config, noise_floor=noise_floor, resolution=resolution)
             unconditional, inversion, screens = found.empty_errors, found.inversion, found.records
         else:
             z0 = model.encode_images([pixels_of(twin) for twin in twins])

@@ -120,7 +120,8 @@ def search_summary(decision, ratio: float | None) -> dict:
             "generations": decision.conditions["similarity"]["generations"]}
 
 
-def framing_record(*, searched: bool, enabled: bool, mirror_enabled: bool, first: dict, framed: dict | None,
+def framing_record(*, searched: bool, enabled: bool, mirror_enabled: bool, scales_enabled: bool, first: dict,
+                   framed: dict | None,
                    aligned: dict | None, aligned_framing: dict | None, closest_framing: dict | None,
                    evaluations: dict | None, aligned_evaluations: dict | None, screen: dict | None = None) -> dict:
     """The certificate's ``framing`` block: whether each search ran, what each found, which is the witness."""
@@ -149,11 +150,12 @@ def framing_record(*, searched: bool, enabled: bool, mirror_enabled: bool, first
         statement = (f"the framing search also reproduced nothing ({framed['replications']} replications of "
                      f"{framed['generations']} generations, {framed['verdict']})"
                      + ("" if mirror_enabled else " (mirrored framings are not screened: framing_mirror = false)")
+                     + ("" if scales_enabled else " (only scale 1 is screened: framing_scales = false)")
                      + (f", nor did the aligned search ({aligned['replications']} of {aligned['generations']}, "
                         f"{aligned['verdict']})" if aligned is not None else "")
                      + ": no framing within the bounds was reproduced")
     return {"method": METHOD, "noise_floor": NOISE_FLOOR, "bounds": bounds_record(), "enabled": enabled,
-            "mirror_enabled": mirror_enabled, "searched": searched, "witness": witness,
+            "mirror_enabled": mirror_enabled, "scales_enabled": scales_enabled, "searched": searched, "witness": witness,
             "first_search": first, "screen": screen, "framing_search": framed, "aligned_search": aligned,
             "aligned_framing": aligned_framing, "closest_framing": closest_framing,
             "denoiser_evaluations": evaluations, "aligned_denoiser_evaluations": aligned_evaluations, "statement": statement}

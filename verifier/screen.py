@@ -7,9 +7,10 @@ within about 5% of the trained one regenerates the memorized image (docs/owner-c
 framings"). So the framing search inverts the owner's image where a cheap screen says the model knows it:
 
 1. cut the owner's image at every **candidate framing**: the frame's centre moved by multiples of
-   ``STEP`` of its side, up to the bounds' ``max_shift`` both ways, at scale 1 (25 framings; 50 with
-   ``framing_mirror``, each also mirrored), where the
-   owner's pixels cover at least the bounds' ``min_overlap``; the strip a moved frame leaves uncovered is
+   ``STEP`` of its side, up to the bounds' ``max_shift`` both ways, at scale 1 (25 framings) and, with
+   ``framing_scales`` (the default), at the bounds' smallest and largest scale too (a copy framed wider or
+   tighter than the training crop: 0.8 and 1.25); twice as many with ``framing_mirror``, each also mirrored;
+   where the owner's pixels cover at least the bounds' ``min_overlap``; the strip a moved frame leaves uncovered is
    edge-filled and counts nowhere (``alignment.Cut``);
 2. invert every cut as the framing search inverts (the noisiest levels, ``noise_floor``), every candidate
    of an image with the same random stream (common random numbers: the candidates differ only in their
@@ -43,19 +44,21 @@ KEPT = (12, 6)  # candidates each screen after the first measures: the lowest of
 DRAWS = 8  # (timestep, noise) draws the screen measures each candidate's error on
 ENCODE_CHUNK = 4  # cuts per VAE call: 25 per image at once would hold a 1024-px VAE's activations 25 times
 METHOD = (f"the owner's image cut at every framing whose centre lies on a {STEP:g}-of-the-side grid within the "
-          "shift bounds (scale 1), each cut inverted at the framing search's noise levels with the same random "
-          "stream and screened after each third of the steps (witness / empty prompt error at "
+          "shift bounds (at scale 1, and at the bounds' smallest and largest scale where framing_scales is on), each "
+          "cut inverted at the framing search's noise levels with the same random stream and screened after each third of the steps (witness / empty prompt error at "
           f"{DRAWS} fixed draws at those noise levels, owner's pixels only); after the first screen the {KEPT[0]} "
           f"lowest go on, after the second the {KEPT[1]} lowest, and the lowest at the last is the framing searched")
 
 
-def candidate_framings(bounds: FramingBounds, side: int, mirror: bool = False) -> list[Framing]:
+def candidate_framings(bounds: FramingBounds, side: int, mirror: bool = False, scales: bool = False) -> list[Framing]:
     """The candidate framings of step 1, shifts in pixels of a ``side``-pixel search (as ``Framing`` keeps them);
-    with ``mirror`` (config ``framing_mirror``) each also mirrored left-right."""
+    with ``scales`` (config ``framing_scales``) at the bounds' smallest and largest scale too (a copy framed wider
+    or tighter than the trained crop), with ``mirror`` (config ``framing_mirror``) each also mirrored left-right."""
     reach = int(math.floor(bounds.max_shift / STEP + 1e-9))
     offsets = [k * STEP * side for k in range(-reach, reach + 1)]
-    return [Framing(1.0, dy, dx, mirrored) for mirrored in ((False, True) if mirror else (False,))
-            for dy in offsets for dx in offsets]
+    sizes = (1 / bounds.max_scale, 1.0, bounds.max_scale) if scales else (1.0,)
+    return [Framing(size, dy, dx, mirrored) for mirrored in ((False, True) if mirror else (False,))
+            for size in sizes for dy in offsets for dx in offsets]
 
 
 def stages(inversion_steps: int) -> list[int]:
@@ -95,14 +98,13 @@ class Screened:
 
 
 def screen(model: ModelAdapter, space, owners: list[OwnerImage], streams: list[str], *, empty: Conditioning,
-           config, noise_floor: float, resolution: int, on_step: Callable[[], None] | None = None,
-           mirror: bool = False) -> Screened:
+           config, noise_floor: float, resolution: int, on_step: Callable[[], None] | None = None) -> Screened:
     """Steps 1-4 for a batch of owners' images; ``streams`` names each image's random streams; ``on_step`` is
     called after every Adam step of the batch (``inversion_steps`` in all: progress)."""
     side = owners[0].side
     framings, cuts, owner_of = [], [], []
     for index, owner in enumerate(owners):
-        for framing in candidate_framings(owner.bounds, side, mirror):
+        for framing in candidate_framings(owner.bounds, side, config.framing_mirror, config.framing_scales):
             cut = owner.cut(framing, resolution)
             if cut is not None and cut.coverage >= owner.bounds.min_overlap - 1e-9:
                 framings.append(framing)

@@ -649,7 +649,8 @@ def _screen_problems(framing: dict, framed: dict | None) -> list[str]:
     if record is None:
         return []
     side, problems = 1000, []  # framings compared as fractions of the side
-    expected = [framing.record(side) for framing in candidate_framings(BOUNDS, side, framing["mirror_enabled"])]
+    expected = [framing.record(side) for framing in
+                candidate_framings(BOUNDS, side, framing["mirror_enabled"], framing["scales_enabled"])]
     settings = {"steps": stages(record["steps"][-1]), "kept": list(KEPT)}
     if {key: record[key] for key in settings} != settings:
         problems.append(f"the screen's steps and kept {record['steps']}, {record['kept']} are not the rule's "
@@ -715,7 +716,8 @@ def _check_framing(result: VerifyResult, certificate: dict) -> None:
                         f"({chosen['verdict']}, {chosen['replications']}/{chosen['generations']})")
     if not problems:
         replayed = framing_record(searched=framing["searched"], enabled=framing["enabled"],
-                                  mirror_enabled=framing["mirror_enabled"], first=first, framed=framed,
+                                  mirror_enabled=framing["mirror_enabled"],
+                                  scales_enabled=framing["scales_enabled"], first=first, framed=framed,
                                   aligned=aligned, aligned_framing=aligned_framing,
                                   closest_framing=framing["closest_framing"],
                                   evaluations=framing["denoiser_evaluations"],

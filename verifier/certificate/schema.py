@@ -66,7 +66,8 @@ Version history:
 - 13: ``verify`` compares whole derived records (issue 23): the verdict, its reason and every field of the three
   conditions, the prompts' records and the classification must be what follows from the recorded numbers, text
   included; the default thresholds' sources cite docs/decisions.md (the README's "Decisions" moved there), so
-  a v12 certificate's sources no longer follow from v13's rule book.
+  a v12 certificate's sources no longer follow from v13's rule book. The screen's candidates include scales 0.8 and
+  1.25 (config ``framing_scales``, on by default; ``framing.scales_enabled``).
 """
 
 from __future__ import annotations
@@ -421,6 +422,7 @@ class FramingRecord(_Strict):
     searched: bool = Field(description="Whether the framing search ran (only where the first witness replicated "
                                        "nothing)")
     mirror_enabled: bool = Field(description="config framing_mirror")
+    scales_enabled: bool = Field(description="config framing_scales")
     witness: Literal["owner's framing", "framing search", "aligned search"] = Field(
         description="Which search the witness, the conditions and the verdict come from")
     first_search: SearchSummary = Field(description="What the search at the owner's framing found")
