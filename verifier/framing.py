@@ -121,8 +121,7 @@ def search_summary(decision, ratio: float | None) -> dict:
 
 
 def framing_record(*, searched: bool, enabled: bool, mirror_enabled: bool, scales_enabled: bool, first: dict,
-                   framed: dict | None,
-                   aligned: dict | None, aligned_framing: dict | None, closest_framing: dict | None,
+                   framed: dict | None, aligned: dict | None, aligned_framing: dict | None, closest_framing: dict | None,
                    evaluations: dict | None, aligned_evaluations: dict | None, screen: dict | None = None) -> dict:
     """The certificate's ``framing`` block: whether each search ran, what each found, which is the witness."""
     witness = witness_search(framed, aligned)
@@ -155,7 +154,7 @@ def framing_record(*, searched: bool, enabled: bool, mirror_enabled: bool, scale
                         f"{aligned['verdict']})" if aligned is not None else "")
                      + ": no framing within the bounds was reproduced")
     return {"method": METHOD, "noise_floor": NOISE_FLOOR, "bounds": bounds_record(), "enabled": enabled,
-            "mirror_enabled": mirror_enabled, "scales_enabled": scales_enabled, "searched": searched, "witness": witness,
-            "first_search": first, "screen": screen, "framing_search": framed, "aligned_search": aligned,
+            "mirror_enabled": mirror_enabled, "scales_enabled": scales_enabled, "searched": searched,
+            "witness": witness, "first_search": first, "screen": screen, "framing_search": framed, "aligned_search": aligned,
             "aligned_framing": aligned_framing, "closest_framing": closest_framing,
             "denoiser_evaluations": evaluations, "aligned_denoiser_evaluations": aligned_evaluations, "statement": statement}

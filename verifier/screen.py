@@ -45,7 +45,8 @@ DRAWS = 8  # (timestep, noise) draws the screen measures each candidate's error 
 ENCODE_CHUNK = 4  # cuts per VAE call: 25 per image at once would hold a 1024-px VAE's activations 25 times
 METHOD = (f"the owner's image cut at every framing whose centre lies on a {STEP:g}-of-the-side grid within the "
           "shift bounds (at scale 1, and at the bounds' smallest and largest scale where framing_scales is on), each "
-          "cut inverted at the framing search's noise levels with the same random stream and screened after each third of the steps (witness / empty prompt error at "
+          "cut inverted at the framing search's noise levels with the same random stream and screened after each "
+          "third of the steps (witness / empty prompt error at "
           f"{DRAWS} fixed draws at those noise levels, owner's pixels only); after the first screen the {KEPT[0]} "
           f"lowest go on, after the second the {KEPT[1]} lowest, and the lowest at the last is the framing searched")
 

@@ -435,11 +435,16 @@ def differences(recorded, derived, path: str = "") -> list[str]:
     """Every field where a recorded record differs from the one that follows from its numbers, by path (floats
     equal to 1e-9 relative: both sides are computed by the same code from the same recorded values)."""
     if isinstance(recorded, dict) and isinstance(derived, dict):
-        return [difference for key in [*recorded, *(key for key in derived if key not in recorded)]
-                for difference in (differences(recorded[key], derived[key], f"{path}.{key}".lstrip("."))
-                                   if key in recorded and key in derived else
-                                   [f"{path}.{key}".lstrip(".") + (" is recorded but does not follow" if key in recorded
-                                                                   else " follows but is not recorded")])]
+        found = []
+        for key in [*recorded, *(key for key in derived if key not in recorded)]:
+            where = f"{path}.{key}" if path else key
+            if key not in derived:
+                found.append(f"{where} is recorded but does not follow")
+            elif key not in recorded:
+                found.append(f"{where} follows but is not recorded")
+            else:
+                found += differences(recorded[key], derived[key], where)
+        return found
     if isinstance(recorded, list) and isinstance(derived, list):
         if len(recorded) != len(derived):
             return [f"{path or 'the record'} has {len(recorded)} entries recorded, {len(derived)} follow"]
