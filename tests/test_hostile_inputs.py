@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import signal
 import struct
@@ -97,6 +98,24 @@ def _previous_run(tiny: Path, folder: Path) -> list[str]:
     return [str(tiny), str(image), "--out", str(folder / "out"), *FAST, "--seed", "1"]
 
 
+def _animated(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = [Image.new("RGB", (24, 24), (40 * i, 90, 160)) for i in range(3)]
+    frames[0].save(folder / name, save_all=True, append_images=frames[1:])
+    return folder / name
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _link(folder: Path, name: str, target: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).symlink_to(target)
+    return folder / name
+
+
 def certify_args(images: list, tiny: Path, folder: Path, *extra) -> list[str]:
     return ["certify", str(tiny), *map(str, images), "--out", str(folder / "out"), *FAST, *extra]
 
@@ -121,6 +140,28 @@ CASES = [
         [_file(d, "l.jsonl", '{"path": "good.png", "id": [1]}\n')], m, d))[1], 2, "'id' must be a string"),
     ("csv row without path", lambda m, d: certify_args([_file(d, "l.csv", "path,id\n,first\n")], m, d), 2,
      "line 2: 'path' must be a non-empty string"),
+    ("jsonl row of 50 MB", lambda m, d: certify_args([_file(d, "l.jsonl", '{"path": "' + "x" * (50 << 20) + '"}\n')],
+                                                    m, d), 2, "line 1 is 52,428,812 characters long"),
+    ("jsonl path over PATH_MAX", lambda m, d: certify_args([_file(d, "l.jsonl", '{"path": "' + "x" * 5000 + '"}\n')],
+                                                           m, d), 2, "line 1: 'path' is 5,000 bytes long"),
+    ("csv field over csv's limit", lambda m, d: certify_args(
+        [_file(d, "l.csv", "path\ngood.png\n" + "x" * 200_000 + "\n")], m, d), 2, "line 3: field larger than field limit"),
+    ("image that is a symlink loop", lambda m, d: certify_args([_link(d, "loop", "loop")], m, d), 2,
+     "'.*loop' is a symbolic link that loops"),
+    ("manifest row that is a dangling link", lambda m, d: (_link(d, "gone.png", "/nonexistent.png"), certify_args(
+        [_file(d, "l.jsonl", '{"path": "gone.png"}\n')], m, d))[1], 2,
+     r"'.*gone.png' \(from IMAGES manifest .* line 1\) is a symbolic link to '/nonexistent.png', which does not exist"),
+    ("--out a symlink loop", lambda m, d: ["certify", str(m), str(_image(d)), "--out", str(_link(d, "o", "o")), *FAST],
+     2, "--out '.*o' is a symbolic link that loops"),
+    ("--out a dangling link", lambda m, d: ["certify", str(m), str(_image(d)), "--out",
+                                            str(_link(d, "o", str(d / "nowhere" / "o"))), *FAST], 2,
+     "--out '.*o' is a symbolic link to '.*nowhere/o', which does not exist"),
+    ("model folder linked to itself", lambda m, d: ["certify", str(_link(d, "model", "model")), str(_image(d)),
+                                                    "--out", str(d / "out"), *FAST], 3,
+     "MODEL '.*model' is a symbolic link that loops"),
+    ("animated gif", lambda m, d: certify_args([_animated(d, "anim.gif")], m, d), 2,
+     "'.*anim.gif' holds 3 frames \\(animated, or pages\\); verifier certifies still images"),
+    ("animated png", lambda m, d: certify_args([_animated(d, "anim.png")], m, d), 2, "'.*anim.png' holds 3 frames"),
     ("latin-1 csv", lambda m, d: certify_args([_file(d, "l.csv", "path,id\nx.png,caf\xe9\n".encode("latin-1"))], m, d),
      2, "is not UTF-8 text"),
     ("csv lists a missing file", lambda m, d: certify_args([_file(d, "l.csv", "path\nmissing.png\n")], m, d), 2,
@@ -225,6 +266,12 @@ CASES = [
     ("pickle weights in a folder", lambda m, d: certify_args([_image(d)], _model_copy(
         m, d, lambda p: ((p / "unet" / "diffusion_pytorch_model.safetensors").unlink(),
                          (p / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"x"))), d), 3, "has pickle weights"),
+    ("safetensors weights that are a pickle", lambda m, d: certify_args([_image(d)], _model_copy(
+        m, d, lambda p: (p / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(pickle.dumps({"w": 1}))), d),
+     3, "unet/diffusion_pytorch_model.safetensors is not a safetensors file: it starts like a pickle"),
+    ("safetensors weights cut short", lambda m, d: certify_args([_image(d)], _model_copy(
+        m, d, lambda p: _truncate(p / "vae" / "diffusion_pytorch_model.safetensors")), d), 3,
+     "vae/diffusion_pytorch_model.safetensors is not a safetensors file: its header or sizes are broken"),
     ("unknown model file kind", lambda m, d: ["certify", str(_file(d, "model.onnx", b"x")), str(_image(d)), "--out",
                                               str(d / "out"), *FAST], 3, "is a file of unknown kind '.onnx'"),
     ("single file without config", lambda m, d: ["certify", str(_file(d, "model.safetensors", b"x")),
@@ -239,7 +286,7 @@ CASES = [
      "prediction_type 'flow' is not supported"),
     ("corrupt safetensors", lambda m, d: certify_args([_image(d)], _model_copy(
         m, d, lambda p: (p / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")), d), 3,
-     "could not load the folder"),
+     "vae/diffusion_pytorch_model.safetensors is not a safetensors file: its header or sizes are broken"),
     # Metric weights (exit 3).
     ("lpips without trunk weights", lambda m, d: certify_args([_image(d)], m, d, "--similarity", "lpips",
                                                               "--lpips-weights", d / "none.pth"), 3,
@@ -319,12 +366,27 @@ def test_ids_do_not_depend_on_argument_order(tmp_path):
     assert forward == backward and sorted(forward) == ["x_photo", "y_photo"]
 
 
-def test_long_file_names_get_short_stable_ids(tmp_path):
-    from verifier.images import MAX_ID_LENGTH, collect_images
+@pytest.mark.parametrize("stem", ["p" * 240, "\u5199\u771f" * 40])  # 240 ASCII bytes; 80 CJK characters, 240 bytes
+def test_long_file_names_get_short_stable_ids_counted_in_bytes(tmp_path, stem):
+    from verifier.images import MAX_ID_BYTES, collect_images, is_valid_id
 
-    path = _image(tmp_path, "p" * 240 + ".png")
+    path = _image(tmp_path, stem + ".png")
     ids = [collect_images([path])[0].id for _ in range(2)]
-    assert ids[0] == ids[1] and len(ids[0]) <= MAX_ID_LENGTH
+    assert ids[0] == ids[1] and len(ids[0].encode()) <= MAX_ID_BYTES and is_valid_id(ids[0])
+    # Every file the run writes for it fits a 255-byte file-name limit.
+    assert len(f".{ids[0]}.witness.safetensors.tmp".encode()) < 255
+
+
+def test_ids_are_unicode_normalized(tmp_path):
+    import unicodedata
+
+    from verifier.images import collect_images, is_valid_id
+
+    composed = unicodedata.normalize("NFC", "caf\u00e9")
+    decomposed = unicodedata.normalize("NFD", composed)
+    path = _image(tmp_path, decomposed + ".png")
+    assert collect_images([path])[0].id == composed
+    assert is_valid_id(composed) and not is_valid_id(decomposed)
 
 
 def test_float_and_32_bit_images_keep_their_range(tmp_path):
@@ -463,3 +525,14 @@ def test_a_bad_image_is_one_line_without_a_usage_banner(tiny_model, tmp_path):
     result = CliRunner().invoke(main, certify_args([_file(tmp_path, "fake.png", b"not a png")], tiny_model, tmp_path))
     assert result.exit_code == 2
     assert "Usage:" not in result.output and result.output.strip().startswith("error: IMAGES:")
+
+
+def test_same_named_files_in_one_folder_take_their_extension(tmp_path):
+    from PIL import Image
+
+    from verifier.images import collect_images
+
+    png = _image(tmp_path / "x", "photo.png")
+    Image.open(png).convert("RGB").save(tmp_path / "x" / "photo.jpg")
+    other = _image(tmp_path / "y", "photo.png", 1)
+    assert sorted(i.id for i in collect_images([tmp_path / "x", other])) == ["x_photo.jpg", "x_photo.png", "y_photo"]

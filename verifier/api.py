@@ -49,8 +49,9 @@ from verifier.certificate.schema import certificate_tag, validated
 from verifier.certificate.sheet import LAYOUT as SHEET_LAYOUT, sheet_png, tile_size
 from verifier.certificate.signing import load_private_key, sign_file, signature_holds
 from verifier.certificate.store import (
-    REPORT_FILE, SUMMARY_FILE, atomic_write_bytes, atomic_write_json, claim_run_folder, finite_or_none,
-    png_bytes, prepare_output_folder, reusable_certificate, run_config_values, run_key, summary, write_witness,
+    REPORT_FILE, RUN_FILE, SUMMARY_FILE, RunFolderLock, atomic_write_bytes, atomic_write_json, check_output_path,
+    claim_run_folder, clean_temporaries, finite_or_none, png_bytes, prepare_output_folder, reusable_certificate,
+    run_config_values, run_key, summary, write_witness,
 )
 from verifier.calibration import check_calibration, read_calibration
 from verifier.conditions import (
@@ -74,6 +75,7 @@ from verifier.readable import METHOD as READABLE_METHOD, decoded_prompts
 from verifier.readable import statement as readable_statement
 from verifier.regions import WindowSSIM, best_window, is_candidate, part_record
 from verifier.registry import INVERSION_SPACES, SIMILARITY_METRICS
+from verifier.run_folder import restore_run_record
 from verifier.sampling import sample, seed_sequence
 from verifier.screen import screen, screen_cost, screen_record
 from verifier.similarity import replicated
@@ -167,9 +169,19 @@ def certify(model: str | Path | ModelAdapter, images: Sequence[str | Path], out:
     # 0-1. Check every input and the output folder, load the model, claim the folder (the main process
     #      first), reuse what is done; every process has opened the run (which clears a killed run's
     #      temporaries) before any resumes, and sees the same finished set before any writes.
+    #      The main process locks the folder for the group: a second run on it is refused at once.
     with processes.main_process_first():
         run = open_run(model, images, Path(out), config, allow_pickle=allow_pickle, model_config=model_config,
-                       sign_key=sign_key, say=say, device=device)
+                       sign_key=sign_key, say=say, device=device, lock=processes.is_main_process)
+    try:
+        return _certify_opened(run, processes, config, say, started, tracker, policy)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def _certify_opened(run: Run, processes, config: VerifierConfig, say, started: float, tracker, policy) -> list[dict]:
+    """Steps 1-7 of ``certify`` once the run is open (and its folder locked)."""
     processes.wait_for_everyone()
     certificates = run.resume(say)
     processes.wait_for_everyone()
@@ -232,6 +244,7 @@ class Run:
     space: object
     todo: list[ProtectedImage]
     window_metric: WindowSSIM  # the part-level windows of stage 5d
+    lock: RunFolderLock | None  # held by the process that writes the folder's run files (the main one)
 
     def resume(self, say: Callable[[str], None]) -> dict[str, dict]:
         """Certificates in ``out`` that may be reused; what is left goes to ``todo``."""
@@ -267,12 +280,28 @@ class Run:
 
 
 def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: bool, model_config,
-             sign_key, say: Callable[[str], None], device: str | None = None) -> Run:
-    """Steps 0-1: check every input and ``out`` before loading anything, load the model, claim ``out``."""
+             sign_key, say: Callable[[str], None], device: str | None = None, lock: bool = True) -> Run:
+    """Steps 0-1: check every input and ``out`` before loading anything, lock ``out`` (with ``lock``), load the
+    model, claim ``out``."""
     signer = load_private_key(sign_key) if sign_key is not None else None
+    check_output_path(out)  # first: the inputs are looked for outside it
     protected = collect_images(list(images), exclude=out)
     check_images(protected)
-    prepare_output_folder(out)
+    prepare_output_folder(out, clean=False)
+    held = RunFolderLock(out) if lock else None
+    if held is not None:
+        clean_temporaries(out)
+    try:
+        return _open_locked(model, protected, out, config, allow_pickle=allow_pickle, model_config=model_config,
+                            signer=signer, say=say, device=device, lock=held)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+
+
+def _open_locked(model, protected: list[ProtectedImage], out: Path, config: VerifierConfig, *, allow_pickle: bool,
+                 model_config, signer, say: Callable[[str], None], device: str | None, lock) -> Run:
     metric = SIMILARITY_METRICS.get(config.similarity)(config)
     weights_sha = (metric.weights or {}).get("sha256")
     calibration_file = read_calibration(config.calibration) if config.calibration else None
@@ -282,8 +311,12 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
     calibration = check_calibration(config.calibration, *calibration_file, loaded.fingerprint, config, weights_sha) \
         if calibration_file else None
     config_values = run_config_values(config, weights_sha, (calibration or {}).get("sha256"))
-    claim_run_folder(out, {"model_fingerprint": loaded.fingerprint, "config": config_values,
-                           "verifier": _verifier_version()})
+    identity = {"model_fingerprint": loaded.fingerprint, "config": config_values, "verifier": _verifier_version()}
+    restored = restore_run_record(out, identity) if lock is not None else 0
+    if restored:
+        say(f"{RUN_FILE} was missing: written again from the {restored} certificate(s) in {out}, which all record "
+            "this run's model, config and verifier version")
+    claim_run_folder(out, identity)
     keys = {image.id: run_key(loaded.fingerprint, config_values, image.sha256, _verifier_version(), weights_sha,
                               _context(image))
             for image in protected}
@@ -327,7 +360,7 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
                protected=protected, keys=keys, record=record, signer=signer,
                empty=empty,
                space=INVERSION_SPACES.get(config.inversion_space)(loaded, config.inversion_tokens),
-               todo=list(protected), window_metric=WindowSSIM(resolution))
+               todo=list(protected), window_metric=WindowSSIM(resolution), lock=lock)
 
 
 def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | None = None) -> list[dict]:
@@ -643,7 +676,7 @@ def finish_run(run: Run, certificates: dict[str, dict], seconds: float, write: b
     ordered = [certificates[image.id] for image in run.protected]
     if not write:
         return ordered
-    record = summary(ordered, run.record.model, run.record.config, seconds, policy)
+    record = summary(run.out, ordered, run.record.model, run.record.config, seconds, policy)
     atomic_write_json(run.out / SUMMARY_FILE, record)
     if run.signer is not None:
         sign_file(run.signer, run.out / SUMMARY_FILE)

@@ -18,12 +18,15 @@ import csv
 import hashlib
 import io
 import json
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from verifier.context import ContextError, ImageContext, context_from_row
+from verifier.paths import broken_link
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
@@ -54,22 +57,35 @@ def file_sha256(path: Path) -> str:
 
 # File stems the run itself uses (run.json, summary.json, report.html, ...): no image id may take them.
 RESERVED_STEMS = ("run", "summary", "report", "calibration", "demo-images")
-MAX_ID_LENGTH = 120  # <id>.witness.safetensors must stay well under the 255-byte file-name limit
+MAX_ID_BYTES = 120  # <id>.witness.safetensors must stay well under the 255-byte file-name limit, in UTF-8 bytes
 
 
 def _safe_id(text: str) -> str:
     """An id usable as a file name: path separators and odd characters become '_'.
 
-    Ids that the run's own files use (``summary``, ``run``, ...) get an ``image-`` prefix, and long
-    ids are shortened with a hash of the full text, so every id maps to one file of its own.
+    Ids are Unicode-normalized (NFC), so two spellings of one name are one id; ids that the run's own
+    files use (``summary``, ``run``, ...) get an ``image-`` prefix, and ids longer than
+    ``MAX_ID_BYTES`` in UTF-8 are shortened with a hash of the full text, so every id maps to one file of
+    its own on any file system.
     """
+    text = unicodedata.normalize("NFC", text)
     cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text).strip("._")
     cleaned = cleaned or "image"
     if cleaned.lower() in RESERVED_STEMS:
         cleaned = f"image-{cleaned}"
-    if len(cleaned) > MAX_ID_LENGTH:
-        cleaned = f"{cleaned[:MAX_ID_LENGTH - 17]}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    if len(cleaned.encode()) > MAX_ID_BYTES:
+        head = cleaned.encode()[:MAX_ID_BYTES - 17].decode(errors="ignore")
+        cleaned = f"{head}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
     return cleaned
+
+
+def is_valid_id(image_id: str) -> bool:
+    """Whether ``image_id`` is an id verifier writes: one that its own id rules leave unchanged."""
+    return bool(image_id) and _safe_id(image_id) == image_id
+
+
+MAX_MANIFEST_LINE = 1 << 20  # characters in one JSONL row: the owner's prompts fit many times over
+MAX_PATH_BYTES = 4096  # Linux's PATH_MAX
 
 
 def _manifest_rows(path: Path) -> list[dict]:
@@ -87,12 +103,19 @@ def _manifest_rows(path: Path) -> list[dict]:
             raise ImageInputError(
                 f"IMAGES manifest {str(path)!r} has columns {reader.fieldnames}; it needs a 'path' column "
                 "(and optionally 'id' and the owner's context: entity, explicit_prompts, implicit_prompts, public)")
-        for row in reader:
-            rows.append({**row, "_line": reader.line_num})
+        try:
+            for row in reader:
+                rows.append({**row, "_line": reader.line_num})
+        except csv.Error as error:  # a field over csv's limit (128 KiB), or a broken quote
+            # line_num counts the lines of the rows read whole; the bad one starts after them
+            raise ImageInputError(f"IMAGES manifest {str(path)!r} line {reader.line_num + 1}: {error}") from None
     else:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
+            if len(line) > MAX_MANIFEST_LINE:
+                raise ImageInputError(f"IMAGES manifest {str(path)!r} line {number} is {len(line):,} characters long; "
+                                      f"a row is at most {MAX_MANIFEST_LINE:,}")
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
@@ -114,6 +137,9 @@ def _from_manifest(path: Path) -> list[tuple[str | None, Path, str, ImageContext
         value, given_id = row.get("path"), row.get("id")
         if not isinstance(value, str) or not value.strip():
             raise ImageInputError(f"{where}: 'path' must be a non-empty string, got {value!r}")
+        if len(value.encode()) > MAX_PATH_BYTES:
+            raise ImageInputError(f"{where}: 'path' is {len(value.encode()):,} bytes long; a path is at most "
+                                  f"{MAX_PATH_BYTES} bytes")
         if given_id is not None and not isinstance(given_id, (str, int)) or isinstance(given_id, bool):
             raise ImageInputError(f"{where}: 'id' must be a string, got {given_id!r}")
         try:
@@ -141,9 +167,9 @@ def collect_images(arguments: list[str | Path], exclude: Path | None = None) -> 
     """Expand IMAGES arguments (files, folders searched recursively, CSV/JSONL manifests) into images.
 
     Ids are the manifest's ``id`` when given, else the file name without suffix; when several files
-    share a name, each of them takes its parent folder's name too, so an id never depends on the
-    order of the arguments. The same file given twice is kept once (twice under two manifest ids is
-    an error). Files inside ``exclude`` (the run's output folder) are never taken as inputs.
+    share a name, each of them takes its parent folder's name too, and where that is shared as well
+    (``photo.jpg`` beside ``photo.png``) its extension, so an id never depends on the order of the arguments.
+    The same file given twice is kept once (twice under two manifest ids is an error). Files inside ``exclude`` (the run's output folder) are never taken as inputs.
     """
     if not arguments:
         raise ImageInputError("IMAGES: no image given; pass image files, folders or a CSV/JSONL manifest")
@@ -151,7 +177,7 @@ def collect_images(arguments: list[str | Path], exclude: Path | None = None) -> 
     for argument in arguments:
         path = Path(argument)
         if not path.exists():
-            raise ImageInputError(f"IMAGES: {str(argument)!r} does not exist")
+            raise ImageInputError(f"IMAGES: {str(argument)!r} {broken_link(path) or 'does not exist'}")
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                            and not _is_inside(p, exclude))
@@ -172,11 +198,11 @@ def collect_images(arguments: list[str | Path], exclude: Path | None = None) -> 
             )
     unique: dict[Path, tuple[str | None, Path, str, ImageContext | None]] = {}
     for given_id, file, where, context in entries:
+        if not file.exists():
+            raise ImageInputError(f"IMAGES: {str(file)!r} (from {where}) {broken_link(file) or 'does not exist'}")
         if _is_inside(file, exclude):
             raise ImageInputError(f"IMAGES: {str(file)!r} ({where}) lies inside the output folder; outputs are "
                                   "never taken as inputs")
-        if not file.exists():
-            raise ImageInputError(f"IMAGES: {str(file)!r} (from {where}) does not exist")
         if not file.is_file():
             raise ImageInputError(f"IMAGES: {str(file)!r} (from {where}) is not a regular file")
         resolved = file.resolve()
@@ -193,19 +219,20 @@ def collect_images(arguments: list[str | Path], exclude: Path | None = None) -> 
                 unique[resolved] = (given_id or previous_id, unique[resolved][1], where, context)
             continue
         unique[resolved] = (given_id, file, where, context)
-    stems: dict[str, int] = {}
-    for given_id, file, _, _ in unique.values():
-        if not given_id:
-            stems[_safe_id(file.stem)] = stems.get(_safe_id(file.stem), 0) + 1
+    unnamed = [file for given_id, file, _, _ in unique.values() if not given_id]
+    stems = Counter(_safe_id(file.stem) for file in unnamed)
+    folder_stems = Counter(_safe_id(f"{file.parent.name}_{file.stem}") for file in unnamed)
     images: list[ProtectedImage] = []
     used_ids: dict[str, Path] = {}
     for given_id, file, where, context in unique.values():
         if given_id:
             image_id = _safe_id(given_id)
-        elif stems[_safe_id(file.stem)] > 1:
-            image_id = _safe_id(f"{file.parent.name}_{file.stem}")
-        else:
+        elif stems[_safe_id(file.stem)] == 1:
             image_id = _safe_id(file.stem)
+        elif folder_stems[_safe_id(f"{file.parent.name}_{file.stem}")] == 1:
+            image_id = _safe_id(f"{file.parent.name}_{file.stem}")
+        else:  # photo.jpg beside photo.png: the extension tells them apart
+            image_id = _safe_id(f"{file.parent.name}_{file.name}")
         # Case-insensitively: on macOS and Windows file systems 'A.json' and 'a.json' are one file.
         other = used_ids.get(image_id.lower())
         if other is not None:
@@ -249,6 +276,10 @@ def load_rgb(path: Path):
 
     try:
         with Image.open(path) as opened:
+            frames = getattr(opened, "n_frames", 1)
+            if frames > 1:  # which frame an owner means is theirs to say: save it as a still image
+                raise ImageInputError(f"IMAGES: {str(path)!r} holds {frames} frames (animated, or pages); verifier "
+                                      "certifies still images: save the frame you mean as an image file of its own")
             image = ImageOps.exif_transpose(opened)
             image.load()
     except Image.DecompressionBombError as error:

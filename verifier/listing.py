@@ -30,7 +30,7 @@ def _field(value: dict, *path: str):
 def rows(folder: str | Path) -> list[dict]:
     """One row per ``<id>.json`` certificate in ``folder`` (sorted by file name), any declared schema version."""
     from verifier.certificate.schema import CERTIFICATE_SCHEMA_ID, SCHEMA_VERSION, CertificateFormatError, read_certificate
-    from verifier.verify import certificate_files
+    from verifier.run_folder import certificate_files
 
     listed = []
     for path in certificate_files(Path(folder)):
@@ -68,7 +68,7 @@ def rebuild(folder: str | Path, policy=None) -> list[dict]:
     from verifier.certificate.schema import CertificateFormatError, read_certificate
     from verifier.certificate.store import REPORT_FILE, SUMMARY_FILE, atomic_write_bytes, atomic_write_json, png_bytes, summary
     from verifier.images import ImageInputError, file_sha256, prepare_image
-    from verifier.verify import certificate_files
+    from verifier.run_folder import certificate_files
 
     folder = Path(folder)
     certificates, problems = [], []
@@ -88,7 +88,7 @@ def rebuild(folder: str | Path, policy=None) -> list[dict]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError):
             seconds = 0.0
     first = certificates[0]
-    record = summary(certificates, first["model"], first["config"], seconds, policy)
+    record = summary(folder, certificates, first["model"], first["config"], seconds, policy)
     atomic_write_json(previous, record)
     pngs = {}
     for certificate in certificates:  # the protected image where it still is, unchanged (else the row has none)

@@ -42,12 +42,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from verifier.alignment import FramedSimilarity, Framing, OwnerImage, latent_weights, pixels_of
-from verifier.certificate.schema import CERTIFICATE_SCHEMA_ID, CertificateFormatError, read_certificate, validated
+from verifier.certificate.schema import CertificateFormatError, read_certificate
 from verifier.certificate.sheet import sheet_tile, thumbnail
 from verifier.certificate.signing import load_public_key, signature_holds
-from verifier.certificate.store import SUMMARY_FILE, run_config_values, run_key, witness_metadata
+from verifier.certificate.store import SUMMARY_FILE, run_key, witness_metadata
 from verifier.conditions import redecide, replayed_generations
-from verifier.config import AUTOCAST, ConfigError, VerifierConfig
+from verifier.config import AUTOCAST
 from verifier.context import ImageContext
 from verifier.control import never_seen_twin
 from verifier.error import prediction_error
@@ -58,10 +58,10 @@ from verifier.images import collect_images, file_sha256, prepare_image
 from verifier.invert import InversionSchedule
 from verifier.memory import row_budget
 from verifier.models import Conditioning, autocast_dtype, load_model
-from verifier.policy import Policy
 from verifier.prompts import replayed_prompts
 from verifier.readable import decoded_prompts, statement as readable_statement
 from verifier.regions import WindowSSIM, part_record
+from verifier.run_folder import certificate_files, check_run_folder, recorded_config, recorded_config_values
 from verifier.registry import SIMILARITY_METRICS
 from verifier.sampling import seed_sequence
 from verifier.screen import KEPT, candidate_framings, chosen, stages, survivors
@@ -92,25 +92,6 @@ class VerifyResult:
     def add(self, image_id: str, name: str, passed: bool, detail: str) -> bool:
         self.checks.append(Check(image_id, name, bool(passed), detail))
         return bool(passed)
-
-
-def certificate_files(target: Path) -> list[Path]:
-    """The certificates in a run folder (``<id>.json`` with a certificate schema tag), or the one file given."""
-    if target.is_file():
-        return [target]
-    if not target.is_dir():
-        raise CertificateFormatError(f"CERTIFICATES {str(target)!r} does not exist")
-    found = []
-    for path in sorted(target.glob("*.json")):
-        try:
-            tag = json.loads(path.read_text(encoding="utf-8")).get("schema", {})
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(tag, dict) and tag.get("id") == CERTIFICATE_SCHEMA_ID:
-            found.append(path)
-    if not found:
-        raise CertificateFormatError(f"CERTIFICATES {str(target)!r} holds no verifier certificate (<id>.json)")
-    return found
 
 
 def _index_images(arguments: list[str | Path]) -> dict[str, Path]:
@@ -180,8 +161,10 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
         _check_generations(result, certificate, loaded, witness, image_path, folder, all_generations)
         _check_error(result, certificate, loaded, witness, image_path)
         _check_decoding(result, certificate, loaded, witness)
+    # 7. The folder as one unit: its summary, ids and run record (verifier.run_folder).
     if target.is_dir():
-        _check_summary(result, target)
+        for name, passed, detail in check_run_folder(target):
+            result.add("(run)", name, passed, detail)
         if key is not None:
             result.add("(run)", "summary signature", *signature_holds(key, target / SUMMARY_FILE))
     return result
@@ -274,15 +257,6 @@ def _close(a: float | None, b: float | None, tolerance: float) -> bool:
     return abs(a - b) <= tolerance
 
 
-def _recorded_config(certificate: dict) -> tuple[VerifierConfig | None, Exception | None]:
-    """The certificate's config as a ``VerifierConfig``, or why it is not a valid one."""
-    try:
-        return VerifierConfig(**{key: tuple(value) if isinstance(value, list) else value
-                                 for key, value in certificate["config"].items()}), None
-    except (ConfigError, TypeError) as failure:
-        return None, failure
-
-
 def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
     """Numbers that follow from other recorded numbers, and the run key, must agree exactly."""
     image_id = certificate["image"]["id"]
@@ -300,14 +274,13 @@ def _check_arithmetic(result: VerifyResult, certificate: dict) -> None:
                             f"({mean_inverted / mean_empty:.6f})")
     if certificate["conditions"]["existence"]["value"] != error["ratio"]:
         problems.append("the existence value is not the recorded error ratio")
-    config, failure = _recorded_config(certificate)
+    config, failure = recorded_config(certificate)
     if failure is not None:
         problems.append(f"the recorded config is not a valid config: {failure}")
     if config is not None:
         weights = certificate["conditions"]["similarity"]["weights"]
         weights_sha = weights["sha256"] if weights else None
-        calibration = certificate["calibration"]
-        config_values = run_config_values(config, weights_sha, (calibration or {}).get("sha256"))
+        config_values = recorded_config_values(certificate, config)
         expected = run_key(certificate["model"]["fingerprint"], config_values, certificate["image"]["sha256"],
                            certificate["environment"].get("verifier"), weights_sha, certificate["context"])
         if expected != certificate["run_key"]:
@@ -341,7 +314,7 @@ def _check_inversion_rule(result: VerifyResult, certificate: dict) -> None:
     """The inversion was checked and stopped where its schedule prescribes on the recorded check ratios, and
     its last check is the witness's ratio."""
     image_id, record = certificate["image"]["id"], certificate["prediction_error"]
-    config, _ = _recorded_config(certificate)
+    config, _ = recorded_config(certificate)
     if config is None:
         result.add(image_id, "inversion schedule", False, "the recorded config is not a valid config")
         return
@@ -864,49 +837,3 @@ def _check_decoding(result: VerifyResult, certificate: dict, loaded, witness: di
     result.add(certificate["image"]["id"], "decoded witness", decoded == recorded,
                f"the witness's variables decode to {decoded!r}" + ("" if decoded == recorded else
                                                                    f", the certificate lists {recorded!r}"))
-
-
-def _check_summary(result: VerifyResult, folder: Path) -> None:
-    path = folder / SUMMARY_FILE
-    if not path.is_file():
-        result.add("(run)", "summary", False, f"{SUMMARY_FILE} is missing")
-        return
-    try:
-        summary = validated("summary", json.loads(path.read_text(encoding="utf-8")))
-    except (CertificateFormatError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        result.add("(run)", "summary", False, str(error))
-        return
-    policy = None if summary["policy"] is None else Policy.from_record(summary["policy"])
-    differences = []
-    for entry in summary["images"]:
-        certificate_path = folder / entry["certificate"]
-        try:
-            certificate = json.loads(certificate_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            differences.append(f"{entry['certificate']} is missing or unreadable")
-            continue
-        if certificate.get("verdict") != entry["verdict"] or certificate.get("image", {}).get("sha256") != entry["sha256"]:
-            differences.append(f"{entry['id']}: summary says {entry['verdict']}, its certificate "
-                               f"{certificate.get('verdict')}")
-        category = (certificate.get("classification") or {}).get("category")
-        if category != entry["category"]:
-            differences.append(f"{entry['id']}: summary says category {entry['category']}, its certificate {category}")
-        if policy is not None:
-            try:
-                judged = policy.judge(certificate)
-            except (KeyError, TypeError, AttributeError):
-                judged = "no gate result: the certificate's classification or context is malformed"
-            if judged != entry["gate"]:
-                differences.append(f"{entry['id']}: the summary's gate result {entry['gate']} is not what its policy "
-                                   f"gives ({judged})")
-    counts = {verdict: sum(1 for e in summary["images"] if e["verdict"] == verdict) for verdict in summary["counts"]}
-    if counts != summary["counts"]:
-        differences.append(f"counts {summary['counts']} do not match its image list {counts}")
-    categories = {name: sum(1 for e in summary["images"] if (e["category"] or "none") == name)
-                  for name in summary["categories"]}
-    if categories != summary["categories"]:
-        differences.append(f"categories {summary['categories']} do not match its image list {categories}")
-    if policy is not None and summary["gate_failed"] != any(e["gate"]["fails"] for e in summary["images"]):
-        differences.append(f"gate_failed {summary['gate_failed']} does not match its images' gate results")
-    result.add("(run)", "summary", not differences, "; ".join(differences[:3]) or
-               f"{len(summary['images'])} images, verdicts and counts agree with the certificates")

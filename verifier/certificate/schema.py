@@ -68,6 +68,9 @@ Version history:
   included; the default thresholds' sources cite docs/decisions.md (the README's "Decisions" moved there), so
   a v12 certificate's sources no longer follow from v13's rule book. The screen's candidates include scales 0.8 and
   1.25 (config ``framing_scales``, on by default; ``framing.scales_enabled``).
+- 14: the summary indexes the run (issue 25): each entry's ``certificate_sha256`` (the certificate's canonical
+  JSON), which ``verify`` checks with the folder as one unit (``verifier.run_folder``); ids are NFC-normalized
+  and at most 120 bytes.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
@@ -491,6 +494,9 @@ class SummaryImage(_Strict):
     gate: Optional[GateResult] = Field(description="This image under the run's release-gate policy, if one was given")
     part_found: bool = Field(description="A part of the image is replicated although the whole image is not")
     certificate: str
+    certificate_sha256: str = Field(pattern=r"^[0-9a-f]{64}$",
+                                    description="sha256 of the certificate's canonical JSON (keys sorted, no "
+                                                "whitespace): the summary indexes the run's certificates")
 
 
 class PolicyRecord(_Strict):

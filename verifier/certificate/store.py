@@ -32,6 +32,7 @@ from verifier.certificate.schema import (
     SCHEMA_VERSION, CertificateFormatError, read_certificate, summary_tag, validated,
 )
 from verifier.images import file_sha256
+from verifier.paths import broken_link
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
@@ -67,6 +68,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_json(path: Path, value: dict) -> None:
     # allow_nan=False: NaN and Infinity are not JSON; a non-finite number reaching here is a bug.
     atomic_write_bytes(path, (json.dumps(value, indent=2, allow_nan=False) + "\n").encode())
+
+
+def canonical_sha256(value: dict) -> str:
+    """sha256 of a JSON value's canonical text (keys sorted, no whitespace): the same for any spacing or key order."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def finite_or_none(value: float) -> float | None:
@@ -135,12 +142,21 @@ def run_key(model_fingerprint: str, config_values: dict, image_sha256: str, veri
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
-def prepare_output_folder(out: Path) -> None:
-    """Check, before any model is loaded, that ``out`` can be created and written; clean a killed run's temporaries."""
+def check_output_path(out: Path) -> None:
+    """What can be told of ``--out`` without creating anything: a folder (or a place for one), not a broken link."""
     if str(out) in ("", "."):
         raise OutputFolderError("--out must name a folder for this run's files, not the current folder ('')")
+    link = broken_link(out)
+    if link:
+        raise OutputFolderError(f"--out {str(out)!r} {link}; name a folder, or a link to one")
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"--out {str(out)!r} exists and is not a folder")
+
+
+def prepare_output_folder(out: Path, clean: bool = True) -> None:
+    """Check, before any model is loaded, that ``out`` can be created and written; with ``clean``, delete a killed
+    run's temporaries (a run does so only once it holds the folder's lock: they may be a running one's)."""
+    check_output_path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         # The longest name verifier writes is <id>.witness.safetensors with a 120-character id.
@@ -149,6 +165,12 @@ def prepare_output_folder(out: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise OutputFolderError(f"--out {str(out)!r} cannot be written: {error.strerror or error}") from None
+    if clean:
+        clean_temporaries(out)
+
+
+def clean_temporaries(out: Path) -> None:
+    """Delete the half-written files (``.<name>.tmp``) a killed run left in ``out``."""
     for leftover in out.glob(".*.tmp"):
         leftover.unlink(missing_ok=True)
 
@@ -173,7 +195,45 @@ def claim_run_folder(out: Path, identity: dict) -> None:
     elif any(out.glob("*.json")):
         raise OutputFolderError(f"--out {str(out)!r} already holds JSON files but no {RUN_FILE}: it is not a verifier "
                                 "run folder (or was written by an older verifier); choose a new --out")
-    atomic_write_json(run_file, {"schema": {"id": "verifier.run", "version": SCHEMA_VERSION}, **identity})
+    write_run_record(out, identity)
+
+
+def write_run_record(out: Path, identity: dict) -> None:
+    """``run.json``: the run a folder holds (model fingerprint, config values, verifier version)."""
+    atomic_write_json(out / RUN_FILE, {"schema": {"id": "verifier.run", "version": SCHEMA_VERSION}, **identity})
+
+
+LOCK_FILE = ".verifier.lock"
+
+
+class RunFolderLock:
+    """One writer at a time: an advisory lock (``fcntl.flock``) on ``<out>/.verifier.lock``, held while a run
+    writes the folder. The operating system releases it when its holder exits or is killed, so a killed
+    run's lock is stale at once and the next run takes it over; the file names the holder (pid, host) so that
+    a run refused names who holds the folder."""
+
+    def __init__(self, out: Path):
+        import fcntl
+        import socket
+
+        self.path = out / LOCK_FILE
+        self._handle = open(self.path, "a+", encoding="utf-8")  # no truncation: the holder's record stays readable
+        try:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "another process"
+            self._handle.close()
+            raise OutputFolderError(f"--out {str(out)!r} is being written by {holder}; one run writes a folder at a "
+                                    "time: wait for it to finish, or choose another --out") from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"verifier certify (pid {os.getpid()} on host {socket.gethostname()})")
+        self._handle.flush()
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()  # closing the file releases the lock; the file stays for the next run
 
 
 def _config_difference(old: dict, new: dict) -> str:
@@ -208,9 +268,10 @@ def reusable_certificate(out: Path, image_id: str, key: str, recompute_verdict) 
     return certificate, "reused"
 
 
-def summary(certificates: list[dict], model: dict, config: dict, seconds: float, policy=None) -> dict:
+def summary(folder: Path, certificates: list[dict], model: dict, config: dict, seconds: float, policy=None) -> dict:
     """The run's summary: every image's verdict and category, counts of each, and, with a release-gate
-    ``policy`` (``verifier.policy.Policy``), the policy and each image's gate result."""
+    ``policy`` (``verifier.policy.Policy``), the policy and each image's gate result. It indexes the run: each
+    entry names its certificate file in ``folder`` by sha256, so no certificate is dropped or swapped unseen."""
     from verifier.certificate.schema import VERDICTS
     from verifier.taxonomy import CATEGORIES
 
@@ -235,7 +296,9 @@ def summary(certificates: list[dict], model: dict, config: dict, seconds: float,
              "replication_rate": c["conditions"]["probability"]["rate"],
              "category": c["classification"]["category"], "gate": gate,
              "part_found": c["part_replication"]["found"],
-             "certificate": f"{c['image']['id']}.json"}
+             "certificate": f"{c['image']['id']}.json",
+             "certificate_sha256": canonical_sha256(json.loads((folder / f"{c['image']['id']}.json")
+                                                               .read_text(encoding="utf-8")))}
             for c, gate in zip(certificates, gates)
         ],
         "seconds": round(seconds, 2),

@@ -30,6 +30,7 @@ import torch
 
 from verifier.models.base import ModelAdapter
 from verifier.objectives import ObjectiveError
+from verifier.paths import broken_link
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -158,6 +159,31 @@ def _check_pickle_free(folder: Path, allow_pickle: bool) -> None:
         )
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a safetensors file (what it looks like instead, or safetensors' own complaint about
+    its header and sizes), else None; read before diffusers, whose message for it is a generic one."""
+    from safetensors import SafetensorError, safe_open
+
+    with open(path, "rb") as handle:
+        start = handle.read(8)
+    if start[:1] == b"\x80":
+        return "it starts like a pickle"
+    if start[:4] == b"PK\x03\x04":
+        return "it is a zip archive (torch.save's format, a pickle inside)"
+    try:
+        with safe_open(str(path), framework="pt"):
+            return None
+    except (SafetensorError, OSError, ValueError) as error:
+        return f"its header or sizes are broken ({error})"
+
+
+def _check_safetensors(files: list[Path], root: Path, what: str) -> None:
+    for file in files:
+        if file.suffix == ".safetensors" and (problem := safetensors_problem(file)):
+            name = file.relative_to(root).as_posix() if file.is_relative_to(root) else str(file)
+            raise ModelLoadError(f"{what}: {name} is not a safetensors file: {problem}")
+
+
 def _looks_local(text: str) -> bool:
     """A MODEL that is meant as a local path: explicit prefixes, or a first folder that exists here."""
     return text.startswith((".", "/", "~")) or Path(text).parent.is_dir()
@@ -198,6 +224,7 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", 
         adapter = detect_family(path)
         _check_components(path, adapter)
         _check_pickle_free(path, allow_pickle)
+        _check_safetensors(_component_files(path), path, f"MODEL {str(model)!r}")
         try:
             pipeline = getattr(diffusers, adapter.pipeline_class).from_pretrained(
                 path, local_files_only=True, **_dtype_argument(torch_dtype),
@@ -225,6 +252,8 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", 
                 f"of the same architecture (model_index.json, configs + tokenizers); got {model_config!r}"
             )
         adapter = detect_family(Path(model_config), role="--model-config")
+        if suffix == ".safetensors":
+            _check_safetensors([path], path.parent, "MODEL")
         try:
             pipeline = getattr(diffusers, adapter.pipeline_class).from_single_file(
                 str(path), config=str(model_config), local_files_only=True, **_dtype_argument(torch_dtype),
@@ -241,9 +270,10 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", 
         adapter, pipeline, snapshot = _load_from_hub(str(model), torch_dtype, allow_pickle)
         kind, fingerprint = "hub", fingerprint_files(_component_files(snapshot), snapshot)
     else:
+        link = broken_link(Path(str(model)))
         raise ModelLoadError(
-            f"MODEL {str(model)!r} does not exist: expected a local diffusers folder, a .safetensors checkpoint, or a "
-            "hub id of the form owner/name"
+            f"MODEL {str(model)!r} {link or 'does not exist'}: expected a local diffusers folder, a .safetensors "
+            "checkpoint, or a hub id of the form owner/name"
         )
     pipeline.to(target_device)
     pipeline.set_progress_bar_config(disable=True)
