@@ -172,7 +172,7 @@ def test_a_moved_copy_of_a_memorized_photograph_is_not_cleared_and_verify_rechec
     screen = framing["screen"]
     scales = [candidate["scale"] for candidate in screen["candidates"]]
     assert (scales.count(0.8), scales.count(1.0), scales.count(1.25)) == (25, 25, 21)
-    assert screen["steps"] == [20, 40, 60]
+    assert screen["steps"] == certificate["config"]["inversion_steps"]
     assert (screen["twin"] is None) == (certificate["conditions"]["existence"]["control"] is None)  # the same screen
     chosen = next(c for c in screen["candidates"]
                   if (c["scale"], c["shift"]) == (screen["chosen"]["scale"], screen["chosen"]["shift"]))
@@ -180,7 +180,7 @@ def test_a_moved_copy_of_a_memorized_photograph_is_not_cleared_and_verify_rechec
     def chosen_ratio_raised(tampered: dict) -> None:
         for candidate in tampered["framing"]["screen"]["candidates"]:
             if (candidate["scale"], candidate["shift"]) == (chosen["scale"], chosen["shift"]):
-                candidate["ratios"][1] = 9.0
+                candidate["ratio"] = 9.0
 
     def another_chosen(tampered: dict) -> None:
         tampered["framing"]["screen"]["chosen"]["shift"] = [0.2 if chosen["shift"][0] != 0.2 else -0.2, 0.2]

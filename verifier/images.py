@@ -169,7 +169,8 @@ def collect_images(arguments: list[str | Path], exclude: Path | None = None) -> 
     Ids are the manifest's ``id`` when given, else the file name without suffix; when several files
     share a name, each of them takes its parent folder's name too, and where that is shared as well
     (``photo.jpg`` beside ``photo.png``) its extension, so an id never depends on the order of the arguments.
-    The same file given twice is kept once (twice under two manifest ids is an error). Files inside ``exclude`` (the run's output folder) are never taken as inputs.
+    The same file given twice is kept once (twice under two manifest ids is an error). Files inside
+    ``exclude`` (the run's output folder) are never taken as inputs.
     """
     if not arguments:
         raise ImageInputError("IMAGES: no image given; pass image files, folders or a CSV/JSONL manifest")

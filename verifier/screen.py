@@ -12,18 +12,19 @@ framings"). So the framing search inverts the owner's image where a cheap screen
    tighter than the training crop: 0.8 and 1.25); twice as many with ``framing_mirror``, each also mirrored;
    where the owner's pixels cover at least the bounds' ``min_overlap``; the strip a moved frame leaves uncovered is
    edge-filled and counts nowhere (``alignment.Cut``);
-2. invert every cut as the framing search inverts (the noisiest levels, ``noise_floor``), every candidate
-   of an image with the same random stream (common random numbers: the candidates differ only in their
-   pixels), and **screen** each after every third of ``inversion_steps``: its error under its witness over
-   the empty prompt's, at ``DRAWS`` fixed draws at those noise levels (the same draws for every candidate
-   and both conditionings), owner's pixels only;
-3. after the first screen only the ``KEPT[0]`` lowest go on, after the second the ``KEPT[1]`` lowest of
-   those (successive halving: on the v-prediction reference model a good candidate ranks up to 11th after
-   a third of the steps and first after all of them);
-4. the lowest at the last screen is the framing the framing search searches, and its inversion is the
-   framing search's witness.
+2. invert every cut as the framing search inverts (the noisiest levels, ``noise_floor``, all of
+   ``inversion_steps``), every candidate of an image with the same random stream (common random numbers:
+   the candidates differ only in their pixels);
+3. **screen** each: its error under its witness over the empty prompt's, at ``DRAWS`` fixed draws at those
+   noise levels (the same draws for every candidate and both conditionings), owner's pixels only;
+4. the lowest is the framing the framing search searches, and its inversion is the framing search's witness.
 
-``chosen`` is the rule of steps 3-4 on recorded ratios, which ``verify`` replays. A NaN ratio ranks last.
+Every candidate is inverted to the end: an inversion that finds a weakly memorized image often finds it
+only in the last third of its steps (its ratio in the middle of the pack until then), so dropping
+candidates on an early screen (successive halving, until 2026-12-07) lost exactly those images
+(docs/owner-copies.md, "Every candidate to the end").
+
+``chosen`` is the rule of step 4 on recorded ratios, which ``verify`` replays. A NaN ratio ranks last.
 """
 
 from __future__ import annotations
@@ -40,15 +41,13 @@ from verifier.invert import Inversion, InversionSchedule, InversionSearch, image
 from verifier.models.base import Conditioning, ModelAdapter
 
 STEP = 0.1  # candidate framings' centres lie on this grid (fractions of the frame's side)
-KEPT = (12, 6)  # candidates each screen after the first measures: the lowest of the screen before
 DRAWS = 8  # (timestep, noise) draws the screen measures each candidate's error on
 ENCODE_CHUNK = 4  # cuts per VAE call: 25 per image at once would hold a 1024-px VAE's activations 25 times
 METHOD = (f"the owner's image cut at every framing whose centre lies on a {STEP:g}-of-the-side grid within the "
           "shift bounds (at scale 1, and at the bounds' smallest and largest scale where framing_scales is on), each "
-          "cut inverted at the framing search's noise levels with the same random stream and screened after each "
-          "third of the steps (witness / empty prompt error at "
-          f"{DRAWS} fixed draws at those noise levels, owner's pixels only); after the first screen the {KEPT[0]} "
-          f"lowest go on, after the second the {KEPT[1]} lowest, and the lowest at the last is the framing searched")
+          "cut inverted at the framing search's noise levels with the same random stream for all of its steps and "
+          f"screened (witness / empty prompt error at {DRAWS} fixed draws at those noise levels, owner's pixels "
+          "only); the lowest is the framing searched")
 
 
 def candidate_framings(bounds: FramingBounds, side: int, mirror: bool = False, scales: bool = False) -> list[Framing]:
@@ -62,29 +61,13 @@ def candidate_framings(bounds: FramingBounds, side: int, mirror: bool = False, s
             for size in sizes for dy in offsets for dx in offsets]
 
 
-def stages(inversion_steps: int) -> list[int]:
-    """The steps each screen follows: equal parts of the budget, the last screen after all of it."""
-    parts = len(KEPT) + 1
-    return [max(1, inversion_steps * part // parts) for part in range(1, parts)] + [inversion_steps]
-
-
 def _rank_key(ratio: float | None) -> float:
     return math.inf if ratio is None or not math.isfinite(ratio) else ratio
 
 
-def survivors(candidates: list[dict]) -> list[list[int]]:
-    """Indices of the candidates each screen measured: every one at the first; at each later one, the ``KEPT``
-    lowest of the screen before (ties to the earlier; a NaN ranks last)."""
-    measured = [list(range(len(candidates)))]
-    for stage, kept in enumerate(KEPT):
-        order = sorted(measured[-1], key=lambda i: (_rank_key(candidates[i]["ratios"][stage]), i))
-        measured.append(sorted(order[:kept]))
-    return measured
-
-
 def chosen(candidates: list[dict]) -> int:
-    """Index of the framing searched: the last screen's lowest, ties to the earlier."""
-    return min(survivors(candidates)[-1], key=lambda i: (_rank_key(candidates[i]["ratios"][-1]), i))
+    """Index of the framing searched: the lowest screen ratio, ties to the earlier."""
+    return min(range(len(candidates)), key=lambda i: (_rank_key(candidates[i]["ratio"]), i))
 
 
 @dataclass
@@ -137,24 +120,13 @@ def screen(model: ModelAdapter, space, owners: list[OwnerImage], streams: list[s
     every = list(range(len(cuts)))
     rows_of = [[row for row in every if owner_of[row] == index] for index in range(len(owners))]
     baseline = errors(empty.expand(len(cuts)), every)
-    steps = stages(config.inversion_steps)
-    records = [[{**framings[row].record(side), "ratios": [None] * len(steps)} for row in rows] for rows in rows_of]
-    curves: dict[int, list[torch.Tensor]] = {row: [] for row in every}
-    active, done = every, 0  # the search's rows, in its order
-    for stage, step in enumerate(steps):
-        # 3. Invert the candidates still in to this stage's step, then screen them.
-        for row, curve in zip(active, search.run(step - done, on_step)):
-            curves[row].append(curve)
-        done = step
-        for row, value in zip(active, errors(search.witness(), active)):
-            records[owner_of[row]][rows_of[owner_of[row]].index(row)]["ratios"][stage] = _finite(value / baseline[row])
-        # 4. Each image's lowest go on (``survivors``); after the last screen, its lowest is the framing searched.
-        wanted = ([rows_of[index][position] for index in range(len(owners))
-                   for position in survivors(records[index])[stage + 1]] if stage + 1 < len(steps) else
-                  [rows_of[index][chosen(records[index])] for index in range(len(owners))])
-        search.keep([active.index(row) for row in wanted])
-        active = wanted
-    picks = active
+    # 2-3. Invert every candidate for all of its steps, then screen it.
+    curves = search.run(config.inversion_steps, on_step)
+    ratios = [_finite(value / baseline[row]) for row, value in enumerate(errors(search.witness(), every))]
+    records = [[{**framings[row].record(side), "ratio": ratios[row]} for row in rows] for rows in rows_of]
+    # 4. Each image's lowest is the framing searched.
+    picks = [rows[chosen(records[index])] for index, rows in enumerate(rows_of)]
+    search.keep(picks)
     empty_errors = prediction_error(model, z0[picks], empty.expand(len(picks)), timesteps=config.error_timesteps,
                                     noise_draws=config.error_noise_draws, weights=weights[picks])
     grid = search.grid_errors(InversionSchedule.of(config, fixed=True))
@@ -162,12 +134,12 @@ def screen(model: ModelAdapter, space, owners: list[OwnerImage], streams: list[s
         conditioning = search.witness()
     inversion = Inversion(
         variables={name: value.detach() for name, value in search.variables.items()}, conditioning=conditioning,
-        errors=grid, loss_curves=[torch.cat(curves[row]) for row in picks],
-        checks=[[(done, float(grid[position].mean() / empty_errors[position].mean()))]
+        errors=grid, loss_curves=[curves[row] for row in picks],
+        checks=[[(config.inversion_steps, float(grid[position].mean() / empty_errors[position].mean()))]
                 for position in range(len(picks))])
     return Screened(z0=z0[picks],
                     weights=weights[picks], empty_errors=empty_errors, inversion=inversion,
-                    records=[{"method": METHOD, "steps": steps, "kept": list(KEPT), "draws": DRAWS,
+                    records=[{"method": METHOD, "steps": config.inversion_steps, "draws": DRAWS,
                               "candidates": records[index], "chosen": framings[row].record(side)}
                              for index, row in enumerate(picks)])
 
@@ -186,14 +158,11 @@ def _screen_draws(model: ModelAdapter, z0: torch.Tensor, stream: str, seed: int,
 
 
 def screen_cost(record: dict, inversion_noise_draws: int) -> dict:
-    """The screen's denoiser evaluations beyond the chosen candidate's own inversion, from its record: every
-    candidate's inversion steps, and each screen's forwards (the empty prompt's once per candidate)."""
-    measured = [len(rows) for rows in survivors(record["candidates"])]
-    steps = record["steps"]
-    lengths = [step - before for step, before in zip(steps, [0] + steps[:-1])]
-    forward_backward = (sum(count * length for count, length in zip(measured, lengths)) - steps[-1]) \
-        * inversion_noise_draws
-    forward = (measured[0] + sum(measured)) * record["draws"]
+    """The screen's denoiser evaluations beyond the chosen candidate's own inversion, from its record: every other
+    candidate's inversion steps, and the screen's forwards (under its witness and under the empty prompt)."""
+    count, steps = len(record["candidates"]), record["steps"]
+    forward_backward = (count - 1) * steps * inversion_noise_draws
+    forward = 2 * count * record["draws"]
     return {"inversion_forward_backward": forward_backward, "screen_forward": forward,
             "total": forward_backward + forward}
 

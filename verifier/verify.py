@@ -64,7 +64,7 @@ from verifier.regions import WindowSSIM, part_record
 from verifier.run_folder import certificate_files, check_run_folder, recorded_config, recorded_config_values
 from verifier.registry import SIMILARITY_METRICS
 from verifier.sampling import seed_sequence
-from verifier.screen import KEPT, candidate_framings, chosen, stages, survivors
+from verifier.screen import candidate_framings, chosen
 from verifier.similarity import best_index, replicated
 from verifier.taxonomy import REPRODUCED_VERDICTS, classify
 
@@ -617,7 +617,7 @@ def _check_closest_framing(result: VerifyResult, certificate: dict, regenerated:
                f"the closest generation matches the framing {regenerated}, not the recorded {recorded}")
 
 
-def _screen_problems(framing: dict, framed: dict | None) -> list[str]:
+def _screen_problems(framing: dict, framed: dict | None, inversion_steps: int) -> list[str]:
     """The screen ran exactly where the framing search did, over the rule's candidates, and measured and chose
     (the image's and, where recorded, its twin's) as the rule prescribes on the recorded ratios."""
     record = framing["screen"]
@@ -629,11 +629,9 @@ def _screen_problems(framing: dict, framed: dict | None) -> list[str]:
     side, problems = 1000, []  # framings compared as fractions of the side
     expected = [framing.record(side) for framing in
                 candidate_framings(BOUNDS, side, framing["mirror_enabled"], framing["scales_enabled"])]
-    settings = {"steps": stages(record["steps"][-1]), "kept": list(KEPT)}
-    if {key: record[key] for key in settings} != settings:
-        problems.append(f"the screen's steps and kept {record['steps']}, {record['kept']} are not the rule's "
-                        f"{settings['steps']}, {settings['kept']}")
-        return problems
+    if record["steps"] != inversion_steps:
+        problems.append(f"the screen's candidates were inverted for {record['steps']} steps, not the config's "
+                        f"inversion_steps {inversion_steps}")
     for name, screened in (("image", record), ("twin", record["twin"])):
         if screened is None:
             continue
@@ -644,11 +642,7 @@ def _screen_problems(framing: dict, framed: dict | None) -> list[str]:
         if not placed or None in positions or positions != sorted(set(positions)):
             problems.append(f"the {name}'s screen's candidates are not the rule's grid")
             continue
-        measured = survivors(candidates)
-        if any((candidate["ratios"][stage] is not None) and index not in measured[stage]
-               for index, candidate in enumerate(candidates) for stage in range(len(measured))):
-            problems.append(f"the {name}'s screen records ratios for candidates the rule drops ({list(KEPT)} kept)")
-        elif not _same_framing(placed[chosen(candidates)], screened["chosen"]):
+        if not _same_framing(placed[chosen(candidates)], screened["chosen"]):
             problems.append(f"the {name}'s screen chose {screened['chosen']}, but its ratios choose "
                             f"{placed[chosen(candidates)]}")
     return problems
@@ -679,7 +673,7 @@ def _check_framing(result: VerifyResult, certificate: dict) -> None:
     elif aligned_framing is not None and not BOUNDS.contains(aligned_framing["scale"], aligned_framing["shift"], 1.0,
                                                              aligned_framing["mirror"]):
         problems.append(f"the aligned framing {aligned_framing} lies outside the search's bounds")
-    problems += _screen_problems(framing, framed)
+    problems += _screen_problems(framing, framed, certificate["config"]["inversion_steps"])
     chosen_search = witness_search(framed, aligned)
     if framing["witness"] != chosen_search:
         problems.append(f"the witness is the {framing['witness']}'s, but the searches' replications make it the "

@@ -68,7 +68,9 @@ Version history:
   included; the default thresholds' sources cite docs/decisions.md (the README's "Decisions" moved there), so
   a v12 certificate's sources no longer follow from v13's rule book. The screen's candidates include scales 0.8 and
   1.25 (config ``framing_scales``, on by default; ``framing.scales_enabled``).
-- 14: the summary indexes the run (issue 25): each entry's ``certificate_sha256`` (the certificate's canonical
+- 14: the screen inverts every candidate for all of its steps and screens once (``framing.screen``: ``steps`` one
+  number, each candidate's ``ratio``; no ``kept``): successive halving lost weakly memorized images (issue 22).
+  The summary indexes the run (issue 25): each entry's ``certificate_sha256`` (the certificate's canonical
   JSON), which ``verify`` checks with the folder as one unit (``verifier.run_folder``); ids are NFC-normalized
   and at most 120 bytes.
 """
@@ -395,9 +397,8 @@ class FramingValue(_Strict):
 
 
 class ScreenCandidate(FramingValue):
-    ratios: list[Optional[float]] = Field(description="Its witness's error over the empty prompt's at the screen's "
-                                                      "draws, after each of the screen's steps (null: dropped by an "
-                                                      "earlier screen, or not finite)")
+    ratio: Optional[float] = Field(description="Its witness's error over the empty prompt's at the screen's draws, "
+                                               "after all of the inversion's steps (null: not finite)")
 
 
 class TwinScreen(_Strict):
@@ -407,8 +408,7 @@ class TwinScreen(_Strict):
 
 class ScreenRecord(_Strict):
     method: str
-    steps: list[int] = Field(min_length=1, description="The inversion steps each screen follows")
-    kept: list[int] = Field(description="Candidates each screen after the first measures (the previous one's lowest)")
+    steps: int = Field(ge=1, description="The Adam steps every candidate is inverted for before the screen")
     draws: int = Field(ge=1, description="(timestep, noise) draws each screen measures on")
     candidates: list[ScreenCandidate]
     chosen: FramingValue = Field(description="The framing the framing search inverted the owner's image at")
