@@ -72,7 +72,8 @@ FULL_SIZE_RUNS = [("sd15", "bfloat16", 0.24, 16), ("sd15", "float32", 0.16, 2), 
                   ("sdxl", "float32", 0.08, 1)]
 ASSUMED_FRACTION_OF_PEAK = 0.3  # for sizing the first run only; later runs use the throughput measured
 SMOKE_CONFIG = dict(inversion_steps=2, inversion_max_steps=2, inversion_noise_draws=1, error_timesteps=2,
-                    error_noise_draws=1, generations=2, sampling_doublings=0, sampling_steps=2, decode_witness=False)
+                    error_noise_draws=1, generations=2, sampling_doublings=0, sampling_steps=2, decode_witness=False,
+                    framing_search=False)
 GOALS = {"sd15_images_per_hour": 800, "sdxl_images_per_hour": 80, "fraction_of_peak": 0.40}
 
 

@@ -1,6 +1,8 @@
 """Shared fixtures and marker gates.
 
 - ``slow`` tests (minutes each) run only with ``VERIFIER_SLOW=1``.
+- ``field`` tests (the default config's verdicts end to end on the shipped reference models, each clean
+  verdict with the whole framing search: minutes each) run only with ``VERIFIER_FIELD=1``; CI runs them.
 - ``gpu`` tests run only where torch sees a CUDA device.
 - Under pytest-xdist (``-n``, the default in pyproject.toml), each worker gets an equal share of the
   CPU's cores for torch and for the processes it starts (``OMP_NUM_THREADS``), so workers do not
@@ -54,10 +56,13 @@ def copy(run, tmp_path):
 
 def pytest_collection_modifyitems(config, items):
     run_slow = os.environ.get("VERIFIER_SLOW") == "1"
+    run_field = os.environ.get("VERIFIER_FIELD") == "1"
     has_gpu = None
     for item in items:
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: set VERIFIER_SLOW=1 to run"))
+        if "field" in item.keywords and not run_field:
+            item.add_marker(pytest.mark.skip(reason="field: set VERIFIER_FIELD=1 to run (CI does)"))
         if "gpu" in item.keywords:
             if has_gpu is None:
                 import torch

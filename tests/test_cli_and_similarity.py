@@ -196,16 +196,6 @@ def test_verdict_table(ratio, scores, verdict):
         assert "replication probability <=" in decision.reason
 
 
-def test_demo_on_the_fixture_agrees_with_its_ground_truth(tmp_path):
-    """`verifier demo` end to end, with the defaults, on the small shipped model."""
-    result = CliRunner().invoke(main, ["demo", "--model", "fixture-16px", "--out", str(tmp_path / "demo")])
-    assert result.exit_code == 0, result.output
-    assert "7/7 scored verdicts agree with the ground truth" in result.output
-    assert "demo: 8 of 11 images, a representative subset" in result.output
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert summary["counts"]["memorized"] == 3
-
-
 def test_the_demo_subset_keeps_every_memorized_image_and_one_of_each_kind():
     from verifier.cli.demo import demo_images
     from verifier.reference_models import load_manifest

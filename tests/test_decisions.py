@@ -106,6 +106,12 @@ def test_a_flat_image_stays_inconclusive_because_its_twin_replicates_too(tmp_pat
 
 # --- calibrate, then certify with the calibration --------------------------------------------------------
 
+# These tests are about the calibration file and its citation, not about framings: the calibration and the
+# runs that cite it leave the framing search out (it would triple the calibration's cost; every clean verdict
+# with it is in the field tests, tests/test_behaviour.py).
+WITHOUT_FRAMING = ["--no-framing-search"]
+
+
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory):
     """The fixture's 8 non-memorized images (4 never trained, 4 seen once) as non-members, at a 35% rate."""
@@ -113,7 +119,7 @@ def calibration(tmp_path_factory):
     manifest = load_manifest("fixture-16px")
     non_members = [str(FIXTURE / image["file"]) for image in manifest["images"] if not image["memorized"]]
     result = CliRunner().invoke(main, ["calibrate", str(FIXTURE), *non_members, "--out", str(folder / "cal.json"),
-                                       "--false-alarm-rate", "0.35", "--device", "cpu"])
+                                       "--false-alarm-rate", "0.35", "--device", "cpu", *WITHOUT_FRAMING])
     assert result.exit_code == 0, result.output
     return folder / "cal.json"
 
@@ -132,7 +138,7 @@ def test_certify_with_a_calibration_cites_it_and_verify_checks_it(calibration, t
     memorized = [FIXTURE / image["file"] for image in load_manifest("fixture-16px")["images"] if image["memorized"]]
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["certify", str(FIXTURE), *map(str, memorized), "--out", str(out),
-                                       "--calibration", str(calibration), "--device", "cpu"])
+                                       "--calibration", str(calibration), "--device", "cpu", *WITHOUT_FRAMING])
     assert result.exit_code == 1, result.output  # memorization found
     record = json.loads(calibration.read_text())
     for path in sorted(out.glob("dup*.json")):
@@ -156,10 +162,11 @@ def test_a_calibration_refuses_another_model_or_config(calibration, tmp_path):
     image = str(FIXTURE / "images" / "dup00-astronaut-x400.png")
     other = build_tiny_pipeline(tmp_path / "other")
     result = CliRunner().invoke(main, ["certify", str(other), image, "--out", str(tmp_path / "a"),
-                                       "--calibration", str(calibration), "--device", "cpu"])
+                                       "--calibration", str(calibration), "--device", "cpu", *WITHOUT_FRAMING])
     assert result.exit_code == 2 and "was measured on another model" in result.output
     result = CliRunner().invoke(main, ["certify", str(FIXTURE), image, "--out", str(tmp_path / "b"),
-                                       "--calibration", str(calibration), "--device", "cpu", "--generations", "8"])
+                                       "--calibration", str(calibration), "--device", "cpu", "--generations", "8",
+                                       *WITHOUT_FRAMING])
     assert result.exit_code == 2 and "was measured with other settings (generations)" in result.output
 
 

@@ -2,7 +2,8 @@
 
 Two CPU processes finish a run one process started (as after a kill): they must reuse its finished
 certificates, certify every second image still to do each, write certificates equal to the ones
-one process writes (witness files byte for byte), and leave one summary from the main process.
+one process writes (witness files byte for byte), and leave one summary from the main process: a
+folder ``verify`` checks whole. A group started on a folder another run holds is refused at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.holder import hold_the_folder
 
 from verifier.reference_models import reference_model_path
 
@@ -81,3 +83,36 @@ def test_two_processes_resume_a_run_and_write_what_one_process_writes(runs):
     assert [image["id"] for image in summary["images"]] == IMAGES
     assert summary["counts"] == json.loads((folder / "one" / "summary.json").read_text())["counts"]
     assert two.stdout.count("certificates in") == 1
+
+
+def test_the_groups_folder_passes_verify_as_one_unit(runs):
+    from verifier.verify import verify
+
+    folder, _, _, _ = runs
+    result = verify(folder / "two")
+    assert result.passed, [check for check in result.checks if not check.passed]
+    assert {check.name for check in result.checks} >= {"summary", "run folder: certificates", "run folder: run.json"}
+
+
+def test_a_group_started_on_a_folder_another_run_holds_is_refused_at_once(tmp_path):
+    """The group's main process takes the lock for the group; refused, it stops the group before any process
+    loads the model or writes. accelerate's launcher reports a failed group as exit 1 whatever its processes'
+    codes; the root cause it prints is the main process's exit 2 (docs/usage.md)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(FIXTURE / "images" / f"{IMAGES[0]}.png", images)
+    out = tmp_path / "run"
+    holder = hold_the_folder(FIXTURE, images, out)
+    try:
+        environment = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        group = subprocess.run(_accelerate(2) + ["certify", str(FIXTURE), str(images), "--out", str(out), *OPTIONS],
+                               capture_output=True, text=True, env=environment, timeout=300)
+        assert holder.poll() is None, "the refused group must not have disturbed the holder"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert group.returncode != 0, group.stderr
+    assert f"is being written by verifier certify (pid {holder.pid}" in group.stderr
+    assert "exitcode  : 2" in group.stderr, group.stderr  # the main process's usage error, as the launcher reports it
+    assert "model " not in group.stderr, "refused before any process loaded the model"
+    assert sorted(path.name for path in out.iterdir()) == [".verifier.lock", "run.json"]

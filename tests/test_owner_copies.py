@@ -145,6 +145,7 @@ def test_owner_copies_are_built_the_same_every_time_and_described(tmp_path):
     assert len(collect_images([tmp_path / "a" / "manifest.csv"])) == len(first["copies"])
 
 
+@pytest.mark.field
 def test_a_moved_copy_of_a_memorized_photograph_is_not_cleared_and_verify_rechecks_the_framing(tmp_path):
     """Before the framing search, this copy (the photograph moved by 8% of its side) was certified not_memorized."""
     from verifier.api import certify
@@ -266,3 +267,14 @@ def test_a_mirrored_copy_is_found_by_the_screens_mirrored_candidates_and_verify_
         tampered["framing"]["screen"]["chosen"]["mirror"] = False
 
     assert {"framing", "prediction error"} <= failed_checks_after(out, certificate["image"]["id"], unmirrored)
+
+    # The rule is replayed on the recorded ratios: a raised ratio of the chosen candidate is caught.
+    chosen = framing["screen"]["chosen"]
+
+    def chosen_ratio_raised(tampered: dict) -> None:
+        for candidate in tampered["framing"]["screen"]["candidates"]:
+            if (candidate["scale"], candidate["shift"], candidate["mirror"]) == (
+                    chosen["scale"], chosen["shift"], chosen["mirror"]):
+                candidate["ratio"] = 9.0
+
+    assert "framing" in failed_checks_after(out, certificate["image"]["id"], chosen_ratio_raised)

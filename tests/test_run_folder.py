@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers.holder import hold_the_folder
 from helpers.images import write_images
 
 from verifier.certificate.store import OutputFolderError, canonical_sha256
@@ -164,6 +165,11 @@ def test_a_forged_extra_certificate_from_another_run_is_named(folder, tiny_model
     assert "forged: another config than run.json's" in failed["run folder: run.json"]
 
 
+def test_a_folder_without_its_summary_is_an_unfinished_run(folder):
+    (folder / "summary.json").unlink()
+    assert _failed(folder)["summary"].startswith("summary.json is missing; the summary is written when a run finishes")
+
+
 def test_run_json_of_another_run_is_named(folder):
     record = _json(folder / "run.json")
     record["config"]["generations"] = 64
@@ -214,26 +220,12 @@ def _certify_process(model: Path, images: Path, out: Path) -> subprocess.Popen:
                             env=os.environ | {"OMP_NUM_THREADS": "1"})
 
 
-HOLD_THE_FOLDER = """
-import sys, time
-from pathlib import Path
-from verifier.api import open_run
-from verifier.config import VerifierConfig
-run = open_run(sys.argv[1], [sys.argv[2]], Path(sys.argv[3]), VerifierConfig(device="cpu", inversion_steps=2,
-               generations=2, batch_size=1), allow_pickle=False, model_config=None, sign_key=None, say=lambda m: None)
-print("opened", flush=True)  # a certify run that has opened its folder, paused before its first image
-time.sleep(600)
-"""
-
-
 def test_a_second_certify_on_a_folder_being_written_is_refused_and_a_killed_holder_is_taken_over(tiny_model, tmp_path):
     images = tmp_path / "images"
     write_images(images, count=2)
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_FOLDER, str(tiny_model), str(images), str(out)],
-                              stdout=subprocess.PIPE, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    holder = hold_the_folder(tiny_model, images, out)
     try:
-        assert holder.stdout.readline().strip() == "opened"
         second = _certify_process(tiny_model, images, out)
         _, refused = second.communicate(timeout=300)
         assert second.returncode == 2, refused
