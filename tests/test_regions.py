@@ -86,6 +86,12 @@ def run(tmp_path_factory):
     the framing search: both are never-trained pictures, so the search (most of a clean verdict's cost) would run
     on each and change nothing here (no framing of them replicates; the part is scored at the owner's framing).
     The same with the whole default config is a field test (below)."""
+    out = tmp_path_factory.mktemp("parts") / "certs"
+    _certify_composite_and_decoy(out, framing_search=False)
+    return out
+
+
+def _certify_composite_and_decoy(out, framing_search: bool) -> list[dict]:
     from verifier.api import certify
     from verifier.config import VerifierConfig
     from verifier.reference_models import load_manifest, reference_model_path
@@ -93,26 +99,15 @@ def run(tmp_path_factory):
     manifest = load_manifest(PART_MODEL)
     composite = next(i for i in manifest["images"] if i["split"] == "part_composite" and i["part_replicated"])
     decoy = next(i for i in manifest["images"] if i["split"] == "part_decoy")
-    out = tmp_path_factory.mktemp("parts") / "certs"
     folder = reference_model_path(PART_MODEL)
-    certify(folder, [folder / composite["file"], folder / decoy["file"]], out,
-            VerifierConfig(device="cpu", decode_witness=False, framing_search=False))
-    return out
+    return certify(folder, [folder / composite["file"], folder / decoy["file"]], out,
+                   VerifierConfig(device="cpu", decode_witness=False, framing_search=framing_search))
 
 
 @pytest.mark.field
 def test_the_part_is_found_with_the_whole_default_config(tmp_path):
     """The composite and decoy of ``run`` with the framing search on, as a user runs them."""
-    from verifier.api import certify
-    from verifier.config import VerifierConfig
-    from verifier.reference_models import load_manifest, reference_model_path
-
-    manifest = load_manifest(PART_MODEL)
-    composite = next(i for i in manifest["images"] if i["split"] == "part_composite" and i["part_replicated"])
-    decoy = next(i for i in manifest["images"] if i["split"] == "part_decoy")
-    folder = reference_model_path(PART_MODEL)
-    found, missed = certify(folder, [folder / composite["file"], folder / decoy["file"]], tmp_path / "certs",
-                            VerifierConfig(device="cpu", decode_witness=False))
+    found, missed = _certify_composite_and_decoy(tmp_path / "certs", framing_search=True)
     assert found["framing"]["searched"] and missed["framing"]["searched"]
     assert [found["verdict"], missed["verdict"]] == ["not_memorized", "not_memorized"]
     assert found["part_replication"]["found"] and not missed["part_replication"]["found"]

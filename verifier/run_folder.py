@@ -81,12 +81,11 @@ def check_run_folder(folder: Path) -> list[Finding]:
         except CertificateFormatError:
             certificates[path] = None  # the per-certificate schema check names it
     readable = {path: c for path, c in certificates.items() if c is not None}
-    summary, problem = _read(folder / SUMMARY_FILE, "summary")
-    if summary is None and not (folder / SUMMARY_FILE).exists():
-        # The summary is written once every image of a run is certified: a folder without one is a run that
-        # was stopped (or whose summary was deleted), not a sealed unit.
-        problem += ("; the summary is written when a run finishes: certify the same images into this folder again "
-                    "to finish the run (finished images are not redone)")
+    # The summary is written once every image of a run is certified: a folder without one is a run that was
+    # stopped (or whose summary was deleted), not a sealed unit.
+    summary, problem = _read(folder / SUMMARY_FILE, "summary", missing=(
+        "the summary is written when a run finishes: certify the same images into this folder again to finish "
+        "the run (finished images are not redone)"))
     findings = [("summary", False, problem)] if summary is None else [_summary(folder, summary)]
     if summary is not None:
         findings += [_listed(folder, summary, certificates), _left_files(folder, summary)]
@@ -94,9 +93,10 @@ def check_run_folder(folder: Path) -> list[Finding]:
     return findings
 
 
-def _read(path: Path, kind: str) -> tuple[dict | None, str]:
+def _read(path: Path, kind: str, missing: str = "") -> tuple[dict | None, str]:
+    """The file's JSON, or None and why not (``missing`` added to the reason when there is no file)."""
     if not path.is_file():
-        return None, f"{path.name} is missing"
+        return None, f"{path.name} is missing" + (f"; {missing}" if missing else "")
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
         return (validated(kind, value) if kind == "summary" else value), ""
