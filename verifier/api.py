@@ -394,7 +394,7 @@ def certify_batch(run: Run, batch: list[ProtectedImage], tracker: RunProgress | 
     if searched:
         owners = [OwnerImage.open(batch[index].path, FRAMING_BOUNDS, resolution) for index in searched]
         tick = time.time()
-        tracker.stage("screen", config.inversion_steps, "step")
+        tracker.stage("screen", config.framing_steps, "step")
         screened = screen(model, run.space, owners, [f"framing:{batch[index].sha256}" for index in searched],
                           empty=empty, config=config, noise_floor=FRAMING_NOISE_FLOOR, resolution=resolution,
                           on_step=tracker.advance)

@@ -103,6 +103,10 @@ class VerifierConfig:
     framing_mirror: bool = option(
         False, "The framing search's screen also tries every candidate framing mirrored left-right, for mirrored copies"
         " (25 more candidates in the screen per clean verdict; docs/owner-copies.md).")
+    framing_steps: int = option(
+        120, "Adam steps the framing search's screen inverts every candidate framing for (a fixed budget: an inversion "
+        "finds a weakly memorized image in a re-framed copy late, docs/owner-copies.md \"Longer inversions in the "
+        "screen\"); its cost grows in proportion.")
 
     # Run.
     seed: int = option(0, "The run seed, from 0 to 2**32-1.")
@@ -129,6 +133,7 @@ class VerifierConfig:
              or self.inversion_steps <= self.inversion_max_steps <= MAX_STEPS,
              f"an integer from inversion_steps ({self.inversion_steps}) to {MAX_STEPS}, or unset for "
              "4 x inversion_steps (equal to inversion_steps: every image gets exactly that many)"),
+            ("framing_steps", 1 <= self.framing_steps <= MAX_STEPS, f"an integer from 1 to {MAX_STEPS}"),
             ("inversion_check_every", 1 <= self.inversion_check_every <= MAX_STEPS, f"an integer from 1 to {MAX_STEPS}"),
             ("inversion_min_drop", finite(self.inversion_min_drop) and 0 <= self.inversion_min_drop < 1,
              "a number in [0, 1): how much the error ratio must fall over a window for inversion to go on"),

@@ -11,7 +11,7 @@ the inversion to the memorized conditioning. So, for every image whose first sea
 the owner's framing, every noise level) reproduced nothing:
 
 1. invert the owner's image again, drawing training timesteps only from the noisiest
-   ``1 - NOISE_FLOOR`` of the schedule, a fixed ``inversion_steps`` Adam steps, cut where a screen over
+   ``1 - NOISE_FLOOR`` of the schedule, a fixed ``framing_steps`` Adam steps, cut where a screen over
    candidate framings (the centre moved on a grid within ``BOUNDS``) says the model knows it best
    (``verifier.screen``): even at those noise levels, a copy moved by 15% of its side is out of reach of an
    inversion at the owner's framing;

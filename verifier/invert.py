@@ -41,10 +41,10 @@ class InversionSchedule:
 
     @classmethod
     def of(cls, config, fixed: bool = False) -> "InversionSchedule":
-        """A run's schedule, from its ``VerifierConfig``; ``fixed``: exactly ``inversion_steps`` for every image
-        (the framing search, whose whole-grid ratio is not what it lowers)."""
-        return cls(steps=config.inversion_steps,
-                   max_steps=config.inversion_steps if fixed else config.inversion_step_limit(),
+        """A run's schedule, from its ``VerifierConfig``; ``fixed``: the framing search's, exactly ``framing_steps``
+        for every image (its whole-grid ratio is not what it lowers)."""
+        steps = config.framing_steps if fixed else config.inversion_steps
+        return cls(steps=steps, max_steps=steps if fixed else config.inversion_step_limit(),
                    window=config.inversion_check_every, min_drop=config.inversion_min_drop,
                    error_timesteps=config.error_timesteps, error_noise_draws=config.error_noise_draws)
 

@@ -13,7 +13,7 @@ framings"). So the framing search inverts the owner's image where a cheap screen
    where the owner's pixels cover at least the bounds' ``min_overlap``; the strip a moved frame leaves uncovered is
    edge-filled and counts nowhere (``alignment.Cut``);
 2. invert every cut as the framing search inverts (the noisiest levels, ``noise_floor``, all of
-   ``inversion_steps``), every candidate of an image with the same random stream (common random numbers:
+   ``framing_steps``), every candidate of an image with the same random stream (common random numbers:
    the candidates differ only in their pixels);
 3. **screen** each: its error under its witness over the empty prompt's, at ``DRAWS`` fixed draws at those
    noise levels (the same draws for every candidate and both conditionings), owner's pixels only;
@@ -84,7 +84,7 @@ class Screened:
 def screen(model: ModelAdapter, space, owners: list[OwnerImage], streams: list[str], *, empty: Conditioning,
            config, noise_floor: float, resolution: int, on_step: Callable[[], None] | None = None) -> Screened:
     """Steps 1-4 for a batch of owners' images; ``streams`` names each image's random streams; ``on_step`` is
-    called after every Adam step of the batch (``inversion_steps`` in all: progress)."""
+    called after every Adam step of the batch (``framing_steps`` in all: progress)."""
     side = owners[0].side
     framings, cuts, owner_of = [], [], []
     for index, owner in enumerate(owners):
@@ -121,7 +121,8 @@ def screen(model: ModelAdapter, space, owners: list[OwnerImage], streams: list[s
     rows_of = [[row for row in every if owner_of[row] == index] for index in range(len(owners))]
     baseline = errors(empty.expand(len(cuts)), every)
     # 2-3. Invert every candidate for all of its steps, then screen it.
-    curves = search.run(config.inversion_steps, on_step)
+    schedule = InversionSchedule.of(config, fixed=True)
+    curves = search.run(schedule.steps, on_step)
     ratios = [_finite(value / baseline[row]) for row, value in enumerate(errors(search.witness(), every))]
     records = [[{**framings[row].record(side), "ratio": ratios[row]} for row in rows] for rows in rows_of]
     # 4. Each image's lowest is the framing searched.
@@ -129,17 +130,17 @@ def screen(model: ModelAdapter, space, owners: list[OwnerImage], streams: list[s
     search.keep(picks)
     empty_errors = prediction_error(model, z0[picks], empty.expand(len(picks)), timesteps=config.error_timesteps,
                                     noise_draws=config.error_noise_draws, weights=weights[picks])
-    grid = search.grid_errors(InversionSchedule.of(config, fixed=True))
+    grid = search.grid_errors(schedule)
     with torch.no_grad():
         conditioning = search.witness()
     inversion = Inversion(
         variables={name: value.detach() for name, value in search.variables.items()}, conditioning=conditioning,
         errors=grid, loss_curves=[curves[row] for row in picks],
-        checks=[[(config.inversion_steps, float(grid[position].mean() / empty_errors[position].mean()))]
+        checks=[[(schedule.steps, float(grid[position].mean() / empty_errors[position].mean()))]
                 for position in range(len(picks))])
     return Screened(z0=z0[picks],
                     weights=weights[picks], empty_errors=empty_errors, inversion=inversion,
-                    records=[{"method": METHOD, "steps": config.inversion_steps, "draws": DRAWS,
+                    records=[{"method": METHOD, "steps": schedule.steps, "draws": DRAWS,
                               "candidates": records[index], "chosen": framings[row].record(side)}
                              for index, row in enumerate(picks)])
 

@@ -617,7 +617,7 @@ def _check_closest_framing(result: VerifyResult, certificate: dict, regenerated:
                f"the closest generation matches the framing {regenerated}, not the recorded {recorded}")
 
 
-def _screen_problems(framing: dict, framed: dict | None, inversion_steps: int) -> list[str]:
+def _screen_problems(framing: dict, framed: dict | None, framing_steps: int) -> list[str]:
     """The screen ran exactly where the framing search did, over the rule's candidates, and measured and chose
     (the image's and, where recorded, its twin's) as the rule prescribes on the recorded ratios."""
     record = framing["screen"]
@@ -629,9 +629,9 @@ def _screen_problems(framing: dict, framed: dict | None, inversion_steps: int) -
     side, problems = 1000, []  # framings compared as fractions of the side
     expected = [framing.record(side) for framing in
                 candidate_framings(BOUNDS, side, framing["mirror_enabled"], framing["scales_enabled"])]
-    if record["steps"] != inversion_steps:
+    if record["steps"] != framing_steps:
         problems.append(f"the screen's candidates were inverted for {record['steps']} steps, not the config's "
-                        f"inversion_steps {inversion_steps}")
+                        f"framing_steps {framing_steps}")
     for name, screened in (("image", record), ("twin", record["twin"])):
         if screened is None:
             continue
@@ -673,7 +673,7 @@ def _check_framing(result: VerifyResult, certificate: dict) -> None:
     elif aligned_framing is not None and not BOUNDS.contains(aligned_framing["scale"], aligned_framing["shift"], 1.0,
                                                              aligned_framing["mirror"]):
         problems.append(f"the aligned framing {aligned_framing} lies outside the search's bounds")
-    problems += _screen_problems(framing, framed, certificate["config"]["inversion_steps"])
+    problems += _screen_problems(framing, framed, certificate["config"]["framing_steps"])
     chosen_search = witness_search(framed, aligned)
     if framing["witness"] != chosen_search:
         problems.append(f"the witness is the {framing['witness']}'s, but the searches' replications make it the "

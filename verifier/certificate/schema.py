@@ -73,6 +73,8 @@ Version history:
   The summary indexes the run (issue 25): each entry's ``certificate_sha256`` (the certificate's canonical
   JSON), which ``verify`` checks with the folder as one unit (``verifier.run_folder``); ids are NFC-normalized
   and at most 120 bytes.
+- 15: the screen inverts every candidate for ``framing_steps`` Adam steps (config, default 120), no longer
+  ``inversion_steps`` (60): an inversion finds a weakly memorized image in a re-framed copy late (issue 22).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
@@ -408,7 +410,8 @@ class TwinScreen(_Strict):
 
 class ScreenRecord(_Strict):
     method: str
-    steps: int = Field(ge=1, description="The Adam steps every candidate is inverted for before the screen")
+    steps: int = Field(ge=1, description="The Adam steps every candidate is inverted for before the screen (config "
+                       "framing_steps)")
     draws: int = Field(ge=1, description="(timestep, noise) draws each screen measures on")
     candidates: list[ScreenCandidate]
     chosen: FramingValue = Field(description="The framing the framing search inverted the owner's image at")
