@@ -245,8 +245,8 @@ def _certify(model, pixels: np.ndarray, scratch: Path) -> None:
 
     path = scratch / "astronaut.png"
     Image.fromarray((pixels * 255).round().astype(np.uint8)).save(path)
-    reduced = VerifierConfig(inversion_steps=1, inversion_max_steps=1, inversion_noise_draws=1, error_timesteps=1,
-                             error_noise_draws=1, generations=1, sampling_doublings=0, guidance_scales=(1.0,),
+    reduced = VerifierConfig(inversion_steps=1, inversion_max_steps=1, framing_steps=1, inversion_noise_draws=1,
+                             error_timesteps=1, error_noise_draws=1, generations=1, sampling_doublings=0, guidance_scales=(1.0,),
                              sampling_steps=1, batch_size=1, gradient_checkpointing=True, device=str(model.device))
     peak = Peak(model.device)
     with peak:

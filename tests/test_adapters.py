@@ -21,8 +21,8 @@ from verifier.models import Conditioning, ModelLoadError, load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
-FAST = VerifierConfig(inversion_steps=3, inversion_noise_draws=2, error_timesteps=3, error_noise_draws=2,
-                      generations=2, guidance_scales=(1.0, 2.0), sampling_steps=3, device=TEST_DEVICE)
+FAST = VerifierConfig(inversion_steps=3, framing_steps=3, inversion_noise_draws=2, error_timesteps=3,
+                      error_noise_draws=2, generations=2, guidance_scales=(1.0, 2.0), sampling_steps=3, device=TEST_DEVICE)
 
 # name -> (family, prediction type, upcast attention): SD 1.x-like, SD 2.x-v-like, SDXL-like, SD3-like
 # (CLIP-L, CLIP-G, T5, MMDiT), Flux-dev-like (CLIP, T5, guidance-distilled transformer, dynamic shift).

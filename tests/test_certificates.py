@@ -292,7 +292,7 @@ def test_nan_weights_give_inconclusive_with_the_reason_and_strict_json(tmp_path)
     save_file(tensors, weights)
     out = tmp_path / "out"
     certificate = certify(model, [FIXTURE / "images" / f"{MEMORIZED}.png"], out,
-                          VerifierConfig(device="cpu", inversion_steps=2, generations=2))[0]
+                          VerifierConfig(device="cpu", inversion_steps=2, framing_steps=2, generations=2))[0]
     assert certificate["verdict"] == "inconclusive"
     assert "not finite" in certificate["verdict_reason"] or "diverged" in certificate["verdict_reason"]
     text = (out / f"{MEMORIZED}.json").read_text()

@@ -491,7 +491,7 @@ def _soak(tiny_model, tmp_path, kills: int) -> None:
     assert [entry["id"] for entry in summary["images"]] == expected
     assert sum(summary["counts"].values()) == count
     reference = certify(tiny_model, [tmp_path / "images"], tmp_path / "reference",
-                        VerifierConfig(device="cpu", batch_size=1, inversion_steps=2, generations=2))
+                        VerifierConfig(device="cpu", batch_size=1, inversion_steps=2, framing_steps=2, generations=2))
     for certificate in reference:
         resumed = read_certificate(out / f"{certificate['image']['id']}.json")
         assert resumed["verdict"] == certificate["verdict"]

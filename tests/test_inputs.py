@@ -58,6 +58,7 @@ def test_unknown_key_gets_a_suggestion(tmp_path):
                                 "(60) to 100000, or unset for 4 x inversion_steps"),
     ("inversion_min_drop", 1.5, "inversion_min_drop=1.5 is not allowed: expected a number in [0, 1)"),
     ("inversion_check_every", 0, "inversion_check_every=0 is not allowed: expected an integer from 1 to 100000"),
+    ("framing_steps", 0, "framing_steps=0 is not allowed: expected an integer from 1 to 100000"),
     ("guidance_scales", [0.5], "guidance_scales=(0.5,) is not allowed"),
     ("confidence", 1.0, "confidence=1.0 is not allowed"),
     ("resolution", 30, "resolution=30 is not allowed: expected a multiple of 8"),

@@ -173,7 +173,7 @@ def test_a_moved_copy_of_a_memorized_photograph_is_not_cleared_and_verify_rechec
     screen = framing["screen"]
     scales = [candidate["scale"] for candidate in screen["candidates"]]
     assert (scales.count(0.8), scales.count(1.0), scales.count(1.25)) == (25, 25, 21)
-    assert screen["steps"] == certificate["config"]["inversion_steps"]
+    assert screen["steps"] == certificate["config"]["framing_steps"] == 120
     assert (screen["twin"] is None) == (certificate["conditions"]["existence"]["control"] is None)  # the same screen
     chosen = next(c for c in screen["candidates"]
                   if (c["scale"], c["shift"]) == (screen["chosen"]["scale"], screen["chosen"]["shift"]))

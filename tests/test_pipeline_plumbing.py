@@ -22,8 +22,8 @@ from verifier.verify import differences
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
-FAST = VerifierConfig(inversion_steps=3, inversion_noise_draws=2, error_timesteps=3, error_noise_draws=2,
-                      generations=2, guidance_scales=(1.0, 2.0), sampling_steps=3, device="cpu")
+FAST = VerifierConfig(inversion_steps=3, framing_steps=3, inversion_noise_draws=2, error_timesteps=3,
+                      error_noise_draws=2, generations=2, guidance_scales=(1.0, 2.0), sampling_steps=3, device="cpu")
 
 
 @pytest.fixture(scope="module")

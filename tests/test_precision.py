@@ -20,8 +20,8 @@ from verifier.reference_models import reference_model_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
-FAST = VerifierConfig(inversion_steps=2, inversion_max_steps=2, inversion_noise_draws=2, error_timesteps=3,
-                      error_noise_draws=2, generations=2, sampling_doublings=0, guidance_scales=(1.0, 2.0),
+FAST = VerifierConfig(inversion_steps=2, inversion_max_steps=2, framing_steps=2, inversion_noise_draws=2,
+                      error_timesteps=3, error_noise_draws=2, generations=2, sampling_doublings=0, guidance_scales=(1.0, 2.0),
                       sampling_steps=3, device="cpu", decode_witness=False)
 
 

@@ -72,7 +72,7 @@ def run(tmp_path_factory):
         {"path": str(images / f"{HOSTILE_NAMES['held-flower-whole']}.png")},
     ]) + "\n")
     out = root / "certs"
-    certify(FIXTURE, [manifest], out, VerifierConfig(device="cpu", inversion_steps=30, generations=8))
+    certify(FIXTURE, [manifest], out, VerifierConfig(device="cpu", inversion_steps=30, framing_steps=30, generations=8))
     return out
 
 

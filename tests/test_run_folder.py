@@ -25,7 +25,7 @@ from verifier.run_folder import check_run_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
-QUICK = dict(device="cpu", inversion_steps=2, generations=2, batch_size=4)
+QUICK = dict(device="cpu", inversion_steps=2, framing_steps=2, generations=2, batch_size=4)
 
 
 @pytest.fixture(scope="module")

@@ -98,11 +98,11 @@ class VerifierConfig:
         "mirror; docs/owner-copies.md).")
     framing_scales: bool = option(
         True, "The framing search's screen also tries every candidate framing at scales 0.8 and 1.25, for copies "
-        "framed wider or tighter than the trained crop (50 more candidates in the screen per clean verdict; "
-        "docs/owner-copies.md).")
+        "framed wider or tighter than the trained crop (46 more candidates in the screen, 71 in all, per clean "
+        "verdict; docs/owner-copies.md).")
     framing_mirror: bool = option(
         False, "The framing search's screen also tries every candidate framing mirrored left-right, for mirrored copies"
-        " (25 more candidates in the screen per clean verdict; docs/owner-copies.md).")
+        " (twice the screen's candidates per clean verdict: 71 more with framing_scales; docs/owner-copies.md).")
     framing_steps: int = option(
         120, "Adam steps the framing search's screen inverts every candidate framing for (a fixed budget: an inversion "
         "finds a weakly memorized image in a re-framed copy late, docs/owner-copies.md \"Longer inversions in the "

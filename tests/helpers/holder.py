@@ -13,7 +13,8 @@ from pathlib import Path
 from verifier.api import open_run
 from verifier.config import VerifierConfig
 run = open_run(sys.argv[1], [sys.argv[2]], Path(sys.argv[3]), VerifierConfig(device="cpu", inversion_steps=2,
-               generations=2, batch_size=1), allow_pickle=False, model_config=None, sign_key=None, say=lambda m: None)
+               framing_steps=2, generations=2, batch_size=1), allow_pickle=False, model_config=None, sign_key=None,
+               say=lambda m: None)
 print("opened", flush=True)
 time.sleep(600)
 """
