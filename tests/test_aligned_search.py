@@ -160,9 +160,10 @@ def test_the_aligned_search_runs_only_where_the_framing_search_found_nothing():
 
 def test_a_copy_the_framing_search_misses_is_found_at_the_refined_framing_and_verify_rechecks_it(tmp_path):
     """reference-32px's rocket moved by 15% of its side: neither the owner's framing nor the framing search with
-    a shift-only screen (``framing_scales`` off) replicates it (0 and 0 of 32 on 2026-12-06; with scales in the
-    screen the framing search replicates it, 4 of 32, 2026-12-07); the aligned search does, and verify re-cuts
-    the owner's image at the recorded framing to re-measure the error and re-score the generations."""
+    a shift-only screen of 60 steps (``framing_scales`` off, ``framing_steps`` 60) replicates it (0 and 0 of 32 on
+    2026-12-06; with scales in the screen the framing search replicates it, 4 of 32, 2026-12-07, and with 120 steps
+    alone 1 of 32); the aligned search does, and verify re-cuts the owner's image at the recorded framing to
+    re-measure the error and re-score the generations."""
     import sys
     from pathlib import Path
 
@@ -180,7 +181,7 @@ def test_a_copy_the_framing_search_misses_is_found_at_the_refined_framing_and_ve
     moved = next(c for c in record["copies"] if c["id"] == "dup03-rocket-x2000.moved-15")
     out = tmp_path / "run"
     (certificate,) = certify(model, [tmp_path / "copies" / moved["file"]], out,
-                             VerifierConfig(device="cpu", framing_scales=False))
+                             VerifierConfig(device="cpu", framing_scales=False, framing_steps=60))
     framing = certificate["framing"]
     assert framing["first_search"]["replications"] == 0 and framing["framing_search"]["replications"] == 0
     assert framing["witness"] == "aligned search", framing["statement"]

@@ -20,7 +20,7 @@ from verifier.similarity import SSCD, SSIM, LPIPSSimilarity, SimilarityError
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
-FAST_OPTIONS = ["--inversion-steps", "2", "--generations", "2", "--device", "cpu"]
+FAST_OPTIONS = ["--inversion-steps", "2", "--framing-steps", "2", "--generations", "2", "--device", "cpu"]
 
 
 def test_help_is_instant_and_imports_no_torch():

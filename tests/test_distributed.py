@@ -24,8 +24,8 @@ FIXTURE = reference_model_path("fixture-16px")
 IMAGES = ["dup00-astronaut-x400", "held-flower-whole", "dup02-coffee-x400"]
 # A small budget: the test is about sharding, not about detection. One image per batch and one
 # thread per process, so that both runs do the same arithmetic in the same order.
-OPTIONS = ["--device", "cpu", "--batch-size", "1", "--inversion-steps", "30", "--generations", "8",
-           "--sampling-doublings", "1"]
+OPTIONS = ["--device", "cpu", "--batch-size", "1", "--inversion-steps", "30", "--framing-steps", "30",
+           "--generations", "8", "--sampling-doublings", "1"]
 REDONE = ["dup00-astronaut-x400", "dup02-coffee-x400"]  # a memorized image for each process
 SAME = ("verdict", "verdict_reason", "conditions", "prediction_error", "witness", "image", "model", "run_key")
 

@@ -29,7 +29,7 @@ from verifier.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
-FAST = ["--inversion-steps", "1", "--generations", "1", "--device", "cpu"]
+FAST = ["--inversion-steps", "1", "--framing-steps", "1", "--generations", "1", "--device", "cpu"]
 
 
 # --- builders of bad inputs: each takes the case folder and returns what to put on the command line -----
@@ -459,7 +459,7 @@ def _soak(tiny_model, tmp_path, kills: int) -> None:
     out = tmp_path / "out"
     command = [sys.executable, "-c", "from verifier.cli import main; main()", "certify", str(tiny_model),
                str(tmp_path / "images"), "--out", str(out), "--batch-size", "1", "--inversion-steps", "2",
-               "--generations", "2", "--device", "cpu"]
+               "--framing-steps", "2", "--generations", "2", "--device", "cpu"]
     environment = os.environ | {"OMP_NUM_THREADS": "1"}
     rng = random.Random(20261201)
     finished_at_kill = []

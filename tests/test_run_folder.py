@@ -214,8 +214,8 @@ def test_a_certificate_edited_after_the_summary_is_named(folder):
 
 def _certify_process(model: Path, images: Path, out: Path) -> subprocess.Popen:
     command = [sys.executable, "-c", "from verifier.cli import main; main()", "certify", str(model), str(images),
-               "--out", str(out), "--batch-size", "1", "--inversion-steps", "2", "--generations", "2",
-               "--device", "cpu"]
+               "--out", str(out), "--batch-size", "1", "--inversion-steps", "2", "--framing-steps", "2",
+               "--generations", "2", "--device", "cpu"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=os.environ | {"OMP_NUM_THREADS": "1"})
 
