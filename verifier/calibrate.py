@@ -19,11 +19,12 @@ from verifier.calibration import (CALIBRATION_SCHEMA, CalibrationError, calibrat
 from verifier.certificate.store import atomic_write_json, prepare_output_folder
 from verifier.images import collect_images
 from verifier.models import ModelAdapter, load_model
+from verifier.models.lora import LoraSpec
 
 
 def calibrate(model, non_members: Sequence[str | Path], out: str | Path, config, *, rate: float = 0.05,
               work: str | Path | None = None, allow_pickle: bool = False, model_config: str | Path | None = None,
-              progress: Callable[[str], None] | None = None) -> dict:
+              loras: Sequence[LoraSpec] = (), progress: Callable[[str], None] | None = None) -> dict:
     """Certify ``non_members`` with ``config``, derive thresholds and write them to ``out`` (JSON).
 
     The non-members' certificates go to ``work`` (default: ``<out>.certificates/``), so an
@@ -38,7 +39,8 @@ def calibrate(model, non_members: Sequence[str | Path], out: str | Path, config,
     check_writable(out)
     prepare_output_folder(work)
     loaded = model if isinstance(model, ModelAdapter) else load_model(
-        model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config)
+        model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config,
+        loras=loras)
     certificates = certify(loaded, non_members, work, config, progress=progress)
     n = len(certificates)
     rows = []

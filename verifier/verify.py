@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ from verifier.images import collect_images, file_sha256, prepare_image
 from verifier.invert import InversionSchedule
 from verifier.memory import row_budget
 from verifier.models import Conditioning, autocast_dtype, load_model
+from verifier.models.lora import LoraSpec, adapted_fingerprint
 from verifier.prompts import replayed_prompts
 from verifier.readable import decoded_prompts, statement as readable_statement
 from verifier.regions import WindowSSIM, part_record
@@ -101,13 +102,13 @@ def _index_images(arguments: list[str | Path]) -> dict[str, Path]:
 
 def verify(target: str | Path, model: str | Path | None = None, images: list[str | Path] | None = None, *,
            device: str = "auto", all_generations: bool = False, allow_pickle: bool = False,
-           model_config: str | Path | None = None, calibration: str | Path | None = None,
-           public_key: str | Path | None = None,
+           model_config: str | Path | None = None, loras: Sequence[LoraSpec] | None = None,
+           calibration: str | Path | None = None, public_key: str | Path | None = None,
            progress: Callable[[str], None] | None = None) -> VerifyResult:
     """Re-check every certificate in ``target`` (a run folder or one certificate file).
 
-    ``model`` defaults to each certificate's recorded source; ``images`` (files, folders, manifests)
-    are matched to certificates by sha256, else the recorded path is used.
+    ``model`` defaults to each certificate's recorded source and ``loras`` to its recorded LoRA adapters;
+    ``images`` (files, folders, manifests) are matched to certificates by sha256, else the recorded path is used.
     """
     say = progress or (lambda message: None)
     target = Path(target)
@@ -133,17 +134,28 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
         # 2. Image and model.
         image_path = _check_image(result, certificate, by_hash, bool(images))
         source = str(model) if model is not None else certificate["model"]["source"]
-        if source not in loaded_models:
-            say(f"loading {source}")
-            loaded_models[source] = load_model(source, device=device, allow_pickle=allow_pickle,
-                                               model_config=model_config)
-            loaded_models[source].rows_per_call = row_budget(loaded_models[source], None).rows
-        loaded = loaded_models[source]
-        model_ok = result.add(image_id, "model", loaded.fingerprint == certificate["model"]["fingerprint"],
-                              f"fingerprint {_short(loaded.fingerprint)} vs recorded "
-                              f"{_short(certificate['model']['fingerprint'])}")
+        specs = tuple(loras) if loras is not None else _recorded_loras(certificate)
+        missing = [spec.path for spec in specs if not spec.path.is_file()]
+        if missing:
+            result.add(image_id, "model", False, f"the LoRA adapter {str(missing[0])!r} "
+                       + ("the certificate records " if loras is None else "") + "is missing; pass --lora PATH[:SCALE] "
+                       "with a copy of each adapter the certificate records, in order")
+            loaded, model_ok = None, False
+        else:
+            model_key = (source, tuple(spec.argument() for spec in specs))
+            if model_key not in loaded_models:
+                say(f"loading {source}" + "".join(f" + LoRA {spec.argument()}" for spec in specs))
+                loaded_models[model_key] = load_model(source, device=device, allow_pickle=allow_pickle,
+                                                      model_config=model_config, loras=specs)
+                loaded_models[model_key].rows_per_call = row_budget(loaded_models[model_key], None).rows
+            loaded = loaded_models[model_key]
+            model_ok = result.add(image_id, "model", loaded.fingerprint == certificate["model"]["fingerprint"],
+                                  f"fingerprint {_short(loaded.fingerprint)} vs recorded "
+                                  f"{_short(certificate['model']['fingerprint'])}" + _adapter_differences(
+                                      loaded.adapters, certificate["model"]["adapters"]))
+        _check_model_record(result, certificate)
         # 3. Witness.
-        witness = _check_witness(result, certificate, folder, loaded)
+        witness = _check_witness(result, certificate, folder, loaded) if loaded is not None else None
         _check_sheet_file(result, certificate, folder)
         # 4. Internal arithmetic and the verdict.
         _check_arithmetic(result, certificate)
@@ -172,6 +184,32 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
 
 def _short(fingerprint: str) -> str:
     return fingerprint.replace("sha256:", "")[:12]
+
+
+def _recorded_loras(certificate: dict) -> tuple[LoraSpec, ...]:
+    """The LoRA adapters a certificate records, as ``--lora`` would give them (file path, scale)."""
+    return tuple(LoraSpec(Path(adapter["path"]), adapter["scale"]) for adapter in certificate["model"]["adapters"])
+
+
+def _adapter_differences(loaded: list[dict], recorded: list[dict]) -> str:
+    """Where the loaded adapters differ from the recorded ones (file sha256, scale, count), for the model check."""
+    if len(loaded) != len(recorded):
+        return f"; {len(loaded)} LoRA adapter(s) loaded, {len(recorded)} recorded"
+    differences = [f"adapter {index} ({Path(r['path']).name}): " + ", ".join(
+        f"{field} {l[field]!r} vs recorded {r[field]!r}" for field in ("sha256", "scale") if l[field] != r[field])
+        for index, (l, r) in enumerate(zip(loaded, recorded)) if (l["sha256"], l["scale"]) != (r["sha256"], r["scale"])]
+    return "".join(f"; {difference}" for difference in differences)
+
+
+def _check_model_record(result: VerifyResult, certificate: dict) -> None:
+    """The recorded fingerprint is the recorded base's with the recorded adapters (an edited scale or sha256 shows)."""
+    model = certificate["model"]
+    expected = adapted_fingerprint(model["base_fingerprint"], model["adapters"])
+    result.add(certificate["image"]["id"], "model record", expected == model["fingerprint"],
+               f"fingerprint = base {_short(model['base_fingerprint'])} with {len(model['adapters'])} adapter(s)"
+               if expected == model["fingerprint"] else
+               f"recorded fingerprint {_short(model['fingerprint'])} is not the base's with the recorded adapters "
+               f"({_short(expected)})")
 
 
 def _check_image(result: VerifyResult, certificate: dict, by_hash: dict[str, Path], images_given: bool) -> Path | None:

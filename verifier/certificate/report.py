@@ -40,7 +40,13 @@ def report_html(folder: Path, summary: dict, certificates: list[dict], image_png
               for number, certificate in enumerate(certificates)]
     return environment.get_template("report.html.j2").render(
         title=title, summary=summary, images=images, verdicts=VERDICTS,
-        model=certificates[0]["model"]["source"] if certificates else "", policy=summary.get("policy"))
+        model=_model_label(certificates[0]["model"]) if certificates else "", policy=summary.get("policy"))
+
+
+def _model_label(model: dict) -> str:
+    """The model's source with each LoRA adapter on it (file name and scale), as the page's header names it."""
+    return model["source"] + "".join(f" + LoRA {Path(adapter['path']).name} at scale {adapter['scale']:g}"
+                                     for adapter in model["adapters"])
 
 
 def _image_view(number: int, certificate: dict, folder: Path, png: bytes | None, gate: dict | None) -> dict:

@@ -75,6 +75,9 @@ Version history:
   and at most 120 bytes.
 - 15: the screen inverts every candidate for ``framing_steps`` Adam steps (config, default 120), no longer
   ``inversion_steps`` (60): an inversion finds a weakly memorized image in a re-framed copy late (issue 22).
+- 16: the model may carry LoRA adapters (``--lora PATH[:SCALE]``, issue 24): ``model.adapters`` records each
+  (file sha256, layout, scale, modules), ``model.base_fingerprint`` the weights without them, and
+  ``model.fingerprint`` covers both (``verifier.models.lora.adapted_fingerprint``).
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
@@ -129,10 +132,28 @@ class ImageRecord(_Strict):
     preprocessing: Preprocessing
 
 
+class AdapterRecord(_Strict):
+    kind: Literal["lora"]
+    path: str = Field(description="Where the adapter file was read from (informative; the sha256 identifies it)")
+    sha256: str = Sha256
+    layout: Literal["diffusers", "kohya", "other"] = Field(
+        description="The file's key layout: diffusers/PEFT (unet.*), kohya / A1111 (lora_unet_*), or other")
+    scale: float = Field(description="The weight pipeline.set_adapters gave it")
+    adapter_name: str = Field(description="The adapter_name it was loaded under (load_lora_weights)")
+    modules: int = Field(ge=1, description="LoRA modules (down and up factor) the file holds")
+    adapted_modules: int = Field(ge=1, description="Modules of the model peft adapted with it")
+    targets: dict[str, list[str]] = Field(description="Per component, the module names its LoRA targets")
+
+
 class ModelRecord(_Strict):
     source: str
     kind: str
-    fingerprint: str = PrefixedSha256
+    fingerprint: str = Field(pattern=r"^sha256:[0-9a-f]{64}$",
+                             description="The model under test: the base weights' fingerprint with every adapter's "
+                                         "sha256 and scale (equal to base_fingerprint without adapters)")
+    base_fingerprint: str = Field(pattern=r"^sha256:[0-9a-f]{64}$",
+                                  description="sha256 over the base model's files, without adapters")
+    adapters: list[AdapterRecord] = Field(description="LoRA adapters applied to the base, in order")
     family: str = Field(description="The model family whose adapter measured it (verifier.registry.MODEL_FAMILIES)")
     pipeline: str = Field(description="The diffusers pipeline class that regenerates a witness")
     resolution: int

@@ -7,7 +7,7 @@ import sys
 import click
 
 from verifier.cli.base import EXIT_OK, main, progress, run_guarded
-from verifier.cli.options import build, config_options
+from verifier.cli.options import build, config_options, model_options
 
 
 @main.command()
@@ -18,11 +18,10 @@ from verifier.cli.options import build, config_options
               help="Target probability that a non-member passes a threshold (bounded at the config's confidence).")
 @click.option("--work", default=None, type=click.Path(file_okay=False),
               help="Folder for the non-members' certificates (default: OUT.certificates/); a rerun resumes there.")
-@click.option("--allow-pickle", is_flag=True, help="Allow .ckpt/.bin/.pt/.pth weights (they can run code).")
-@click.option("--model-config", default=None, type=click.Path(file_okay=False),
-              help="Local diffusers folder giving configs for a single-file .safetensors MODEL.")
+@model_options
 @config_options
-def calibrate(model, non_members, out, false_alarm_rate, work, allow_pickle, model_config, config_file, **overrides):
+def calibrate(model, non_members, out, false_alarm_rate, work, allow_pickle, model_config, loras, config_file,
+              **overrides):
     """Measure thresholds on NON_MEMBERS, images known not to be in MODEL's training set.
 
     Certifies them with the config (the same one later runs must use), then sets the existence and
@@ -41,7 +40,7 @@ def calibrate(model, non_members, out, false_alarm_rate, work, allow_pickle, mod
         from verifier.calibrate import calibrate as calibrate_model
 
         return calibrate_model(model, list(non_members), out, config, rate=false_alarm_rate, work=work,
-                               allow_pickle=allow_pickle, model_config=model_config, progress=progress)
+                               allow_pickle=allow_pickle, model_config=model_config, loras=loras, progress=progress)
 
     record = run_guarded(run)
     click.echo(f"calibration on {record['images']} non-members (false-alarm rate <= {record['false_alarm_rate']:g} at "

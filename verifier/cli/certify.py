@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from verifier.cli.base import EXIT_FOUND, EXIT_OK, main, run_guarded
-from verifier.cli.options import FAIL_LEVELS, build, config_options, print_table, progress_options, tracker
+from verifier.cli.options import (FAIL_LEVELS, build, config_options, model_options, print_table, progress_options,
+                                  tracker)
 from verifier.registry import MODEL_FAMILIES
 
 
@@ -16,9 +17,7 @@ from verifier.registry import MODEL_FAMILIES
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for certificates and report.")
-@click.option("--allow-pickle", is_flag=True, help="Allow .ckpt/.bin/.pt/.pth weights (they can run code).")
-@click.option("--model-config", default=None, type=click.Path(file_okay=False),
-              help="Local diffusers folder giving configs for a single-file .safetensors MODEL.")
+@model_options
 @click.option("--sign-key", default=None, type=click.Path(dir_okay=False),
               help="Ed25519 PEM private key: sign every certificate and the summary (<file>.sig).")
 @click.option("--policy", "policy_file", default=None, type=click.Path(dir_okay=False),
@@ -26,7 +25,7 @@ from verifier.registry import MODEL_FAMILIES
                    "(unintended, implicit_intended, explicit_intended) fail the gate; replaces --fail-on.")
 @progress_options
 @config_options
-def certify(model, images, out, allow_pickle, model_config, sign_key, policy_file, quiet, progress_log, config_file,
+def certify(model, images, out, allow_pickle, model_config, loras, sign_key, policy_file, quiet, progress_log, config_file,
             **overrides):
     """Certify IMAGES (files, folders, CSV/JSONL manifests) against MODEL.
 
@@ -44,6 +43,7 @@ def certify(model, images, out, allow_pickle, model_config, sign_key, policy_fil
       verifier certify ./my-sd-model photos/ --out certs/
       verifier certify ./my-sdxl-model photos/ --out certs/
       verifier certify ./model.safetensors --model-config ./sd15-configs protected.csv --out certs/
+      verifier certify ./sd15 photos/ --lora ./my-style.safetensors:0.8 --out certs/
       verifier certify ./model photos/ --out certs/ --config configs/sd15.toml --fail-on rarely_reproduced
       verifier certify ./model protected.jsonl --out certs/ --policy configs/policies/default.toml
       accelerate launch --num_processes 4 -m verifier certify ./model photos/ --out certs/
@@ -56,7 +56,7 @@ def certify(model, images, out, allow_pickle, model_config, sign_key, policy_fil
         from verifier.api import certify as certify_images
 
         return certify_images(model, list(images), out, config, allow_pickle=allow_pickle,
-                              model_config=model_config, sign_key=sign_key, progress=None if quiet else watcher.say,
+                              model_config=model_config, loras=loras, sign_key=sign_key, progress=None if quiet else watcher.say,
                               policy=policy, tracker=watcher)
 
     certificates = run_guarded(certify_all)

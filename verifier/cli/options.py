@@ -39,6 +39,33 @@ def _config_options() -> list:
 CONFIG_OPTIONS = _config_options()
 
 
+def _lora_specs(context, parameter, values):
+    """``--lora PATH[:SCALE]`` values as ``LoraSpec``s; a bad scale is a usage error naming the argument."""
+    from verifier.models.lora import LoraSpec
+
+    try:
+        return tuple(LoraSpec.parse(value) for value in values)
+    except ValueError as error:
+        raise click.BadParameter(str(error), context, parameter) from None
+
+
+MODEL_OPTIONS = [
+    click.option("--allow-pickle", is_flag=True, help="Allow .ckpt/.bin/.pt/.pth weights (they can run code)."),
+    click.option("--model-config", default=None, type=click.Path(file_okay=False),
+                 help="Local diffusers folder giving configs for a single-file .safetensors MODEL."),
+    click.option("--lora", "loras", multiple=True, metavar="PATH[:SCALE]", callback=_lora_specs,
+                 help="A LoRA .safetensors file (diffusers/PEFT or kohya layout) applied to MODEL with diffusers' "
+                      "load_lora_weights, at SCALE (default 1; -10..10). Repeatable; applied in order."),
+]
+
+
+def model_options(function):
+    """The options that say what MODEL is: pickle allowed, configs of a single file, LoRA adapters on it."""
+    for option in reversed(MODEL_OPTIONS):
+        function = option(function)
+    return function
+
+
 PROGRESS_OPTIONS = [
     click.option("--quiet", is_flag=True, help="No progress bars and no line per image (the final table stays)."),
     click.option("--progress-log", default=None, type=click.Path(dir_okay=False),

@@ -7,6 +7,7 @@ import sys
 import click
 
 from verifier.cli.base import EXIT_FOUND, EXIT_OK, main, progress, run_guarded
+from verifier.cli.options import model_options
 
 
 @main.command()
@@ -21,10 +22,9 @@ from verifier.cli.base import EXIT_FOUND, EXIT_OK, main, progress, run_guarded
               help="The calibration file a calibrated certificate names (default: its recorded path).")
 @click.option("--public-key", default=None, type=click.Path(dir_okay=False),
               help="Ed25519 PEM public key: every certificate and the summary must carry a valid signature.")
-@click.option("--allow-pickle", is_flag=True, help="Allow .ckpt/.bin/.pt/.pth weights (they can run code).")
-@click.option("--model-config", default=None, type=click.Path(file_okay=False),
-              help="Local diffusers folder giving configs for a single-file .safetensors MODEL.")
-def verify(certificates, model, images, device, all_generations, calibration, public_key, allow_pickle, model_config):
+@model_options
+def verify(certificates, model, images, device, all_generations, calibration, public_key, allow_pickle, model_config,
+           loras):
     """Re-check CERTIFICATES (a run folder or one <id>.json): hashes, arithmetic, verdict, regenerations.
 
     Prints every check; exits 0 only when all hold (tolerances: docs/certificates.md, "Verifying a certificate"),
@@ -39,7 +39,7 @@ def verify(certificates, model, images, device, all_generations, calibration, pu
         from verifier.verify import verify as verify_certificates
 
         return verify_certificates(certificates, model=model, images=list(images) or None, device=device,
-                                   all_generations=all_generations, allow_pickle=allow_pickle,
+                                   all_generations=all_generations, allow_pickle=allow_pickle, loras=loras or None,
                                    model_config=model_config, calibration=calibration, public_key=public_key,
                                    progress=progress)
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from verifier.models.distillation import distillation_record
+from verifier.models.lora import adapted_fingerprint
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,11 @@ class ModelAdapter(ABC):
     optional_components: tuple[str, ...] = ()  # components a folder may leave out (loaded as None)
 
     def __init__(self, pipeline, *, source: str, kind: str, fingerprint: str, device: torch.device,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, adapters: list[dict] | None = None):
         self.pipeline = pipeline
-        self.source, self.kind, self.fingerprint = source, kind, fingerprint
+        self.source, self.kind, self.base_fingerprint = source, kind, fingerprint
+        self.adapters = adapters or []  # LoRA adapters loaded on the pipeline (verifier.models.lora), in order
+        self.fingerprint = adapted_fingerprint(fingerprint, self.adapters)  # the model under test: base + adapters
         self.device, self.dtype = device, dtype
         self.objective = self._objective()
         self.rows_per_call: int | None = None  # the most rows one denoiser call takes (verifier.memory); None: no limit
@@ -132,7 +135,8 @@ class ModelAdapter(ABC):
     def describe(self) -> dict:
         """What a certificate records about the model."""
         return {
-            "source": self.source, "kind": self.kind, "fingerprint": self.fingerprint, "family": self.family,
+            "source": self.source, "kind": self.kind, "fingerprint": self.fingerprint,
+            "base_fingerprint": self.base_fingerprint, "adapters": self.adapters, "family": self.family,
             "pipeline": self.pipeline_class, "resolution": self.resolution, "prediction_type": self.prediction_type,
             "denoiser_parameters": sum(p.numel() for p in self.denoiser().parameters()),
             "objective": self.objective.describe(), "conditioning": self.conditioning_record(),

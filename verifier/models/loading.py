@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 
 from verifier.models.base import ModelAdapter
+from verifier.models.files import PICKLE_SUFFIXES, ModelLoadError, safetensors_problem
+from verifier.models.lora import LoraSpec, load_loras
 from verifier.objectives import ObjectiveError
 from verifier.paths import broken_link
 
-PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -44,10 +45,6 @@ def _dtype_argument(torch_dtype: torch.dtype) -> dict:
     if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE"):
         return {"dtype": torch_dtype}
     return {"torch_dtype": torch_dtype}
-
-
-class ModelLoadError(RuntimeError):
-    """MODEL could not be loaded; the message says what was tried and what is missing."""
 
 
 def autocast_dtype(name: str) -> torch.dtype | None:
@@ -159,24 +156,6 @@ def _check_pickle_free(folder: Path, allow_pickle: bool) -> None:
         )
 
 
-def safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a safetensors file (what it looks like instead, or safetensors' own complaint about
-    its header and sizes), else None; read before diffusers, whose message for it is a generic one."""
-    from safetensors import SafetensorError, safe_open
-
-    with open(path, "rb") as handle:
-        start = handle.read(8)
-    if start[:1] == b"\x80":
-        return "it starts like a pickle"
-    if start[:4] == b"PK\x03\x04":
-        return "it is a zip archive (torch.save's format, a pickle inside)"
-    try:
-        with safe_open(str(path), framework="pt"):
-            return None
-    except (SafetensorError, OSError, ValueError) as error:
-        return f"its header or sizes are broken ({error})"
-
-
 def _check_safetensors(files: list[Path], root: Path, what: str) -> None:
     for file in files:
         if file.suffix == ".safetensors" and (problem := safetensors_problem(file)):
@@ -200,8 +179,9 @@ def _load_failure(error: Exception, mismatch: str = "the folder mixes files of t
 
 
 def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", allow_pickle: bool = False,
-               model_config: str | Path | None = None) -> ModelAdapter:
-    """Load a supported pipeline for certification (frozen, eval mode, no progress bars) behind its adapter."""
+               model_config: str | Path | None = None, loras: list[LoraSpec] | tuple = ()) -> ModelAdapter:
+    """Load a supported pipeline for certification (frozen, eval mode, no progress bars) behind its adapter, with
+    ``loras`` applied in order (verifier.models.lora)."""
     import diffusers
     import diffusers.utils.logging
     import transformers.utils.logging
@@ -275,6 +255,7 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", 
             f"MODEL {str(model)!r} {link or 'does not exist'}: expected a local diffusers folder, a .safetensors "
             "checkpoint, or a hub id of the form owner/name"
         )
+    adapters = load_loras(pipeline, list(loras), allow_pickle, adapter.family)
     pipeline.to(target_device)
     pipeline.set_progress_bar_config(disable=True)
     for component in pipeline.components.values():
@@ -282,7 +263,7 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", 
             component.eval().requires_grad_(False)
     try:
         return adapter(pipeline, source=str(model), kind=kind, fingerprint=fingerprint, device=target_device,
-                       dtype=torch_dtype)
+                       dtype=torch_dtype, adapters=adapters)
     except ObjectiveError as error:
         raise ModelLoadError(f"MODEL {str(model)!r}: {error}") from None
 

@@ -1,0 +1,34 @@
+"""What a weights file is: the error every loading problem raises, and the checks made before diffusers reads a file
+(pickle or safetensors, and whether a safetensors file is one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+
+
+class ModelLoadError(RuntimeError):
+    """MODEL (or an adapter on it) could not be loaded; the message says what was tried and what is missing."""
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a safetensors file (what it looks like instead, or safetensors' own complaint about
+    its header and sizes), else None; read before diffusers, whose message for it is a generic one.
+
+    safetensors' own reader decides first: a real file's first byte is the low byte of its header's length, which
+    is 0x80 (pickle's first byte) in one file of 256."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            return None
+    except (SafetensorError, OSError, ValueError) as error:
+        complaint = error
+    with open(path, "rb") as handle:
+        start = handle.read(8)
+    if start[:1] == b"\x80":
+        return "it starts like a pickle"
+    if start[:4] == b"PK\x03\x04":
+        return "it is a zip archive (torch.save's format, a pickle inside)"
+    return f"its header or sizes are broken ({complaint})"
