@@ -296,3 +296,29 @@ def test_the_witness_regenerates_with_stock_diffusers_and_the_recorded_lora(tiny
                  generator=torch.Generator("cpu").manual_seed(witness["closest_seed"]), output_type="np").images[0]
     closest = np.asarray(Image.open(out / witness["closest_generation"]), dtype=np.float32) / 255
     assert np.abs(image - closest).max() <= 1 / 255 + 1e-6
+
+
+def test_the_shipped_reference_lora_is_one_model_in_both_layouts_and_matches_its_manifest():
+    """benchmarks/reference_model/train_lora.py's output: the files are the manifest's, small, and the kohya copy
+    loads to the very model the diffusers copy does; its ground truth holds every category it is there to test."""
+    import hashlib
+
+    from verifier.reference_models import (LORA_LAYOUTS, REFERENCE_LORAS, load_lora_manifest, reference_lora_path,
+                                           reference_model_path)
+
+    for name, base in REFERENCE_LORAS.items():
+        manifest = load_lora_manifest(name)
+        paths = {layout: reference_lora_path(name, layout) for layout in LORA_LAYOUTS}
+        for layout, path in paths.items():
+            assert manifest["lora"]["files"][path.name] == hashlib.sha256(path.read_bytes()).hexdigest()
+            assert path.stat().st_size < 5 * 2**20
+        loaded = {layout: load_model(reference_model_path(base), device=TEST_DEVICE, loras=[LoraSpec(path)])
+                  for layout, path in paths.items()}
+        assert [m.adapters[0]["layout"] for m in loaded.values()] == list(LORA_LAYOUTS)
+        assert len({m.adapters[0]["adapted_modules"] for m in loaded.values()}) == 1
+        torch.testing.assert_close(_prediction(loaded["kohya"]), _prediction(loaded["diffusers"]))
+        categories = {row["category"] for row in manifest["images"]}
+        assert {"introduced", "inherited", "neither"} <= categories
+        assert all(row["category"] == "neither" for row in manifest["images"] if row["split"] in
+                   ("seen_once", "held_out"))
+        assert all(not row["base"]["memorized"] for row in manifest["images"] if row["trained_by"] != "base")

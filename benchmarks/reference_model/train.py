@@ -577,6 +577,22 @@ def flow_matching_sample(schedule, z0, noise, generator):
     return (1 - sigmas) * z0 + sigmas * noise, schedule.timesteps[indices], noise - z0
 
 
+def warmup_cosine(optimizer, total: int, warmup: int):
+    """Linear warm-up over ``warmup`` steps, then a cosine decay to 0 at ``total``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * step / total)))
+
+
+def optimizer_step(optimizer, lr_schedule, parameters: list, loss: torch.Tensor) -> float:
+    """One step: gradients of ``loss``, clipped to norm 1, applied, the schedule advanced; returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    lr_schedule.step()
+    return loss.item()
+
+
 def train_denoiser(unet, text_encoders, condition, schedule, latents, token_ids, empty_ids, droppable, preset,
                    generator, log):
     """Standard latent-diffusion training over one shuffled pass per epoch; returns the loss curve.
@@ -589,9 +605,7 @@ def train_denoiser(unet, text_encoders, condition, schedule, latents, token_ids,
     parameters = list(unet.parameters()) + [p for encoder in text_encoders for p in encoder.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=preset.learning_rate, weight_decay=0.0)
     total = preset.epochs * (latents.shape[0] // preset.batch_size)
-    warmup = min(100, total // 10)
-    lr_lambda = lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * step / total))  # noqa: E731
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    lr_schedule = warmup_cosine(optimizer, total, warmup=min(100, total // 10))
     alphas = None if flow else schedule.alphas_cumprod
     curve: list[float] = []
     step = 0
@@ -615,13 +629,8 @@ def train_denoiser(unet, text_encoders, condition, schedule, latents, token_ids,
                 noisy = schedule.add_noise(z0, noise, timesteps)
                 prediction = unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
                 target = training_target(schedule, z0, noise, timesteps)
-            loss = torch.nn.functional.mse_loss(prediction, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            lr_schedule.step()
-            curve.append(loss.item())
+            curve.append(optimizer_step(optimizer, lr_schedule, parameters,
+                                        torch.nn.functional.mse_loss(prediction, target)))
             if step % 200 == 0 or step == total - 1:
                 log(f"unet epoch {epoch} step {step}/{total}: loss {np.mean(curve[-200:]):.4f}")
             step += 1

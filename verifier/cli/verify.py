@@ -28,7 +28,8 @@ def verify(certificates, model, images, device, all_generations, calibration, pu
     """Re-check CERTIFICATES (a run folder or one <id>.json): hashes, arithmetic, verdict, regenerations.
 
     Prints every check; exits 0 only when all hold (tolerances: docs/certificates.md, "Verifying a certificate"),
-    1 when any does not.
+    1 when any does not. The model is each certificate's recorded source with its recorded LoRA adapters unless
+    --model / --lora name others (a copy elsewhere).
 
     \b
     Examples:

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from verifier.images import file_sha256
 from verifier.models.files import PICKLE_SUFFIXES, ModelLoadError, safetensors_problem
 from verifier.paths import broken_link
 
@@ -122,7 +123,7 @@ def _load_one(pipeline, spec: LoraSpec, adapter_name: str, allow_pickle: bool, f
     adapted, targets = _adapted_modules(pipeline, adapter_name)
     if adapted < modules:
         raise ModelLoadError(_unmatched(what, modules, adapted, pipeline, family))
-    return {"kind": "lora", "path": str(path), "sha256": _sha256(path), "layout": _layout(keys), "scale": spec.scale,
+    return {"kind": "lora", "path": str(path), "sha256": file_sha256(path), "layout": _layout(keys), "scale": spec.scale,
             "adapter_name": adapter_name, "modules": modules, "adapted_modules": adapted, "targets": targets}
 
 
@@ -218,10 +219,3 @@ def _fit_failure(error: Exception) -> str:
         return f"its weights are shaped for another architecture ({mismatch})"
     return f"{type(error).__name__}: {message.splitlines()[0] if message else ''}"
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()

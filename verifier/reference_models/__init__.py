@@ -17,6 +17,13 @@ They are stock diffusers folders: the pipeline class their ``model_index.json`` 
 - ``reference-part-32px``: 32x32 images, two logos each stamped on thousands of different backgrounds
   (part-level memorization: the logo is replicated, the picture around it is not), with composites of
   each logo on never-trained backgrounds and decoys among its images of interest.
+
+Reference LoRAs (``REFERENCE_LORAS``: name -> base), built by ``benchmarks/reference_model/train_lora.py``:
+
+- ``reference-32px-lora``: a LoRA on ``reference-32px`` trained DreamBooth-style on crops of photographs the
+  base never saw; the same weights in diffusers' layout (``pytorch_lora_weights.safetensors``) and kohya's
+  (``pytorch_lora_weights_kohya.safetensors``), with a manifest of which images the LoRA introduced, which the
+  base already reproduced (inherited), which it removed, and which neither reproduces.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from pathlib import Path
 WHOLE_IMAGE_MODELS = ("reference-32px", "fixture-16px", "reference-v-32px", "reference-xl-32px", "reference-sd3-32px")
 PART_MODELS = ("reference-part-32px",)
 REFERENCE_MODELS = WHOLE_IMAGE_MODELS + PART_MODELS
+REFERENCE_LORAS = {"reference-32px-lora": "reference-32px"}  # LoRA -> the reference model it was trained on
+LORA_LAYOUTS = {"diffusers": "pytorch_lora_weights.safetensors", "kohya": "pytorch_lora_weights_kohya.safetensors"}
 
 
 def reference_model_path(name: str = "reference-32px") -> Path:
@@ -38,6 +47,22 @@ def reference_model_path(name: str = "reference-32px") -> Path:
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"reference model {name!r} is missing its files at {path}; reinstall verifier")
     return path
+
+
+def reference_lora_path(name: str = "reference-32px-lora", layout: str = "diffusers") -> Path:
+    """A shipped reference LoRA's file in ``layout`` (diffusers or kohya); its base: ``REFERENCE_LORAS[name]``."""
+    if name not in REFERENCE_LORAS or layout not in LORA_LAYOUTS:
+        raise ValueError(f"unknown reference LoRA {name!r} / layout {layout!r}; available: "
+                         f"{', '.join(REFERENCE_LORAS)} in {', '.join(LORA_LAYOUTS)}")
+    path = Path(__file__).resolve().parent / name / LORA_LAYOUTS[layout]
+    if not path.is_file():
+        raise FileNotFoundError(f"reference LoRA {name!r} is missing its file at {path}; reinstall verifier")
+    return path
+
+
+def load_lora_manifest(name: str = "reference-32px-lora") -> dict:
+    """The reference LoRA's manifest: per image its file, caption, split, and replication under base and LoRA."""
+    return json.loads((reference_lora_path(name).parent / "manifest.json").read_text())
 
 
 def load_manifest(name: str = "reference-32px") -> dict:
