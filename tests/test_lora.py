@@ -180,6 +180,12 @@ def test_a_pickled_lora_loads_only_when_allowed(tiny_model, loras, tmp_path):
     torch.testing.assert_close(_prediction(adapted), _prediction(reference))
 
 
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 10.5, "strong", None, True])
+def test_the_api_refuses_a_bad_scale_as_the_command_line_does(loras, scale):
+    with pytest.raises(ValueError, match=r"is not allowed; expected a finite number with -10 <= SCALE <= 10"):
+        LoraSpec(loras["diffusers"], scale)
+
+
 @pytest.mark.parametrize("argument, message", [
     (":nan", r"the scale nan is not allowed; expected a finite number with -10 <= SCALE <= 10"),
     (":11", r"the scale 11 is not allowed"),
@@ -201,7 +207,7 @@ def test_a_missing_lora_stops_certify_before_any_image(tiny_model, tmp_path):
                                        "--lora", str(tmp_path / "gone.safetensors:0.8")])
     assert result.exit_code == 3, result.output
     assert f"--lora {str(tmp_path / 'gone.safetensors')!r} does not exist" in result.output
-    assert not list((tmp_path / "out").glob("*.json")) if (tmp_path / "out").exists() else True
+    assert not list((tmp_path / "out").glob("*.json"))  # no certificate, not even the run's record
 
 
 @pytest.fixture(scope="module")

@@ -43,11 +43,19 @@ class LoraSpec:
     scale: float = 1.0
 
     def __post_init__(self):
+        """A scale that is not a finite number within +-SCALE_LIMIT is refused, from the API as from ``--lora``."""
         object.__setattr__(self, "path", Path(self.path))  # the API takes a str as well
+        scale = _number(self.scale)
+        if scale is None or not math.isfinite(scale) or abs(scale) > SCALE_LIMIT:
+            shown = repr(self.scale) if scale is None else f"{scale:g}"
+            raise ValueError(f"--lora '{self.path}:{shown}': the scale {shown} is not allowed; expected a "
+                             f"finite number with -{SCALE_LIMIT:g} <= SCALE <= {SCALE_LIMIT:g} (1 applies the LoRA "
+                             "as trained)")
+        object.__setattr__(self, "scale", scale)
 
     @classmethod
     def parse(cls, text: str) -> "LoraSpec":
-        """``PATH`` or ``PATH:SCALE``; a scale that is not a finite number within +-SCALE_LIMIT is refused."""
+        """``PATH`` or ``PATH:SCALE``."""
         head, separator, tail = str(text).rpartition(":")
         scale = _number(tail) if separator and head else None
         if scale is None:
@@ -55,9 +63,6 @@ class LoraSpec:
                 raise ValueError(f"--lora {text!r}: the scale {tail!r} is not a number; expected PATH or PATH:SCALE "
                                  f"with -{SCALE_LIMIT:g} <= SCALE <= {SCALE_LIMIT:g}")
             return cls(Path(text))
-        if not math.isfinite(scale) or abs(scale) > SCALE_LIMIT:
-            raise ValueError(f"--lora {text!r}: the scale {tail} is not allowed; expected a finite number with "
-                             f"-{SCALE_LIMIT:g} <= SCALE <= {SCALE_LIMIT:g} (1 applies the LoRA as trained)")
         return cls(Path(head), scale)
 
     def argument(self) -> str:
@@ -65,10 +70,12 @@ class LoraSpec:
         return f"{self.path}:{self.scale!r}"
 
 
-def _number(text: str) -> float | None:
+def _number(value) -> float | None:
+    if isinstance(value, bool):
+        return None
     try:
-        return float(text)
-    except ValueError:
+        return float(value)
+    except (TypeError, ValueError):
         return None
 
 
