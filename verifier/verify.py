@@ -195,10 +195,13 @@ def _adapter_differences(loaded: list[dict], recorded: list[dict]) -> str:
     """Where the loaded adapters differ from the recorded ones (file sha256, scale, count), for the model check."""
     if len(loaded) != len(recorded):
         return f"; {len(loaded)} LoRA adapter(s) loaded, {len(recorded)} recorded"
-    differences = [f"adapter {index} ({Path(r['path']).name}): " + ", ".join(
-        f"{field} {l[field]!r} vs recorded {r[field]!r}" for field in ("sha256", "scale") if l[field] != r[field])
-        for index, (l, r) in enumerate(zip(loaded, recorded)) if (l["sha256"], l["scale"]) != (r["sha256"], r["scale"])]
-    return "".join(f"; {difference}" for difference in differences)
+    text = ""
+    for index, (mine, theirs) in enumerate(zip(loaded, recorded)):
+        fields = [f"{name} {mine[name]!r} vs recorded {theirs[name]!r}" for name in ("sha256", "scale")
+                  if mine[name] != theirs[name]]
+        if fields:
+            text += f"; adapter {index} ({Path(theirs['path']).name}): " + ", ".join(fields)
+    return text
 
 
 def _check_model_record(result: VerifyResult, certificate: dict) -> None:

@@ -96,7 +96,8 @@ Verdict = Literal["memorized", "rarely_reproduced", "inconclusive", "not_memoriz
 Category = Literal["explicit_intended", "implicit_intended", "unintended"]
 Level = Literal["memorized", "rarely_reproduced"]
 Sha256 = Field(pattern=r"^[0-9a-f]{64}$")
-PrefixedSha256 = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+PREFIXED_SHA256 = r"^sha256:[0-9a-f]{64}$"
+PrefixedSha256 = Field(pattern=PREFIXED_SHA256)
 
 
 class CertificateFormatError(ValueError):
@@ -148,10 +149,10 @@ class AdapterRecord(_Strict):
 class ModelRecord(_Strict):
     source: str
     kind: str
-    fingerprint: str = Field(pattern=r"^sha256:[0-9a-f]{64}$",
+    fingerprint: str = Field(pattern=PREFIXED_SHA256,
                              description="The model under test: the base weights' fingerprint with every adapter's "
                                          "sha256 and scale (equal to base_fingerprint without adapters)")
-    base_fingerprint: str = Field(pattern=r"^sha256:[0-9a-f]{64}$",
+    base_fingerprint: str = Field(pattern=PREFIXED_SHA256,
                                   description="sha256 over the base model's files, without adapters")
     adapters: list[AdapterRecord] = Field(description="LoRA adapters applied to the base, in order")
     family: str = Field(description="The model family whose adapter measured it (verifier.registry.MODEL_FAMILIES)")

@@ -25,8 +25,8 @@ from verifier.registry import MODEL_FAMILIES
                    "(unintended, implicit_intended, explicit_intended) fail the gate; replaces --fail-on.")
 @progress_options
 @config_options
-def certify(model, images, out, allow_pickle, model_config, loras, sign_key, policy_file, quiet, progress_log, config_file,
-            **overrides):
+def certify(model, images, out, allow_pickle, model_config, loras, sign_key, policy_file, quiet, progress_log,
+            config_file, **overrides):
     """Certify IMAGES (files, folders, CSV/JSONL manifests) against MODEL.
 
     MODEL is a diffusers folder of a supported family ({families}; docs/families.md), detected
@@ -56,7 +56,8 @@ def certify(model, images, out, allow_pickle, model_config, loras, sign_key, pol
         from verifier.api import certify as certify_images
 
         return certify_images(model, list(images), out, config, allow_pickle=allow_pickle,
-                              model_config=model_config, loras=loras, sign_key=sign_key, progress=None if quiet else watcher.say,
+                              model_config=model_config, loras=loras, sign_key=sign_key,
+                              progress=None if quiet else watcher.say,
                               policy=policy, tracker=watcher)
 
     certificates = run_guarded(certify_all)

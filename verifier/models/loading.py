@@ -25,6 +25,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -179,7 +180,7 @@ def _load_failure(error: Exception, mismatch: str = "the folder mixes files of t
 
 
 def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", allow_pickle: bool = False,
-               model_config: str | Path | None = None, loras: list[LoraSpec] | tuple = ()) -> ModelAdapter:
+               model_config: str | Path | None = None, loras: Sequence[LoraSpec] = ()) -> ModelAdapter:
     """Load a supported pipeline for certification (frozen, eval mode, no progress bars) behind its adapter, with
     ``loras`` applied in order (verifier.models.lora)."""
     import diffusers
