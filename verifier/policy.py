@@ -15,6 +15,9 @@ A policy is a small TOML file (``certify --policy FILE``; the default ships as `
     [parts]
     fail = true                    # an image otherwise not reproduced fails when a part of it is
 
+    [differential]                 # only for certify --baseline (verifier.differential)
+    fail = ["introduced"]          # the differential categories that fail the gate
+
 An image's *level* is the strongest reproduction measured for it: ``memorized`` when the witness's
 verdict is memorized or one of the owner's prompts replicates it with a lower bound at the minimum
 rate, ``rarely_reproduced`` when either replicated it at all, else none (it passes). Its category
@@ -22,6 +25,10 @@ comes from ``verifier.taxonomy``. With ``public_only``, an intended category on 
 not mark ``public = true`` is judged as ``unintended``. The gate fails when any image's (category,
 level) is listed under ``[fail]``, or, with ``[parts] fail = true``, when an image nothing reproduced
 whole has a part replicated (``verifier.regions``); ``certify`` then exits 1.
+
+A differential run (``certify --baseline``) also judges each image's differential category (introduced,
+inherited, removed, neither, undetermined) against ``[differential] fail``: a fine-tuner's release question is
+"did my fine-tune introduce any of these?", so ``[fail]`` may be left empty and ``fail = ["introduced"]`` set here.
 """
 
 from __future__ import annotations
@@ -37,10 +44,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from verifier.differential import DIFFERENTIAL_CATEGORIES
 from verifier.taxonomy import CATEGORIES, REPRODUCED_VERDICTS
 
 LEVELS = REPRODUCED_VERDICTS  # an image's reproduction level is named after the verdict it reaches
-SECTIONS = {"description": None, "fail": CATEGORIES, "intended": ("public_only",), "parts": ("fail",)}
+SECTIONS = {"description": None, "fail": CATEGORIES, "intended": ("public_only",), "parts": ("fail",),
+            "differential": ("fail",)}
 
 
 class PolicyError(ValueError):
@@ -57,6 +66,7 @@ class Policy:
     description: str
     source: str
     sha256: str
+    fail_differential: tuple[str, ...] = ()  # the differential categories that fail the gate (certify --baseline)
 
     @classmethod
     def read(cls, path: str | Path) -> "Policy":
@@ -92,7 +102,7 @@ class Policy:
             fail[category] = tuple(dict.fromkeys(levels))
         return cls(fail=fail, public_only=_flag(values, "intended", "public_only", where),
                    fail_on_part=_flag(values, "parts", "fail", where), description=description, source=source,
-                   sha256=sha256)
+                   sha256=sha256, fail_differential=_differential(values, where))
 
     def judge(self, certificate: dict) -> dict:
         """This image's gate result: the category judged, its level, pass or fail, and why."""
@@ -113,18 +123,26 @@ class Policy:
         return {"category": judged, "level": level, "fails": fails,
                 "reason": f"{note}{judged} at level {level} {verb} under this policy"}
 
+    def judge_differential(self, record: dict) -> dict:
+        """This image's differential gate result (``verifier.differential``): its category, pass or fail, and why."""
+        category = record["finding"]["category"]
+        fails = category in self.fail_differential
+        return {"category": category, "fails": fails,
+                "reason": f"{category} {'fails' if fails else 'passes'} under this policy's [differential] table"}
+
     @classmethod
     def from_record(cls, record: dict) -> "Policy":
         """The policy a summary recorded (``record()``'s output), to judge its images again."""
         return cls(fail={category: tuple(levels) for category, levels in record["fail"].items()},
                    public_only=record["public_only"], fail_on_part=record["fail_on_part"],
                    description=record["description"], source=record["source"],
-                   sha256=record["sha256"])
+                   sha256=record["sha256"], fail_differential=tuple(record.get("fail_differential", ())))
 
     def record(self) -> dict:
         return {"source": self.source, "sha256": self.sha256, "description": self.description,
                 "fail": {category: list(levels) for category, levels in self.fail.items()},
-                "public_only": self.public_only, "fail_on_part": self.fail_on_part}
+                "public_only": self.public_only, "fail_on_part": self.fail_on_part,
+                "fail_differential": list(self.fail_differential)}
 
 
 def _flag(values: dict, section: str, key: str, where: str) -> bool:
@@ -137,6 +155,19 @@ def _flag(values: dict, section: str, key: str, where: str) -> bool:
     if not isinstance(flag, bool):
         raise PolicyError(f"{where} [{section}] {key} = {flag!r} is not allowed: expected true or false")
     return flag
+
+
+def _differential(values: dict, where: str) -> tuple[str, ...]:
+    """``[differential] fail = [...]``: differential categories (none where the table is absent)."""
+    table = values.get("differential", {})
+    if not isinstance(table, dict):
+        raise PolicyError(f"{where}: [differential] must be a table with fail = a list of categories")
+    _known(table, SECTIONS["differential"], f"{where} [differential]")
+    categories = table.get("fail", [])
+    if not isinstance(categories, list) or any(category not in DIFFERENTIAL_CATEGORIES for category in categories):
+        raise PolicyError(f"{where} [differential] fail = {categories!r} is not allowed: expected a list of "
+                          f"categories from {', '.join(DIFFERENTIAL_CATEGORIES)}")
+    return tuple(dict.fromkeys(categories))
 
 
 def _known(table: dict, allowed: tuple[str, ...], where: str) -> None:

@@ -88,13 +88,14 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 CERTIFICATE_SCHEMA_ID = "verifier.certificate"
 SUMMARY_SCHEMA_ID = "verifier.summary"
 VERDICTS = ("memorized", "rarely_reproduced", "inconclusive", "not_memorized")
 Verdict = Literal["memorized", "rarely_reproduced", "inconclusive", "not_memorized"]
 Category = Literal["explicit_intended", "implicit_intended", "unintended"]
 Level = Literal["memorized", "rarely_reproduced"]
+DifferentialCategory = Literal["introduced", "inherited", "removed", "neither", "undetermined"]
 Sha256 = Field(pattern=r"^[0-9a-f]{64}$")
 PREFIXED_SHA256 = r"^sha256:[0-9a-f]{64}$"
 PrefixedSha256 = Field(pattern=PREFIXED_SHA256)
@@ -531,6 +532,8 @@ class PolicyRecord(_Strict):
     fail: dict[Category, list[Level]]
     public_only: bool
     fail_on_part: bool = Field(description="An image nothing reproduced whole fails when a part of it is replicated")
+    fail_differential: list[DifferentialCategory] = Field(
+        description="The differential categories (certify --baseline) that fail the gate")
 
 
 class Summary(_Strict):

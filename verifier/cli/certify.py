@@ -23,10 +23,15 @@ from verifier.registry import MODEL_FAMILIES
 @click.option("--policy", "policy_file", default=None, type=click.Path(dir_okay=False),
               help="Release-gate policy (TOML, e.g. configs/policies/default.toml): which categories of memorization "
                    "(unintended, implicit_intended, explicit_intended) fail the gate; replaces --fail-on.")
+@click.option("--baseline", default=None, is_flag=False, flag_value="", metavar="[MODEL]",
+              help="Also certify every image under a baseline and say, per image, whether the fine-tune introduced, "
+                   "inherited or removed its reproduction (docs/families.md, 'The differential certificate'). "
+                   "Without MODEL: the same base without the --lora adapters. OUT then holds fine-tune/, baseline/ "
+                   "and differential/.")
 @progress_options
 @config_options
-def certify(model, images, out, allow_pickle, model_config, loras, sign_key, policy_file, quiet, progress_log,
-            config_file, **overrides):
+def certify(model, images, out, allow_pickle, model_config, loras, sign_key, policy_file, baseline, quiet,
+            progress_log, config_file, **overrides):
     """Certify IMAGES (files, folders, CSV/JSONL manifests) against MODEL.
 
     MODEL is a diffusers folder of a supported family ({families}; docs/families.md), detected
@@ -44,6 +49,7 @@ def certify(model, images, out, allow_pickle, model_config, loras, sign_key, pol
       verifier certify ./my-sdxl-model photos/ --out certs/
       verifier certify ./model.safetensors --model-config ./sd15-configs protected.csv --out certs/
       verifier certify ./sd15 photos/ --lora ./my-style.safetensors:0.8 --out certs/
+      verifier certify ./sd15 photos/ --lora ./my-style.safetensors --baseline --out certs/
       verifier certify ./model photos/ --out certs/ --config configs/sd15.toml --fail-on rarely_reproduced
       verifier certify ./model protected.jsonl --out certs/ --policy configs/policies/default.toml
       accelerate launch --num_processes 4 -m verifier certify ./model photos/ --out certs/
@@ -51,6 +57,9 @@ def certify(model, images, out, allow_pickle, model_config, loras, sign_key, pol
     config = run_guarded(lambda: build(config_file, **overrides))
     policy = run_guarded(lambda: _policy(policy_file, overrides.get("fail_on")))
     watcher = tracker(quiet, progress_log)
+    if baseline is not None:
+        _certify_differential(model, images, out, config, allow_pickle, model_config, loras, sign_key, policy,
+                              baseline or None, None if quiet else watcher.say)
 
     def certify_all():
         from verifier.api import certify as certify_images
@@ -80,6 +89,39 @@ def certify(model, images, out, allow_pickle, model_config, loras, sign_key, pol
 
 # The families named in the help are the registry's, so the help cannot fall behind what loads.
 certify.help = certify.help.format(families=", ".join(MODEL_FAMILIES.names()))
+
+
+def _certify_differential(model, images, out, config, allow_pickle, model_config, loras, sign_key, policy, baseline,
+                          say) -> None:
+    """``--baseline``: both halves, the differential table, and the exit code (1 where the fine-tune half's gate or
+    verdicts fail as a plain run's would, or where the policy's [differential] table fails an image)."""
+    from accelerate import PartialState
+
+    if PartialState().num_processes > 1:
+        raise click.UsageError("--baseline runs in one process; run it without accelerate launch")
+
+    def certify_both():
+        from verifier.fine_tune import certify_differential
+
+        return certify_differential(model, list(images), out, config, loras=loras, baseline=baseline,
+                                    allow_pickle=allow_pickle, model_config=model_config, sign_key=sign_key,
+                                    progress=say, policy=policy)
+
+    records, fine_tune = run_guarded(certify_both)
+    click.echo(f"{'image':28s} {'fine-tune':18s} {'baseline':18s} {'p':>9s}  differential")
+    for record in records:
+        finding = record["finding"]
+        click.echo(f"{record['image']['id']:28s} {record['fine_tune']['verdict']:18s} "
+                   f"{record['baseline']['verdict']:18s} {finding['p_value']:9.2g}  {finding['category']}")
+    click.echo(f"{len(records)} differential records in {Path(out) / 'differential'}; each half's certificates and "
+               f"report in {Path(out) / 'fine-tune'} and {Path(out) / 'baseline'}")
+    if policy is not None:  # the fine-tune half judged as a plain run's certificates are, and each category
+        failing = {record["image"]["id"] for record in records if policy.judge_differential(record)["fails"]} | {
+            certificate["image"]["id"] for certificate in fine_tune if policy.judge(certificate)["fails"]}
+        click.echo(f"policy: {len(failing)} image(s) fail the gate")
+    else:
+        failing = [c for c in fine_tune if c["verdict"] in FAIL_LEVELS[config.fail_on]]
+    sys.exit(EXIT_FOUND if failing else EXIT_OK)
 
 
 def _policy(policy_file, fail_on):

@@ -25,7 +25,8 @@ from verifier.cli.options import model_options
 @model_options
 def verify(certificates, model, images, device, all_generations, calibration, public_key, allow_pickle, model_config,
            loras):
-    """Re-check CERTIFICATES (a run folder or one <id>.json): hashes, arithmetic, verdict, regenerations.
+    """Re-check CERTIFICATES (a run folder, a differential run folder of certify --baseline, or one <id>.json):
+    hashes, arithmetic, verdict, regenerations.
 
     Prints every check; exits 0 only when all hold (tolerances: docs/certificates.md, "Verifying a certificate"),
     1 when any does not. The model is each certificate's recorded source with its recorded LoRA adapters unless
@@ -37,8 +38,14 @@ def verify(certificates, model, images, device, all_generations, calibration, pu
       verifier verify certs/photo.json --model ./my-sd-model --images photos/
     """
     def run():
+        from verifier.fine_tune import is_differential_folder, verify_differential
         from verifier.verify import verify as verify_certificates
 
+        if is_differential_folder(certificates):  # both halves, and the records that join them
+            return verify_differential(certificates, model=model, images=list(images) or None, device=device,
+                                       all_generations=all_generations, allow_pickle=allow_pickle,
+                                       loras=loras or None, model_config=model_config, public_key=public_key,
+                                       progress=progress)
         return verify_certificates(certificates, model=model, images=list(images) or None, device=device,
                                    all_generations=all_generations, allow_pickle=allow_pickle, loras=loras or None,
                                    model_config=model_config, calibration=calibration, public_key=public_key,

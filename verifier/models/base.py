@@ -13,6 +13,7 @@ party passes to the stock pipeline to regenerate a replication, for every family
 from __future__ import annotations
 
 import contextlib
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Callable
@@ -128,6 +129,18 @@ class ModelAdapter(ABC):
         """Measure the error as a run's config says (``error_form``, ``flow_timestep_density``, ``resolution``)."""
         self.objective = self._objective(error_form, timestep_density, resolution)
 
+    @contextlib.contextmanager
+    def adapters_disabled(self):
+        """This model's base, with its LoRA adapters switched off (diffusers' ``disable_lora``) until the block ends:
+        the same pipeline and weights, so the baseline of a differential run costs no second load or copy."""
+        base = copy.copy(self)
+        base.adapters, base.fingerprint = [], self.base_fingerprint
+        self.pipeline.disable_lora()
+        try:
+            yield base
+        finally:
+            self.pipeline.enable_lora()
+
     @abstractmethod
     def denoiser(self) -> torch.nn.Module:
         """The network whose predictions are measured (for parameter counts and cost)."""
@@ -138,7 +151,8 @@ class ModelAdapter(ABC):
             "source": self.source, "kind": self.kind, "fingerprint": self.fingerprint,
             "base_fingerprint": self.base_fingerprint, "adapters": self.adapters, "family": self.family,
             "pipeline": self.pipeline_class, "resolution": self.resolution, "prediction_type": self.prediction_type,
-            "denoiser_parameters": sum(p.numel() for p in self.denoiser().parameters()),
+            "denoiser_parameters": sum(parameter.numel() for name, parameter in self.denoiser().named_parameters()
+                                       if self.adapters or "lora_" not in name),  # a baseline view: the base's own
             "objective": self.objective.describe(), "conditioning": self.conditioning_record(),
             "distillation": distillation_record(self.pipeline, self.source),
         }
