@@ -38,6 +38,10 @@ CROSS_MEASURE = "the fine-tune's witness sampled under the baseline at the fine-
                 "negative prompt the baseline's own empty prompt, scored as the fine-tune's generations were"
 
 
+class DifferentialError(ValueError):
+    """A differential run that cannot be made as asked; the message names the argument and what is allowed."""
+
+
 def half_record(certificate: dict, file: str, sha256: str) -> dict:
     """What the differential record shows of one half: where its certificate is and the numbers it rests on."""
     probability = certificate["conditions"]["probability"]

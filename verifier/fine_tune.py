@@ -38,7 +38,7 @@ from verifier.alignment import FramedSimilarity
 from verifier.api import certify
 from verifier.certificate.store import atomic_write_json, check_output_path, prepare_output_folder
 from verifier.config import VerifierConfig
-from verifier.differential import CROSS_MEASURE, SCHEMA, category_counts, differential_record
+from verifier.differential import CROSS_MEASURE, SCHEMA, DifferentialError, category_counts, differential_record
 from verifier.images import collect_images, file_sha256
 from verifier.models import Conditioning, ModelAdapter, load_model
 from verifier.models.lora import LoraSpec
@@ -47,10 +47,6 @@ from verifier.registry import SIMILARITY_METRICS
 FINE_TUNE, BASELINE, DIFFERENTIAL = "fine-tune", "baseline", "differential"
 SUMMARY = "summary.json"
 SAME_BASE = "the base of the model under test, its adapters switched off (diffusers' disable_lora)"
-
-
-class DifferentialError(ValueError):
-    """A differential run that cannot be made as asked; the message names the argument and what is allowed."""
 
 
 def is_differential_folder(folder: Path) -> bool:
@@ -222,10 +218,12 @@ def verify_differential(target: str | Path, *, images: list[str | Path] | None =
         for half, key in ((FINE_TUNE, "fine_tune"), (BASELINE, "baseline")):
             file = target / record[key]["certificate"]
             actual = file_sha256(file) if file.is_file() else "missing"
-            if result.add(name, f"{half} certificate", actual == record[key]["sha256"],
-                          f"{record[key]['certificate']}: sha256 {actual[:12]} vs recorded {record[key]['sha256'][:12]}"):
+            result.add(name, f"{half} certificate", actual == record[key]["sha256"],
+                       f"{record[key]['certificate']}: sha256 {actual[:12]} vs recorded {record[key]['sha256'][:12]}")
+            if file.is_file():  # a record joined to another certificate than its own also fails to follow from it
                 certificates[half] = json.loads(file.read_text())
         if len(certificates) < 2:
+            records.append(record)  # nothing to derive it from (failed above); the summary is checked against it
             continue
         fine, based = certificates[FINE_TUNE], certificates[BASELINE]
         halves[FINE_TUNE].append(fine)
@@ -267,8 +265,8 @@ def verify_differential(target: str | Path, *, images: list[str | Path] | None =
                 result.add(name, "cross generations", not problems,
                            "; ".join(problems[:3]) or f"every cross generation re-scored alike (largest difference "
                            f"{largest:.2g}, tolerance {TOLERANCES['similarity_abs']:g})")
-        records.append(record)
-    # 4. The summary, rebuilt from the records.
+        records.append(derived)  # the summary must follow from what the certificates give, not from a record
+    # 4. The summary, rebuilt from the records as they follow from their certificates.
     summary = json.loads((target / DIFFERENTIAL / SUMMARY).read_text())
     policy = None if summary.get("policy") is None else Policy.from_record(summary["policy"])
     rebuilt = differential_summary(records, halves[FINE_TUNE], halves[BASELINE], summary.get("baseline_model"),

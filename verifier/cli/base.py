@@ -30,6 +30,7 @@ def run_guarded(action):
     from verifier.certificate.signing import SigningError
     from verifier.certificate.store import OutputFolderError
     from verifier.config import ConfigError
+    from verifier.differential import DifferentialError
     from verifier.images import ImageInputError
     from verifier.models import ModelLoadError
     from verifier.policy import PolicyError
@@ -39,7 +40,7 @@ def run_guarded(action):
         return action()
     except (ConfigError, ImageInputError, OutputFolderError) as error:
         raise UsageFailure(str(error)) from None
-    except (CalibrationError, SigningError, PolicyError) as error:  # a calibration that does not fit this model or config: a usage error
+    except (CalibrationError, SigningError, PolicyError, DifferentialError) as error:  # a calibration that does not fit this model or config: a usage error
         raise UsageFailure(str(error)) from None
     except (ModelLoadError, SimilarityError, CertificateFormatError) as error:
         click.echo(f"error: {error}", err=True)
