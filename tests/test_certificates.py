@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from helpers.signing import write_keypair
 from verifier.certificate.schema import json_schema, read_certificate
 from verifier.cli import main
 from verifier.config import VerifierConfig
@@ -316,24 +317,10 @@ def test_decide_never_turns_a_non_finite_measurement_into_a_clean_verdict(value)
 
 # --- signatures ------------------------------------------------------------------------------------
 
-def _keypair(folder: Path) -> tuple[Path, Path]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = folder / "key.pem"
-    public = folder / "key.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
-
-
 def test_signed_certificates_catch_edits_below_the_float_tolerance(tmp_path):
     from verifier.api import certify
 
-    private, public = _keypair(tmp_path)
+    private, public = write_keypair(tmp_path)
     out = tmp_path / "signed"
     # Signatures are about bytes, not framings: the framing search (most of a clean verdict's cost) is left out.
     result = CliRunner().invoke(main, ["certify", str(FIXTURE), str(FIXTURE / "images" / f"{HELD_OUT}.png"),
@@ -351,7 +338,7 @@ def test_signed_certificates_catch_edits_below_the_float_tolerance(tmp_path):
     assert all(c.passed for c in unsigned.checks if c.name.startswith("generations")), "inside the tolerance"
     _fail(verify(out, device="cpu", public_key=public), "signature", "does not sign the file's bytes")
     (tmp_path / "other").mkdir()
-    _, other_public = _keypair(tmp_path / "other")
+    _, other_public = write_keypair(tmp_path / "other")
     _fail(verify(out, device="cpu", public_key=other_public), "summary signature", "does not sign")
     (out / f"{HELD_OUT}.json.sig").unlink()
     _fail(verify(out, device="cpu", public_key=public), "signature", ".sig is missing")

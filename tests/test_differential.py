@@ -13,10 +13,12 @@ from click.testing import CliRunner
 
 from helpers.images import write_images
 from helpers.loras import write_tiny_lora
+from helpers.signing import write_keypair
 from helpers.tiny_models import FAMILIES, TEST_DEVICE, build_tiny_pipeline
 from verifier.cli import main
 from verifier.differential import DIFFERENTIAL_CATEGORIES, _category
-from verifier.fine_tune import verify_differential
+from verifier.config import VerifierConfig
+from verifier.fine_tune import certify_differential, verify_differential
 from verifier.models import load_model
 from verifier.models.lora import LoraSpec
 from verifier.policy import Policy, PolicyError
@@ -214,3 +216,23 @@ def test_a_policy_can_gate_on_introduced_alone():
         Policy.of({"fail": {}, "differential": {"fail": ["introduce"]}}, source="test", sha256="0" * 64)
     with pytest.raises(PolicyError, match="unknown key 'fails'.*did you mean 'fail'"):
         Policy.of({"fail": {}, "differential": {"fails": []}}, source="test", sha256="0" * 64)
+
+
+def test_a_signed_differential_run_catches_an_edit_below_the_tolerance(tiny_model, tmp_path):
+    """With --sign-key every record and the summary are signed too; a cross score nudged within the regeneration
+    tolerance still follows (same category), so only the signature tells."""
+    private, public = write_keypair(tmp_path)
+    images = write_images(tmp_path / "images", count=1)
+    lora = write_tiny_lora(tiny_model, tmp_path / "style.safetensors")
+    out = tmp_path / "out"
+    config = VerifierConfig(device=TEST_DEVICE, **{key: tuple(value) if isinstance(value, list) else value
+                                                   for key, value in FAST.items()})
+    certify_differential(tiny_model, images, out, config, loras=[LoraSpec(lora)], sign_key=private)
+    assert (out / "differential" / "img0.json.sig").is_file() and (out / "differential" / "summary.json.sig").is_file()
+    assert verify_differential(out, device=TEST_DEVICE, public_key=public).passed
+    path = out / "differential" / "img0.json"
+    record = json.loads(path.read_text())
+    record["cross"]["per_scale"][0]["scores"][0] += 0.005
+    path.write_text(json.dumps(record, indent=2))
+    result = verify_differential(out, device=TEST_DEVICE, public_key=public)
+    assert _failed(result) == {"signature"}, [c for c in result.checks if not c.passed]

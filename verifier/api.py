@@ -69,6 +69,7 @@ from verifier.invert import Inversion, InversionSchedule, invert
 from verifier.memory import row_budget
 from verifier.models import Conditioning, ModelAdapter, autocast_dtype, load_model
 from verifier.models.lora import LoraSpec
+from verifier.models.textual_inversion import EmbeddingSpec
 from verifier.models.base import classifier_free_rows
 from verifier.progress import RunProgress
 from verifier.prompts import prompt_tests
@@ -150,7 +151,7 @@ def _verifier_version() -> str | None:
 def certify(model: str | Path | ModelAdapter, images: Sequence[str | Path], out: str | Path,
             config: VerifierConfig | None = None, *, allow_pickle: bool = False,
             model_config: str | Path | None = None, loras: Sequence[LoraSpec] = (),
-            sign_key: str | Path | None = None, progress: Callable[[str], None] | None = None, policy=None,
+            embeddings: Sequence[EmbeddingSpec] = (), sign_key: str | Path | None = None, progress: Callable[[str], None] | None = None, policy=None,
             tracker: RunProgress | None = None) -> list[dict]:
     """Certify every image; return the certificates (also written to ``out``) in input order.
 
@@ -158,7 +159,7 @@ def certify(model: str | Path | ModelAdapter, images: Sequence[str | Path], out:
     certified in ``out`` under the same model, config, image bytes and verifier version, with an
     intact witness, are not redone. With ``sign_key`` (an Ed25519 PEM private key) every
     certificate and the summary get an ``.sig`` signature file. ``loras`` are LoRA adapters applied to ``model``
-    (``verifier.models.lora``). With ``policy`` (a
+    (``verifier.models.lora``), ``embeddings`` textual-inversion embeddings (``verifier.models.textual_inversion``). With ``policy`` (a
     ``verifier.policy.Policy``) the summary records each image's release-gate result. ``tracker``
     (``verifier.progress.RunProgress``) is told images finished and each batch's stages as they go.
     """
@@ -174,7 +175,8 @@ def certify(model: str | Path | ModelAdapter, images: Sequence[str | Path], out:
     #      The main process locks the folder for the group: a second run on it is refused at once.
     with processes.main_process_first():
         run = open_run(model, images, Path(out), config, allow_pickle=allow_pickle, model_config=model_config,
-                       loras=loras, sign_key=sign_key, say=say, device=device, lock=processes.is_main_process)
+                       loras=loras, embeddings=embeddings, sign_key=sign_key, say=say, device=device,
+                       lock=processes.is_main_process)
     try:
         return _certify_opened(run, processes, config, say, started, tracker, policy)
     finally:
@@ -283,7 +285,7 @@ class Run:
 
 def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: bool, model_config,
              sign_key, say: Callable[[str], None], device: str | None = None, lock: bool = True,
-             loras: Sequence[LoraSpec] = ()) -> Run:
+             loras: Sequence[LoraSpec] = (), embeddings: Sequence[EmbeddingSpec] = ()) -> Run:
     """Steps 0-1: check every input and ``out`` before loading anything, lock ``out`` (with ``lock``), load the
     model, claim ``out``."""
     signer = load_private_key(sign_key) if sign_key is not None else None
@@ -296,7 +298,7 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
         clean_temporaries(out)
     try:
         return _open_locked(model, protected, out, config, allow_pickle=allow_pickle, model_config=model_config,
-                            loras=loras, signer=signer, say=say, device=device, lock=held)
+                            loras=loras, embeddings=embeddings, signer=signer, say=say, device=device, lock=held)
     except BaseException:
         if held is not None:
             held.release()
@@ -304,15 +306,15 @@ def open_run(model, images, out: Path, config: VerifierConfig, *, allow_pickle: 
 
 
 def _open_locked(model, protected: list[ProtectedImage], out: Path, config: VerifierConfig, *, allow_pickle: bool,
-                 model_config, loras: Sequence[LoraSpec], signer, say: Callable[[str], None], device: str | None,
-                 lock) -> Run:
+                 model_config, loras: Sequence[LoraSpec], embeddings: Sequence[EmbeddingSpec], signer,
+                 say: Callable[[str], None], device: str | None, lock) -> Run:
     metric = SIMILARITY_METRICS.get(config.similarity)(config)
     weights_sha = (metric.weights or {}).get("sha256")
     calibration_file = read_calibration(config.calibration) if config.calibration else None
 
     loaded = model if isinstance(model, ModelAdapter) else load_model(
         model, device=device or config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config,
-        loras=loras)
+        loras=loras, embeddings=embeddings)
     calibration = check_calibration(config.calibration, *calibration_file, loaded.fingerprint, config, weights_sha) \
         if calibration_file else None
     config_values = run_config_values(config, weights_sha, (calibration or {}).get("sha256"))

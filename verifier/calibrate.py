@@ -20,11 +20,12 @@ from verifier.certificate.store import atomic_write_json, prepare_output_folder
 from verifier.images import collect_images
 from verifier.models import ModelAdapter, load_model
 from verifier.models.lora import LoraSpec
+from verifier.models.textual_inversion import EmbeddingSpec
 
 
 def calibrate(model, non_members: Sequence[str | Path], out: str | Path, config, *, rate: float = 0.05,
               work: str | Path | None = None, allow_pickle: bool = False, model_config: str | Path | None = None,
-              loras: Sequence[LoraSpec] = (), progress: Callable[[str], None] | None = None) -> dict:
+              loras: Sequence[LoraSpec] = (), embeddings: Sequence[EmbeddingSpec] = (), progress: Callable[[str], None] | None = None) -> dict:
     """Certify ``non_members`` with ``config``, derive thresholds and write them to ``out`` (JSON).
 
     The non-members' certificates go to ``work`` (default: ``<out>.certificates/``), so an
@@ -40,7 +41,7 @@ def calibrate(model, non_members: Sequence[str | Path], out: str | Path, config,
     prepare_output_folder(work)
     loaded = model if isinstance(model, ModelAdapter) else load_model(
         model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle, model_config=model_config,
-        loras=loras)
+        loras=loras, embeddings=embeddings)
     certificates = certify(loaded, non_members, work, config, progress=progress)
     n = len(certificates)
     rows = []

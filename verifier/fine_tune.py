@@ -36,12 +36,14 @@ from safetensors.torch import load_file
 
 from verifier.alignment import FramedSimilarity
 from verifier.api import certify
+from verifier.certificate.signing import load_private_key, load_public_key, sign_file, signature_holds
 from verifier.certificate.store import atomic_write_json, check_output_path, prepare_output_folder
 from verifier.config import VerifierConfig
 from verifier.differential import CROSS_MEASURE, SCHEMA, DifferentialError, category_counts, differential_record
 from verifier.images import collect_images, file_sha256
 from verifier.models import Conditioning, ModelAdapter, load_model
 from verifier.models.lora import LoraSpec
+from verifier.models.textual_inversion import EmbeddingSpec
 from verifier.registry import SIMILARITY_METRICS
 
 FINE_TUNE, BASELINE, DIFFERENTIAL = "fine-tune", "baseline", "differential"
@@ -55,7 +57,7 @@ def is_differential_folder(folder: Path) -> bool:
 
 def certify_differential(model: str | Path, images: Sequence[str | Path], out: str | Path,
                          config: VerifierConfig | None = None, *, loras: Sequence[LoraSpec] = (),
-                         baseline: str | Path | None = None, allow_pickle: bool = False,
+                         embeddings: Sequence[EmbeddingSpec] = (), baseline: str | Path | None = None, allow_pickle: bool = False,
                          model_config: str | Path | None = None, sign_key: str | Path | None = None,
                          progress: Callable[[str], None] | None = None,
                          policy=None) -> tuple[list[dict], list[dict]]:
@@ -70,11 +72,15 @@ def certify_differential(model: str | Path, images: Sequence[str | Path], out: s
     if baseline is None and not loras:
         raise DifferentialError("--baseline without a MODEL needs --lora adapters: the baseline is then the same "
                                 "base without them; give --lora PATH[:SCALE] or --baseline MODEL")
+    if baseline is None and embeddings:  # diffusers switches LoRA layers off, not tokens
+        raise DifferentialError("--baseline without a MODEL switches LoRA adapters off, not textual-inversion "
+                                "embeddings; name the baseline: --baseline MODEL")
+    signer = load_private_key(sign_key) if sign_key is not None else None
     check_output_path(out)
     paths = {image.id: image.path for image in collect_images(list(images), exclude=out)}
     prepare_output_folder(out, clean=False)
     loaded = load_model(model, device=config.device, dtype=config.dtype, allow_pickle=allow_pickle,
-                        model_config=model_config, loras=loras)
+                        model_config=model_config, loras=loras, embeddings=embeddings)
     other = None if baseline is None else load_model(baseline, device=config.device, dtype=config.dtype,
                                                      allow_pickle=allow_pickle, model_config=model_config)
     if other is not None and other.family != loaded.family:
@@ -105,11 +111,15 @@ def certify_differential(model: str | Path, images: Sequence[str | Path], out: s
                 record = differential_record(fine["image"], fine, references[0], based, references[1], cross,
                                              description)
                 atomic_write_json(path, record)
+                if signer is not None:
+                    sign_file(signer, path)
             say(f"{image_id}: {record['finding']['category']} ({record['finding']['reason']})")
             records.append(record)
     atomic_write_json(out / DIFFERENTIAL / SUMMARY,
                       differential_summary(records, fine_tune, baseline_certificates, description, policy,
                                            time.time() - started))
+    if signer is not None:
+        sign_file(signer, out / DIFFERENTIAL / SUMMARY)
     return records, fine_tune
 
 
@@ -210,6 +220,8 @@ def verify_differential(target: str | Path, *, images: list[str | Path] | None =
         if path.name == SUMMARY:
             continue
         name = f"{DIFFERENTIAL}/{path.stem}"
+        if public_key is not None:
+            result.add(name, "signature", *signature_holds(load_public_key(public_key), path))
         record = json.loads(path.read_text())
         if not result.add(name, "differential schema", record.get("schema") == SCHEMA,
                           f"schema {record.get('schema')} (this verifier reads {SCHEMA})"):
@@ -271,6 +283,9 @@ def verify_differential(target: str | Path, *, images: list[str | Path] | None =
     policy = None if summary.get("policy") is None else Policy.from_record(summary["policy"])
     rebuilt = differential_summary(records, halves[FINE_TUNE], halves[BASELINE], summary.get("baseline_model"),
                                    policy, summary.get("seconds", 0))
+    if public_key is not None:
+        result.add("(differential)", "summary signature",
+                   *signature_holds(load_public_key(public_key), target / DIFFERENTIAL / SUMMARY))
     found = differences(summary, rebuilt)
     result.add("(differential)", "summary", not found,
                f"{summary['counts']} follows from the {len(records)} records" if not found else

@@ -59,6 +59,7 @@ from verifier.invert import InversionSchedule
 from verifier.memory import row_budget
 from verifier.models import Conditioning, autocast_dtype, load_model
 from verifier.models.lora import LoraSpec, adapted_fingerprint
+from verifier.models.textual_inversion import EmbeddingSpec
 from verifier.prompts import replayed_prompts
 from verifier.readable import decoded_prompts, statement as readable_statement
 from verifier.regions import WindowSSIM, part_record
@@ -103,11 +104,13 @@ def _index_images(arguments: list[str | Path]) -> dict[str, Path]:
 def verify(target: str | Path, model: str | Path | None = None, images: list[str | Path] | None = None, *,
            device: str = "auto", all_generations: bool = False, allow_pickle: bool = False,
            model_config: str | Path | None = None, loras: Sequence[LoraSpec] | None = None,
+           embeddings: Sequence[EmbeddingSpec] | None = None,
            calibration: str | Path | None = None, public_key: str | Path | None = None,
            progress: Callable[[str], None] | None = None) -> VerifyResult:
     """Re-check every certificate in ``target`` (a run folder or one certificate file).
 
-    ``model`` defaults to each certificate's recorded source and ``loras`` to its recorded LoRA adapters;
+    ``model`` defaults to each certificate's recorded source, ``loras`` and ``embeddings`` to its recorded LoRA
+    adapters and textual-inversion embeddings;
     ``images`` (files, folders, manifests) are matched to certificates by sha256, else the recorded path is used.
     """
     say = progress or (lambda message: None)
@@ -135,18 +138,24 @@ def verify(target: str | Path, model: str | Path | None = None, images: list[str
         image_path = _check_image(result, certificate, by_hash, bool(images))
         source = str(model) if model is not None else certificate["model"]["source"]
         specs = tuple(loras) if loras is not None else _recorded_loras(certificate)
-        missing = [spec.path for spec in specs if not spec.path.is_file()]
+        tokens = tuple(embeddings) if embeddings is not None else _recorded_embeddings(certificate)
+        missing = [(spec.path, option, given is None)
+                   for option, given, wanted in (("--lora PATH[:SCALE]", loras, specs),
+                                                 ("--textual-inversion PATH[:TOKEN]", embeddings, tokens))
+                   for spec in wanted if not spec.path.is_file()]
         if missing:
-            result.add(image_id, "model", False, f"the LoRA adapter {str(missing[0])!r} "
-                       + ("the certificate records " if loras is None else "") + "is missing; pass --lora PATH[:SCALE] "
-                       "with a copy of each adapter the certificate records, in order")
+            path, option, recorded = missing[0]
+            result.add(image_id, "model", False, f"the {'LoRA adapter' if option.startswith('--lora') else 'embedding'}"
+                       f" {str(path)!r} " + ("the certificate records " if recorded else "") + f"is missing; pass "
+                       f"{option} with a copy of each adapter the certificate records, in order")
             loaded, model_ok = None, False
         else:
-            model_key = (source, tuple(spec.argument() for spec in specs))
+            model_key = (source, tuple(spec.argument() for spec in specs), tuple(spec.argument() for spec in tokens))
             if model_key not in loaded_models:
-                say(f"loading {source}" + "".join(f" + LoRA {spec.argument()}" for spec in specs))
+                say(f"loading {source}" + "".join(f" + LoRA {spec.argument()}" for spec in specs)
+                    + "".join(f" + embedding {spec.argument()}" for spec in tokens))
                 loaded_models[model_key] = load_model(source, device=device, allow_pickle=allow_pickle,
-                                                      model_config=model_config, loras=specs)
+                                                      model_config=model_config, loras=specs, embeddings=tokens)
                 loaded_models[model_key].rows_per_call = row_budget(loaded_models[model_key], None).rows
             loaded = loaded_models[model_key]
             model_ok = result.add(image_id, "model", loaded.fingerprint == certificate["model"]["fingerprint"],
@@ -188,17 +197,25 @@ def _short(fingerprint: str) -> str:
 
 def _recorded_loras(certificate: dict) -> tuple[LoraSpec, ...]:
     """The LoRA adapters a certificate records, as ``--lora`` would give them (file path, scale)."""
-    return tuple(LoraSpec(Path(adapter["path"]), adapter["scale"]) for adapter in certificate["model"]["adapters"])
+    return tuple(LoraSpec(Path(adapter["path"]), adapter["scale"]) for adapter in certificate["model"]["adapters"]
+                 if adapter["kind"] == "lora")
+
+
+def _recorded_embeddings(certificate: dict) -> tuple[EmbeddingSpec, ...]:
+    """The textual-inversion embeddings a certificate records, as ``--textual-inversion`` would give them."""
+    return tuple(EmbeddingSpec(Path(adapter["path"]), adapter["token"]) for adapter in certificate["model"]["adapters"]
+                 if adapter["kind"] == "textual_inversion")
 
 
 def _adapter_differences(loaded: list[dict], recorded: list[dict]) -> str:
     """Where the loaded adapters differ from the recorded ones (file sha256, scale, count), for the model check."""
     if len(loaded) != len(recorded):
-        return f"; {len(loaded)} LoRA adapter(s) loaded, {len(recorded)} recorded"
+        return f"; {len(loaded)} adapter(s) loaded, {len(recorded)} recorded"
     text = ""
     for index, (mine, theirs) in enumerate(zip(loaded, recorded)):
-        fields = [f"{name} {mine[name]!r} vs recorded {theirs[name]!r}" for name in ("sha256", "scale")
-                  if mine[name] != theirs[name]]
+        fields = [f"{name} {mine.get(name)!r} vs recorded {theirs.get(name)!r}" for name in ("kind", "sha256", "scale",
+                                                                                          "token")
+                  if mine.get(name) != theirs.get(name)]
         if fields:
             text += f"; adapter {index} ({Path(theirs['path']).name}): " + ", ".join(fields)
     return text

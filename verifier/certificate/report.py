@@ -44,9 +44,11 @@ def report_html(folder: Path, summary: dict, certificates: list[dict], image_png
 
 
 def _model_label(model: dict) -> str:
-    """The model's source with each LoRA adapter on it (file name and scale), as the page's header names it."""
-    return model["source"] + "".join(f" + LoRA {Path(adapter['path']).name} at scale {adapter['scale']:g}"
-                                     for adapter in model["adapters"])
+    """The model's source with each adapter on it (a LoRA's file name and scale, an embedding's file name and token),
+    as the page's header names it."""
+    return model["source"] + "".join(
+        f" + LoRA {Path(adapter['path']).name} at scale {adapter['scale']:g}" if adapter["kind"] == "lora" else
+        f" + embedding {Path(adapter['path']).name} as {adapter['token']}" for adapter in model["adapters"])
 
 
 def _image_view(number: int, certificate: dict, folder: Path, png: bytes | None, gate: dict | None) -> dict:

@@ -84,7 +84,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -134,7 +134,7 @@ class ImageRecord(_Strict):
     preprocessing: Preprocessing
 
 
-class AdapterRecord(_Strict):
+class LoraRecord(_Strict):
     kind: Literal["lora"]
     path: str = Field(description="Where the adapter file was read from (informative; the sha256 identifies it)")
     sha256: str = Sha256
@@ -147,6 +147,17 @@ class AdapterRecord(_Strict):
     targets: dict[str, list[str]] = Field(description="Per component, the module names its LoRA targets")
 
 
+class EmbeddingRecord(_Strict):
+    kind: Literal["textual_inversion"]
+    path: str = Field(description="Where the embedding file was read from (informative; the sha256 identifies it)")
+    sha256: str = Sha256
+    layout: Literal["diffusers", "a1111", "sdxl"] = Field(
+        description="diffusers ({token: vectors}), A1111 (emb_params or string_to_param) or SDXL (clip_l, clip_g)")
+    token: str = Field(description="The token it was loaded under (pipeline.load_textual_inversion(path, token=...))")
+    vectors: int = Field(ge=1, description="Vectors the token stands for (token, token_1, ... in the vocabulary)")
+    text_encoders: list[str] = Field(description="The text encoders whose input tables it extends")
+
+
 class ModelRecord(_Strict):
     source: str
     kind: str
@@ -155,7 +166,8 @@ class ModelRecord(_Strict):
                                          "sha256 and scale (equal to base_fingerprint without adapters)")
     base_fingerprint: str = Field(pattern=PREFIXED_SHA256,
                                   description="sha256 over the base model's files, without adapters")
-    adapters: list[AdapterRecord] = Field(description="LoRA adapters applied to the base, in order")
+    adapters: list[Annotated[LoraRecord | EmbeddingRecord, Field(discriminator="kind")]] = Field(
+        description="LoRA adapters applied to the base, in order, then textual-inversion embeddings")
     family: str = Field(description="The model family whose adapter measured it (verifier.registry.MODEL_FAMILIES)")
     pipeline: str = Field(description="The diffusers pipeline class that regenerates a witness")
     resolution: int

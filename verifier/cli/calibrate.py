@@ -20,8 +20,8 @@ from verifier.cli.options import build, config_options, model_options
               help="Folder for the non-members' certificates (default: OUT.certificates/); a rerun resumes there.")
 @model_options
 @config_options
-def calibrate(model, non_members, out, false_alarm_rate, work, allow_pickle, model_config, loras, config_file,
-              **overrides):
+def calibrate(model, non_members, out, false_alarm_rate, work, allow_pickle, model_config, loras, embeddings,
+              config_file, **overrides):
     """Measure thresholds on NON_MEMBERS, images known not to be in MODEL's training set.
 
     Certifies them with the config (the same one later runs must use), then sets the existence and
@@ -40,7 +40,8 @@ def calibrate(model, non_members, out, false_alarm_rate, work, allow_pickle, mod
         from verifier.calibrate import calibrate as calibrate_model
 
         return calibrate_model(model, list(non_members), out, config, rate=false_alarm_rate, work=work,
-                               allow_pickle=allow_pickle, model_config=model_config, loras=loras, progress=progress)
+                               allow_pickle=allow_pickle, model_config=model_config, loras=loras,
+                               embeddings=embeddings, progress=progress)
 
     record = run_guarded(run)
     click.echo(f"calibration on {record['images']} non-members (false-alarm rate <= {record['false_alarm_rate']:g} at "

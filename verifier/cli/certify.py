@@ -30,7 +30,7 @@ from verifier.registry import MODEL_FAMILIES
                    "and differential/.")
 @progress_options
 @config_options
-def certify(model, images, out, allow_pickle, model_config, loras, sign_key, policy_file, baseline, quiet,
+def certify(model, images, out, allow_pickle, model_config, loras, embeddings, sign_key, policy_file, baseline, quiet,
             progress_log, config_file, **overrides):
     """Certify IMAGES (files, folders, CSV/JSONL manifests) against MODEL.
 
@@ -58,14 +58,14 @@ def certify(model, images, out, allow_pickle, model_config, loras, sign_key, pol
     policy = run_guarded(lambda: _policy(policy_file, overrides.get("fail_on")))
     watcher = tracker(quiet, progress_log)
     if baseline is not None:
-        _certify_differential(model, images, out, config, allow_pickle, model_config, loras, sign_key, policy,
-                              baseline or None, None if quiet else watcher.say)
+        _certify_differential(model, images, out, config, allow_pickle, model_config, loras, embeddings, sign_key,
+                              policy, baseline or None, None if quiet else watcher.say)
 
     def certify_all():
         from verifier.api import certify as certify_images
 
         return certify_images(model, list(images), out, config, allow_pickle=allow_pickle,
-                              model_config=model_config, loras=loras, sign_key=sign_key,
+                              model_config=model_config, loras=loras, embeddings=embeddings, sign_key=sign_key,
                               progress=None if quiet else watcher.say,
                               policy=policy, tracker=watcher)
 
@@ -91,8 +91,8 @@ def certify(model, images, out, allow_pickle, model_config, loras, sign_key, pol
 certify.help = certify.help.format(families=", ".join(MODEL_FAMILIES.names()))
 
 
-def _certify_differential(model, images, out, config, allow_pickle, model_config, loras, sign_key, policy, baseline,
-                          say) -> None:
+def _certify_differential(model, images, out, config, allow_pickle, model_config, loras, embeddings, sign_key, policy,
+                          baseline, say) -> None:
     """``--baseline``: both halves, the differential table, and the exit code (1 where the fine-tune half's gate or
     verdicts fail as a plain run's would, or where the policy's [differential] table fails an image)."""
     from accelerate import PartialState
@@ -103,7 +103,8 @@ def _certify_differential(model, images, out, config, allow_pickle, model_config
     def certify_both():
         from verifier.fine_tune import certify_differential
 
-        return certify_differential(model, list(images), out, config, loras=loras, baseline=baseline,
+        return certify_differential(model, list(images), out, config, loras=loras, embeddings=embeddings,
+                                    baseline=baseline,
                                     allow_pickle=allow_pickle, model_config=model_config, sign_key=sign_key,
                                     progress=say, policy=policy)
 

@@ -49,6 +49,16 @@ def _lora_specs(context, parameter, values):
         raise click.BadParameter(str(error), context, parameter) from None
 
 
+def _embedding_specs(context, parameter, values):
+    """``--textual-inversion PATH[:TOKEN]`` values as ``EmbeddingSpec``s; a bad token is a usage error."""
+    from verifier.models.textual_inversion import EmbeddingSpec
+
+    try:
+        return tuple(EmbeddingSpec.parse(value) for value in values)
+    except ValueError as error:
+        raise click.BadParameter(str(error), context, parameter) from None
+
+
 MODEL_OPTIONS = [
     click.option("--allow-pickle", is_flag=True, help="Allow .ckpt/.bin/.pt/.pth weights (they can run code)."),
     click.option("--model-config", default=None, type=click.Path(file_okay=False),
@@ -56,11 +66,15 @@ MODEL_OPTIONS = [
     click.option("--lora", "loras", multiple=True, metavar="PATH[:SCALE]", callback=_lora_specs,
                  help="A LoRA .safetensors file (diffusers/PEFT or kohya layout) applied to MODEL with diffusers' "
                       "load_lora_weights, at SCALE (default 1; -10..10). Repeatable; applied in order."),
+    click.option("--textual-inversion", "embeddings", multiple=True, metavar="PATH[:TOKEN]", callback=_embedding_specs,
+                 help="A textual-inversion embedding (SD 1.x/2.x, SDXL) loaded with diffusers' "
+                      "load_textual_inversion under TOKEN (default: the file's own, else its name). Repeatable."),
 ]
 
 
 def model_options(function):
-    """The options that say what MODEL is: pickle allowed, configs of a single file, LoRA adapters on it."""
+    """The options that say what MODEL is: pickle allowed, configs of a single file, LoRA adapters and
+    textual-inversion embeddings on it."""
     for option in reversed(MODEL_OPTIONS):
         function = option(function)
     return function

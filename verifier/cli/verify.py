@@ -24,7 +24,7 @@ from verifier.cli.options import model_options
               help="Ed25519 PEM public key: every certificate and the summary must carry a valid signature.")
 @model_options
 def verify(certificates, model, images, device, all_generations, calibration, public_key, allow_pickle, model_config,
-           loras):
+           loras, embeddings):
     """Re-check CERTIFICATES (a run folder, a differential run folder of certify --baseline, or one <id>.json):
     hashes, arithmetic, verdict, regenerations.
 
@@ -41,15 +41,12 @@ def verify(certificates, model, images, device, all_generations, calibration, pu
         from verifier.fine_tune import is_differential_folder, verify_differential
         from verifier.verify import verify as verify_certificates
 
+        common = dict(model=model, images=list(images) or None, device=device, all_generations=all_generations,
+                      allow_pickle=allow_pickle, loras=loras or None, embeddings=embeddings or None,
+                      model_config=model_config, public_key=public_key, progress=progress)
         if is_differential_folder(certificates):  # both halves, and the records that join them
-            return verify_differential(certificates, model=model, images=list(images) or None, device=device,
-                                       all_generations=all_generations, allow_pickle=allow_pickle,
-                                       loras=loras or None, model_config=model_config, public_key=public_key,
-                                       progress=progress)
-        return verify_certificates(certificates, model=model, images=list(images) or None, device=device,
-                                   all_generations=all_generations, allow_pickle=allow_pickle, loras=loras or None,
-                                   model_config=model_config, calibration=calibration, public_key=public_key,
-                                   progress=progress)
+            return verify_differential(certificates, **common)
+        return verify_certificates(certificates, calibration=calibration, **common)
 
     result = run_guarded(run)
     for check in result.checks:

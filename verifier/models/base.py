@@ -247,7 +247,10 @@ class ModelAdapter(ABC):
     def prompt_conditioning(self, prompts: list[str]) -> Conditioning:
         """The conditioning of each text prompt as the stock pipeline encodes it (padded to the tokenizer's
         length, truncated beyond it), float32: what ``pipe(prompt=...)`` generates from."""
-        ids = {name: tokenizer(prompts, padding="max_length", max_length=self.sequence_length(name), truncation=True,
+        # A textual-inversion token of several vectors is spelled out (token token_1 ...) as the stock pipeline does.
+        convert = getattr(self.pipeline, "maybe_convert_prompt", lambda prompt, tokenizer: prompt)
+        ids = {name: tokenizer(convert(list(prompts), tokenizer), padding="max_length",
+                               max_length=self.sequence_length(name), truncation=True,
                                return_tensors="pt").input_ids.to(self.device)
                for name, (tokenizer, _) in self.text_inputs().items()}
         return self._encode_ids(ids).map(lambda tensor: tensor.float())

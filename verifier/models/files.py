@@ -32,3 +32,23 @@ def safetensors_problem(path: Path) -> str | None:
     if start[:4] == b"PK\x03\x04":
         return "it is a zip archive (torch.save's format, a pickle inside)"
     return f"its header or sizes are broken ({complaint})"
+
+
+def check_adapter_file(path: Path, what: str, allow_pickle: bool, expected: str) -> None:
+    """Refuse, naming ``what`` (the argument), an adapter file that is missing, a folder, a pickle without
+    ``allow_pickle``, of an unknown kind, or a ``.safetensors`` file that is not one; ``expected`` says what it should
+    be."""
+    from verifier.paths import broken_link
+
+    if not path.is_file():
+        link = broken_link(path)
+        raise ModelLoadError(f"{what} {link or ('is a folder, not a file' if path.is_dir() else 'does not exist')}: "
+                             f"expected {expected}")
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES and not allow_pickle:
+        raise ModelLoadError(f"{what} is a pickle file ({suffix}), which can run code when loaded; convert it to "
+                             ".safetensors, or pass --allow-pickle if you trust it")
+    if suffix not in PICKLE_SUFFIXES + (".safetensors",):
+        raise ModelLoadError(f"{what} is a file of unknown kind {suffix!r}: expected {expected}")
+    if suffix == ".safetensors" and (problem := safetensors_problem(path)):
+        raise ModelLoadError(f"{what} is not a safetensors file: {problem}")

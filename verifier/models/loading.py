@@ -32,6 +32,7 @@ import torch
 from verifier.models.base import ModelAdapter
 from verifier.models.files import PICKLE_SUFFIXES, ModelLoadError, safetensors_problem
 from verifier.models.lora import LoraSpec, load_loras
+from verifier.models.textual_inversion import EmbeddingSpec, load_embeddings
 from verifier.objectives import ObjectiveError
 from verifier.paths import broken_link
 
@@ -180,9 +181,10 @@ def _load_failure(error: Exception, mismatch: str = "the folder mixes files of t
 
 
 def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", allow_pickle: bool = False,
-               model_config: str | Path | None = None, loras: Sequence[LoraSpec] = ()) -> ModelAdapter:
+               model_config: str | Path | None = None, loras: Sequence[LoraSpec] = (),
+               embeddings: Sequence[EmbeddingSpec] = ()) -> ModelAdapter:
     """Load a supported pipeline for certification (frozen, eval mode, no progress bars) behind its adapter, with
-    ``loras`` applied in order (verifier.models.lora)."""
+    ``loras`` applied in order (verifier.models.lora), then ``embeddings`` (verifier.models.textual_inversion)."""
     import diffusers
     import diffusers.utils.logging
     import transformers.utils.logging
@@ -257,6 +259,7 @@ def load_model(model: str | Path, device: str = "auto", dtype: str = "float32", 
             "checkpoint, or a hub id of the form owner/name"
         )
     adapters = load_loras(pipeline, list(loras), allow_pickle, adapter.family)
+    adapters += load_embeddings(pipeline, list(embeddings), allow_pickle, adapter.family)
     pipeline.to(target_device)
     pipeline.set_progress_bar_config(disable=True)
     for component in pipeline.components.values():

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from verifier.images import file_sha256
-from verifier.models.files import PICKLE_SUFFIXES, ModelLoadError, safetensors_problem
-from verifier.paths import broken_link
+from verifier.models.files import ModelLoadError, check_adapter_file
 
 SCALE_LIMIT = 10.0  # |SCALE| above this is a typing error, not a fine-tune setting (published LoRAs use 0.3-1.5)
 # The suffixes of a LoRA module's two factors in the layouts diffusers reads: kohya / A1111, diffusers' older
@@ -80,12 +79,13 @@ def _number(value) -> float | None:
 
 
 def adapted_fingerprint(base_fingerprint: str, adapters: list[dict]) -> str:
-    """The fingerprint of a base model with LoRA adapters: the base's when there are none, else a sha256 over the
-    base's and each adapter's file sha256 and scale, in the order they were applied."""
+    """The fingerprint of a base model with adapters: the base's when there are none, else a sha256 over the
+    base's and each adapter's kind, file sha256 and scale (a LoRA) or token (a textual-inversion embedding), in the
+    order they were applied."""
     if not adapters:
         return base_fingerprint
     payload = json.dumps({"base": base_fingerprint, "adapters": [
-        {"kind": a["kind"], "sha256": a["sha256"], "scale": a["scale"]} for a in adapters]}, sort_keys=True)
+        {key: a[key] for key in ("kind", "sha256", "scale", "token") if key in a} for a in adapters]}, sort_keys=True)
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -105,18 +105,7 @@ def load_loras(pipeline, specs: list[LoraSpec], allow_pickle: bool, family: str)
 
 def _load_one(pipeline, spec: LoraSpec, adapter_name: str, allow_pickle: bool, family: str) -> dict:
     path, what = spec.path, f"--lora {str(spec.path)!r}"
-    if not path.is_file():
-        link = broken_link(path)
-        raise ModelLoadError(f"{what} {link or ('is a folder, not a file' if path.is_dir() else 'does not exist')}: "
-                             "expected a LoRA .safetensors file (diffusers/PEFT or kohya layout)")
-    suffix = path.suffix.lower()
-    if suffix in PICKLE_SUFFIXES and not allow_pickle:
-        raise ModelLoadError(f"{what} is a pickle file ({suffix}), which can run code when loaded; convert it to "
-                             ".safetensors, or pass --allow-pickle if you trust it")
-    if suffix not in PICKLE_SUFFIXES + (".safetensors",):
-        raise ModelLoadError(f"{what} is a file of unknown kind {suffix!r}: expected a LoRA .safetensors file")
-    if suffix == ".safetensors" and (problem := safetensors_problem(path)):
-        raise ModelLoadError(f"{what} is not a safetensors file: {problem}")
+    check_adapter_file(path, what, allow_pickle, "a LoRA .safetensors file (diffusers/PEFT or kohya layout)")
     keys = _tensor_names(path)
     modules = _lora_modules(keys, what)
     try:
