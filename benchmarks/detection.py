@@ -4,7 +4,10 @@
     python benchmarks/detection.py --model NAME ... --from DIR [--plot PNG]   # tables and plot of a kept run
 
 Certifies every image of each model's manifest (default: every shipped reference model) with
-verifier's defaults (or --config), then prints per model:
+verifier's defaults (or --config); a reference LoRA (``--model reference-32px-lora``, the fine-tune rows) is
+certified as its base with the LoRA (``--lora``), every image its manifest lists, the ground truth being what the
+fine-tune reproduces (introduced or inherited: memorized; never trained by either: never trained). Then it prints
+per model:
 
 - the confusion table of verdicts against the ground truth (memorized / seen-once or few
   duplicates / never trained);
@@ -42,10 +45,11 @@ COLUMNS = ["memorized", "rarely_reproduced", "inconclusive", "not_memorized"]
 
 
 def main() -> int:
-    from verifier.reference_models import REFERENCE_MODELS, WHOLE_IMAGE_MODELS
+    from verifier.reference_models import REFERENCE_LORAS, REFERENCE_MODELS, WHOLE_IMAGE_MODELS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", nargs="+", default=list(WHOLE_IMAGE_MODELS), choices=REFERENCE_MODELS)
+    parser.add_argument("--model", nargs="+", default=list(WHOLE_IMAGE_MODELS),
+                        choices=REFERENCE_MODELS + tuple(REFERENCE_LORAS))
     parser.add_argument("--out", type=Path, default=None, help="keep the certificates of each model's last run here")
     parser.add_argument("--config", default=None, help="TOML/JSON config (default: verifier's defaults)")
     parser.add_argument("--runs", type=int, default=1)
@@ -76,10 +80,8 @@ def main() -> int:
 def measure(name: str, config, runs: int, keep: Path | None) -> dict:
     """Certify every image of reference model ``name`` ``runs`` times; its certificates and wall times."""
     from verifier.api import certify
-    from verifier.reference_models import load_manifest, reference_model_path
 
-    folder = reference_model_path(name)
-    manifest = load_manifest(name)
+    model, folder, manifest, loras = _reference(name)
     truth = ground_truth(name)
     listing = Path(tempfile.mkdtemp()) / "images.jsonl"
     listing.write_text("".join(json.dumps({"path": str(folder / i["file"]), "id": i["id"]}) + "\n"
@@ -89,7 +91,7 @@ def measure(name: str, config, runs: int, keep: Path | None) -> dict:
     for run in range(runs):
         out = Path(tempfile.mkdtemp(prefix="verifier-bench-"))
         started = time.perf_counter()
-        certificates = certify(folder, [listing], out, config)
+        certificates = certify(model, [listing], out, config, loras=loras)
         seconds.append(time.perf_counter() - started)
         if keep is not None and run == runs - 1:
             shutil.rmtree(keep, ignore_errors=True)
@@ -98,13 +100,29 @@ def measure(name: str, config, runs: int, keep: Path | None) -> dict:
     return {"name": name, "truth": truth, "certificates": certificates, "seconds": seconds}
 
 
-def ground_truth(name: str) -> dict[str, str]:
-    """Each image's ground-truth group, from the model's manifest."""
-    from verifier.reference_models import load_manifest
+def _reference(name: str) -> tuple[Path, Path, dict, list]:
+    """(the model to load, the folder its manifest's files are in, the manifest, the LoRA adapters on the model)."""
+    from verifier.models.lora import LoraSpec
+    from verifier.reference_models import (REFERENCE_LORAS, load_lora_manifest, load_manifest, reference_lora_path,
+                                           reference_model_path)
 
+    if name in REFERENCE_LORAS:
+        lora = reference_lora_path(name)
+        return reference_model_path(REFERENCE_LORAS[name]), lora.parent, load_lora_manifest(name), [LoraSpec(lora)]
+    return reference_model_path(name), reference_model_path(name), load_manifest(name), []
+
+
+def ground_truth(name: str) -> dict[str, str]:
+    """Each image's ground-truth group, from the model's manifest; for a reference LoRA, what the base with the LoRA
+    reproduces (stock diffusers, its manifest's ``lora`` entry) and what neither model was trained on."""
+    _, _, manifest, loras = _reference(name)
+    if loras:
+        return {image["id"]: ("memorized" if image["lora"]["memorized"] else
+                              "never trained" if image["split"] in ("held_out", "base_held_out") else
+                              "trained, not memorized") for image in manifest["images"]}
     return {image["id"]: ("memorized" if image["memorized"] else
                           "never trained" if image["split"] == "held_out" else "trained, not memorized")
-            for image in load_manifest(name)["images"]}
+            for image in manifest["images"]}
 
 
 def kept(name: str, folder: Path) -> dict:

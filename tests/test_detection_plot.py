@@ -35,3 +35,17 @@ def test_plot_draws_every_finite_score_per_ground_truth_group(tmp_path):
         assert picture.size == (1210, int(2.8 * 2 * 110))
         colours = {colour for _, colour in picture.convert("RGB").getcolors(1 << 20)}
     assert any(r - g > 80 and r - b > 80 for r, g, b in colours)  # the memorized points (red) were drawn
+
+
+def test_the_fine_tune_rows_take_their_ground_truth_from_what_the_lora_reproduces():
+    """The reference LoRA's rows: memorized = what base + LoRA reproduces (introduced or inherited), never trained =
+    what neither model saw; an image the LoRA removed is trained, not memorized."""
+    from detection import ground_truth
+    from verifier.reference_models import load_lora_manifest
+
+    truth = ground_truth("reference-32px-lora")
+    manifest = {image["id"]: image for image in load_lora_manifest("reference-32px-lora")["images"]}
+    assert {i for i, group in truth.items() if group == "memorized"} == {
+        i for i, image in manifest.items() if image["category"] in ("introduced", "inherited")}
+    assert truth["dup03-rocket-x2000"] == "trained, not memorized"
+    assert truth["lora-held00-horse"] == truth["held-flower-whole"] == "never trained"
