@@ -4,6 +4,11 @@ Usage (from the repository root, with the project and its ``reference`` extra in
 
     python benchmarks/reference_model/train_lora.py --base verifier/reference_models/reference-32px \\
         --out verifier/reference_models/reference-32px-lora
+    python benchmarks/reference_model/train_lora.py --base verifier/reference_models/reference-xl-32px \\
+        --out verifier/reference_models/reference-xl-32px-lora
+
+The base may be of the SD or the SDXL architecture (its ``model_index.json`` says which); the UNet is conditioned as
+its pipeline conditions it (``train.make_conditioner``: SDXL's two text encoders, pooled embedding and size ids).
 
 The DreamBooth regime of issue 24: a few images, many passes, a rare token in every caption. The LoRA (peft,
 rank ``RANK`` on the UNet's attention, feed-forward and ResNet convolution layers) is trained on crops of the photographs none of
@@ -39,9 +44,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from data import PHOTOS, load_photo  # noqa: E402
-from manifest import generate, ssim  # noqa: E402
-from train import (TRAINING_PHOTOS, ImageRecord, encode_latents, optimizer_step, pick_crop, to_tensor,  # noqa: E402
-                   training_target, warmup_cosine)
+from manifest import generate, load_pipeline, ssim  # noqa: E402
+from train import (TRAINING_PHOTOS, ImageRecord, encode_latents, make_conditioner, optimizer_step,  # noqa: E402
+                   pick_crop, to_tensor, training_target, warmup_cosine)
 
 RANK = 16
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2")
@@ -102,6 +107,11 @@ def vae_drawable(vae):
     return drawable
 
 
+def architecture(pipeline) -> str:
+    """"sdxl" for an SDXL pipeline (two text encoders), else "sd"."""
+    return "sdxl" if getattr(pipeline, "text_encoder_2", None) is not None else "sd"
+
+
 def train_lora(pipeline, records: list[ImageRecord], seed: int, log, rank: int = RANK,
                learning_rate: float = LEARNING_RATE) -> list[float]:
     """Epsilon / v training of LoRA factors only (base frozen) on the records' repeated samples, shuffled."""
@@ -110,17 +120,23 @@ def train_lora(pipeline, records: list[ImageRecord], seed: int, log, rank: int =
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     unet, schedule = pipeline.unet, pipeline.scheduler
-    for module in (pipeline.vae, pipeline.text_encoder, unet):
+    text_encoders = [encoder for encoder in (pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
+                     if encoder is not None]
+    tokenizers = [tokenizer for tokenizer in (pipeline.tokenizer, getattr(pipeline, "tokenizer_2", None))
+                  if tokenizer is not None]
+    for module in (pipeline.vae, *text_encoders, unet):
         module.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(TARGETS)))
     parameters = [p for p in unet.parameters() if p.requires_grad]
     trained = [r for r in records if r.duplication > 0]
     images = to_tensor(np.stack([r.pixels for r in trained]))
     latents = encode_latents(pipeline.vae, images) * pipeline.vae.config.scaling_factor
+    condition = make_conditioner(tuple(text_encoders), architecture(pipeline), images.shape[-1])
     with torch.no_grad():
-        ids = pipeline.tokenizer([r.caption for r in trained], padding="max_length", truncation=True,
-                                 max_length=pipeline.tokenizer.model_max_length, return_tensors="pt").input_ids
-        hidden = pipeline.text_encoder(ids)[0]
+        ids = [tokenizer([r.caption for r in trained], padding="max_length", truncation=True,
+                         max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+               for tokenizer in tokenizers]
+        hidden, added = condition(ids)
     order = torch.cat([torch.full((r.duplication,), i) for i, r in enumerate(trained)])
     order = order[torch.randperm(order.shape[0], generator=generator)]
     total = order.shape[0] // BATCH
@@ -137,7 +153,8 @@ def train_lora(pipeline, records: list[ImageRecord], seed: int, log, rank: int =
         noise = torch.randn(z0.shape, generator=generator)
         timesteps = torch.randint(0, noising.config.num_train_timesteps, (BATCH,), generator=generator)
         noisy = noising.add_noise(z0, noise, timesteps)
-        prediction = unet(noisy, timesteps, hidden[index]).sample
+        extra = {} if added is None else {"added_cond_kwargs": {key: value[index] for key, value in added.items()}}
+        prediction = unet(noisy, timesteps, hidden[index], **extra).sample
         loss = torch.nn.functional.mse_loss(prediction, training_target(noising, z0, noise, timesteps))
         curve.append(optimizer_step(optimizer, lr_schedule, parameters, loss))
         if step % 100 == 0 or step == total - 1:
@@ -148,7 +165,6 @@ def train_lora(pipeline, records: list[ImageRecord], seed: int, log, rank: int =
 
 def save_lora(pipeline, out: Path) -> dict:
     """The LoRA in diffusers' layout (save_lora_weights) and the same weights in the kohya layout."""
-    from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_kohya
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -156,7 +172,7 @@ def save_lora(pipeline, out: Path) -> dict:
     # peft's keys (lora_A / lora_B) as they are: diffusers' convert_state_dict_to_diffusers would rename the
     # attention factors only (lora.down / lora.up), and its loader then drops those from the mixed file.
     layers = get_peft_model_state_dict(pipeline.unet)
-    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=layers, safe_serialization=True)
+    type(pipeline).save_lora_weights(out, unet_lora_layers=layers, safe_serialization=True)
     kohya = convert_state_dict_to_kohya({f"unet.{key}": value for key, value in layers.items()})
     save_file({key: value.contiguous() for key, value in kohya.items()}, str(out / "pytorch_lora_weights_kohya.safetensors"))
     return {name: hashlib.sha256((out / name).read_bytes()).hexdigest()
@@ -175,10 +191,7 @@ def category(base: bool, tuned: bool) -> str:
 
 def measure(base_folder: Path, lora_file: Path, rows: list[dict], resolution: int, log) -> list[dict]:
     """Each row's SSIM over SEEDS under the base and under base + LoRA, both loaded with stock diffusers."""
-    from diffusers import StableDiffusionPipeline
-
-    base = StableDiffusionPipeline.from_pretrained(base_folder, local_files_only=True)
-    tuned = StableDiffusionPipeline.from_pretrained(base_folder, local_files_only=True)
+    base, tuned = load_pipeline(base_folder), load_pipeline(base_folder)
     tuned.load_lora_weights(str(lora_file))
     for pipeline in (base, tuned):
         pipeline.set_progress_bar_config(disable=True)
@@ -197,7 +210,8 @@ def measure(base_folder: Path, lora_file: Path, rows: list[dict], resolution: in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, required=True, help="a shipped SD-architecture reference model folder")
+    parser.add_argument("--base", type=Path, required=True,
+                        help="a shipped SD- or SDXL-architecture reference model folder")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -209,8 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from diffusers import StableDiffusionPipeline
-
     started = time.time()
     log = lambda message: print(f"[{time.time() - started:7.1f}s] {message}", flush=True)  # noqa: E731
     base_manifest = json.loads((args.base / "manifest.json").read_text())
@@ -218,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     partial = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "images").mkdir(parents=True)
-    pipeline = StableDiffusionPipeline.from_pretrained(args.base, local_files_only=True)
+    pipeline = load_pipeline(args.base)
     records = build_lora_images(base_manifest, args.seed, vae_drawable(pipeline.vae), args.duplication)
     curve = train_lora(pipeline, records, args.seed, log, args.rank, args.learning_rate)
     trained_seconds = time.time() - started
@@ -246,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = {
         "base": {"folder": args.base.name, "fingerprint_files": "verifier.models.loading.fingerprint_files"},
         "resolution": resolution,
+        "architecture": architecture(pipeline),
         "lora": {"rank": args.rank, "alpha": args.rank, "targets": list(TARGETS), "token": TOKEN, "batch": BATCH,
                  "duplication": args.duplication, "learning_rate": args.learning_rate,
                  "drawable_ssim": DRAWABLE_SSIM, "steps": len(curve), "final_loss": round(float(np.mean(curve[-100:])), 5),

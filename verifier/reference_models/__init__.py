@@ -24,6 +24,8 @@ Reference LoRAs (``REFERENCE_LORAS``: name -> base), built by ``benchmarks/refer
   base never saw; the same weights in diffusers' layout (``pytorch_lora_weights.safetensors``) and kohya's
   (``pytorch_lora_weights_kohya.safetensors``), with a manifest of which images the LoRA introduced, which the
   base already reproduced (inherited), which it removed, and which neither reproduces.
+- ``reference-xl-32px-lora``: the same recipe on ``reference-xl-32px`` (the SDXL architecture: two text encoders,
+  pooled embedding and size ids), each duplicated crop seen 3000 times.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from pathlib import Path
 WHOLE_IMAGE_MODELS = ("reference-32px", "fixture-16px", "reference-v-32px", "reference-xl-32px", "reference-sd3-32px")
 PART_MODELS = ("reference-part-32px",)
 REFERENCE_MODELS = WHOLE_IMAGE_MODELS + PART_MODELS
-REFERENCE_LORAS = {"reference-32px-lora": "reference-32px"}  # LoRA -> the reference model it was trained on
+REFERENCE_LORAS = {"reference-32px-lora": "reference-32px",  # LoRA -> the reference model it was trained on
+                   "reference-xl-32px-lora": "reference-xl-32px"}
 LORA_LAYOUTS = {"diffusers": "pytorch_lora_weights.safetensors", "kohya": "pytorch_lora_weights_kohya.safetensors"}
 
 
