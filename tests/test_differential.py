@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from helpers.images import write_images
-from helpers.loras import write_tiny_lora
+from helpers.loras import denoiser_prediction, write_tiny_lora
 from helpers.signing import write_keypair
 from helpers.tiny_models import FAMILIES, TEST_DEVICE, build_tiny_pipeline
 from verifier.cli import main
@@ -30,16 +30,6 @@ FAST = {"inversion_steps": 3, "framing_steps": 3, "inversion_noise_draws": 2, "e
         "guidance_scales": [1.0, 2.0]}
 
 
-def _prediction(adapter) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    image = torch.rand(adapter.resolution, adapter.resolution, 3, generator=generator).numpy()
-    with torch.no_grad():
-        z0 = adapter.encode_images([image])
-        noise = torch.randn(z0.shape, generator=generator).to(z0.device)
-        timesteps = torch.tensor([adapter.objective.grid(4)[1]], device=z0.device)
-        return adapter.predict(adapter.objective.noisy(z0, noise, timesteps), timesteps, adapter.empty_conditioning())
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_switching_the_adapters_off_gives_the_base_and_back(family, tmp_path):
     """The baseline view of a fine-tune is the base as loaded alone (same numbers, same fingerprint, no adapters),
@@ -48,13 +38,13 @@ def test_switching_the_adapters_off_gives_the_base_and_back(family, tmp_path):
     lora = write_tiny_lora(model, tmp_path / "lora.safetensors")
     base = load_model(model, device=TEST_DEVICE)
     tuned = load_model(model, device=TEST_DEVICE, loras=[LoraSpec(lora, 0.8)])
-    before = _prediction(tuned)
+    before = denoiser_prediction(tuned)
     with tuned.adapters_disabled() as view:
         assert (view.fingerprint, view.adapters) == (base.fingerprint, [])
         assert view.describe()["denoiser_parameters"] == base.describe()["denoiser_parameters"]
-        assert torch.equal(_prediction(view), _prediction(base))
-        assert not torch.allclose(_prediction(view), before)
-    assert torch.equal(_prediction(tuned), before)
+        assert torch.equal(denoiser_prediction(view), denoiser_prediction(base))
+        assert not torch.allclose(denoiser_prediction(view), before)
+    assert torch.equal(denoiser_prediction(tuned), before)
     assert tuned.fingerprint != base.fingerprint
 
 

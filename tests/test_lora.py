@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from helpers.images import write_images
-from helpers.loras import write_tiny_lora
+from helpers.loras import denoiser_prediction, write_tiny_lora
 from helpers.tiny_models import FAMILIES, TEST_DEVICE, build_tiny_pipeline
 from verifier.cli import main
 from verifier.config import VerifierConfig
@@ -39,18 +39,6 @@ def loras(tiny_model, tmp_path_factory):
             "other": write_tiny_lora(tiny_model, folder / "other.safetensors", seed=1)}
 
 
-def _prediction(adapter) -> torch.Tensor:
-    """The denoiser's output on one fixed image, noise draw, timestep and the empty conditioning."""
-    generator = torch.Generator().manual_seed(0)
-    image = torch.rand(adapter.resolution, adapter.resolution, 3, generator=generator).numpy()
-    with torch.no_grad():
-        z0 = adapter.encode_images([image])
-        noise = torch.randn(z0.shape, generator=generator).to(z0.device)
-        timesteps = torch.tensor([adapter.objective.grid(4)[1]], device=z0.device)
-        noisy = adapter.objective.noisy(z0, noise, timesteps)
-        return adapter.predict(noisy, timesteps, adapter.empty_conditioning())
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_lora_is_loaded_as_stock_diffusers_loads_it_and_recorded(family, tmp_path):
     """On every family: the adapted denoiser is the stock pipeline's after ``load_lora_weights`` + ``set_adapters``
@@ -68,11 +56,11 @@ def test_a_lora_is_loaded_as_stock_diffusers_loads_it_and_recorded(family, tmp_p
     stock.load_lora_weights(str(lora), adapter_name="lora0")
     stock.set_adapters(["lora0"], adapter_weights=[0.7])
     base.pipeline = stock  # the same adapter code over the stock pipeline with the LoRA loaded by hand
-    expected = _prediction(base)
-    torch.testing.assert_close(_prediction(adapted), expected)
-    plain = _prediction(load_model(model, device=TEST_DEVICE))
-    assert (_prediction(adapted) - plain).abs().max() > 1e-3
-    torch.testing.assert_close(_prediction(muted), plain)
+    expected = denoiser_prediction(base)
+    torch.testing.assert_close(denoiser_prediction(adapted), expected)
+    plain = denoiser_prediction(load_model(model, device=TEST_DEVICE))
+    assert (denoiser_prediction(adapted) - plain).abs().max() > 1e-3
+    torch.testing.assert_close(denoiser_prediction(muted), plain)
 
     record = adapted.describe()
     assert record["base_fingerprint"] == load_model(model, device=TEST_DEVICE).fingerprint != record["fingerprint"]
@@ -92,7 +80,7 @@ def test_the_kohya_layout_gives_the_same_model(tiny_model, loras):
     kohya_layout = load_model(tiny_model, device=TEST_DEVICE, loras=[LoraSpec(loras["kohya"])])
     assert kohya_layout.adapters[0]["layout"] == "kohya"
     assert kohya_layout.adapters[0]["modules"] == diffusers_layout.adapters[0]["modules"]
-    torch.testing.assert_close(_prediction(kohya_layout), _prediction(diffusers_layout))
+    torch.testing.assert_close(denoiser_prediction(kohya_layout), denoiser_prediction(diffusers_layout))
 
 
 def test_two_loras_are_applied_in_order_with_their_scales(tiny_model, loras):
@@ -103,7 +91,7 @@ def test_two_loras_are_applied_in_order_with_their_scales(tiny_model, loras):
                          loras=[LoraSpec(loras["other"], 1.0), LoraSpec(loras["diffusers"], 0.5)])
     assert swapped.fingerprint != both.fingerprint  # the order is part of what was tested
     one = load_model(tiny_model, device=TEST_DEVICE, loras=[LoraSpec(loras["diffusers"], 0.5)])
-    assert (_prediction(both) - _prediction(one)).abs().max() > 1e-3
+    assert (denoiser_prediction(both) - denoiser_prediction(one)).abs().max() > 1e-3
 
 
 def _rewrite(source: Path, target: Path, edit) -> Path:
@@ -177,7 +165,7 @@ def test_a_pickled_lora_loads_only_when_allowed(tiny_model, loras, tmp_path):
     torch.save(load_file(str(loras["diffusers"])), pickled)
     adapted = load_model(tiny_model, device=TEST_DEVICE, loras=[LoraSpec(pickled)], allow_pickle=True)
     reference = load_model(tiny_model, device=TEST_DEVICE, loras=[LoraSpec(loras["diffusers"])])
-    torch.testing.assert_close(_prediction(adapted), _prediction(reference))
+    torch.testing.assert_close(denoiser_prediction(adapted), denoiser_prediction(reference))
 
 
 @pytest.mark.parametrize("scale", [float("nan"), float("inf"), 10.5, "strong", None, True])
@@ -323,7 +311,7 @@ def test_the_shipped_reference_lora_is_one_model_in_both_layouts_and_matches_its
                   for layout, path in paths.items()}
         assert [m.adapters[0]["layout"] for m in loaded.values()] == list(LORA_LAYOUTS)
         assert len({m.adapters[0]["adapted_modules"] for m in loaded.values()}) == 1
-        torch.testing.assert_close(_prediction(loaded["kohya"]), _prediction(loaded["diffusers"]))
+        torch.testing.assert_close(denoiser_prediction(loaded["kohya"]), denoiser_prediction(loaded["diffusers"]))
         categories = {row["category"] for row in manifest["images"]}
         assert {"introduced", "inherited", "neither"} <= categories
         assert all(row["category"] == "neither" for row in manifest["images"] if row["split"] in

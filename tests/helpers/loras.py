@@ -43,3 +43,17 @@ def _pipeline_class(model: Path) -> str:
     import json
 
     return json.loads((Path(model) / "model_index.json").read_text())["_class_name"]
+
+
+def denoiser_prediction(adapter):
+    """A loaded model's denoiser output on one fixed image, noise draw, timestep and the empty conditioning: equal
+    outputs mean the same denoiser."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(adapter.resolution, adapter.resolution, 3, generator=generator).numpy()
+    with torch.no_grad():
+        z0 = adapter.encode_images([image])
+        noise = torch.randn(z0.shape, generator=generator).to(z0.device)
+        timesteps = torch.tensor([adapter.objective.grid(4)[1]], device=z0.device)
+        return adapter.predict(adapter.objective.noisy(z0, noise, timesteps), timesteps, adapter.empty_conditioning())
