@@ -80,14 +80,15 @@ def test_the_rule_names_each_category(fine, base, cross, category):
 
 @pytest.fixture(scope="module")
 def differential_run(tiny_model, tmp_path_factory):
-    """Two images certified with ``--lora ... --baseline`` through the CLI on the tiny model."""
+    """Two images certified with ``--lora ... --baseline`` through the CLI on the tiny model, given in the reverse of
+    their files' order (the summary lists them as given; verify must not read them back sorted)."""
     folder = tmp_path_factory.mktemp("differential")
     images = write_images(folder / "images", count=2)
     lora = write_tiny_lora(tiny_model, folder / "style.safetensors")
     config = folder / "fast.json"
     config.write_text(json.dumps(FAST))
     out = folder / "out"
-    arguments = ["certify", str(tiny_model), *map(str, images), "--out", str(out), "--config", str(config),
+    arguments = ["certify", str(tiny_model), *map(str, reversed(images)), "--out", str(out), "--config", str(config),
                  "--device", TEST_DEVICE, "--lora", f"{lora}:0.8", "--baseline"]
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code in (0, 1), result.output

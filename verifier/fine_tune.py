@@ -280,6 +280,8 @@ def verify_differential(target: str | Path, *, images: list[str | Path] | None =
         records.append(derived)  # the summary must follow from what the certificates give, not from a record
     # 4. The summary, rebuilt from the records as they follow from their certificates.
     summary = json.loads((target / DIFFERENTIAL / SUMMARY).read_text())
+    listed = {entry.get("id"): position for position, entry in enumerate(summary.get("images", []))}
+    records.sort(key=lambda record: listed.get(record["image"]["id"], len(listed)))  # the run's input order
     policy = None if summary.get("policy") is None else Policy.from_record(summary["policy"])
     rebuilt = differential_summary(records, halves[FINE_TUNE], halves[BASELINE], summary.get("baseline_model"),
                                    policy, summary.get("seconds", 0))
